@@ -1,0 +1,122 @@
+//! The local APIC (xAPIC, MMIO at the address in IA32_APIC_BASE): enable, EOI, IPIs, and the
+//! periodic timer that drives ticks and preemption.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use x86_64::registers::model_specific::Msr;
+
+use super::port::outb;
+use super::tsc;
+
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+
+const REG_ID: usize = 0x20;
+const REG_TPR: usize = 0x80;
+const REG_EOI: usize = 0xb0;
+const REG_SVR: usize = 0xf0;
+const REG_ICR_LOW: usize = 0x300;
+const REG_ICR_HIGH: usize = 0x310;
+const REG_LVT_TIMER: usize = 0x320;
+const REG_LVT_LINT0: usize = 0x350;
+const REG_LVT_LINT1: usize = 0x360;
+const REG_TIMER_INITIAL: usize = 0x380;
+const REG_TIMER_CURRENT: usize = 0x390;
+const REG_TIMER_DIVIDE: usize = 0x3e0;
+
+const SVR_ENABLE: u32 = 1 << 8;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+const TIMER_DIVIDE_BY_16: u32 = 0b0011;
+
+/// Vector of the periodic timer.
+pub const TIMER_VECTOR: u8 = 0x20;
+/// Vector of the spurious interrupt (its low 4 bits must be 1s on old APICs).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// Timer frequency.
+pub const TICK_HZ: u64 = 1000;
+
+static APIC_BASE: AtomicU64 = AtomicU64::new(0);
+/// APIC timer counts (divide by 16) per tick, measured once on the boot CPU.
+static TIMER_COUNT_PER_TICK: AtomicU32 = AtomicU32::new(0);
+
+fn read(reg: usize) -> u32 {
+    let base = APIC_BASE.load(Ordering::Relaxed) as usize;
+    // SAFETY: `base` is the identity-mapped xAPIC page (set by `init`), `reg` one of its
+    // 16-byte aligned registers.
+    unsafe { core::ptr::read_volatile((base + reg) as *const u32) }
+}
+
+fn write(reg: usize, value: u32) {
+    let base = APIC_BASE.load(Ordering::Relaxed) as usize;
+    // SAFETY: as for `read`.
+    unsafe { core::ptr::write_volatile((base + reg) as *mut u32, value) }
+}
+
+/// Masks the legacy 8259 PICs (the APIC delivers everything) and enables this CPU's local APIC.
+pub fn init_this_cpu() {
+    let mut msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; setting the enable bit keeps the base.
+    let base = unsafe {
+        let value = msr.read();
+        msr.write(value | APIC_BASE_ENABLE);
+        value & 0x000f_ffff_ffff_f000
+    };
+    APIC_BASE.store(base, Ordering::Relaxed);
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+    write(REG_TPR, 0);
+    write(REG_LVT_LINT0, LVT_MASKED);
+    write(REG_LVT_LINT1, LVT_MASKED);
+    write(REG_SVR, SVR_ENABLE | SPURIOUS_VECTOR as u32);
+}
+
+/// Physical address of the local APIC (the same on every CPU).
+pub fn base() -> u64 {
+    APIC_BASE.load(Ordering::Relaxed)
+}
+
+/// This CPU's APIC id.
+pub fn id() -> u32 {
+    read(REG_ID) >> 24
+}
+
+/// Signals end of interrupt.
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
+
+/// Sends a fixed interrupt `vector` to the CPU with APIC id `apic_id`.
+pub fn send_ipi(apic_id: u32, vector: u8) {
+    send_icr(apic_id, vector as u32);
+}
+
+/// Writes the interrupt command register and waits until it was accepted.
+pub fn send_icr(apic_id: u32, command: u32) {
+    write(REG_ICR_HIGH, apic_id << 24);
+    write(REG_ICR_LOW, command);
+    while read(REG_ICR_LOW) & ICR_DELIVERY_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// Measures how many APIC timer counts make one tick, against the calibrated TSC.
+pub fn calibrate_timer() -> u32 {
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
+    write(REG_LVT_TIMER, LVT_MASKED);
+    write(REG_TIMER_INITIAL, u32::MAX);
+    tsc::spin_ns(20_000_000);
+    let elapsed = u32::MAX - read(REG_TIMER_CURRENT);
+    write(REG_TIMER_INITIAL, 0);
+    let per_tick = (elapsed as u64 * 1_000 / 20 / TICK_HZ).max(1) as u32;
+    TIMER_COUNT_PER_TICK.store(per_tick, Ordering::Relaxed);
+    per_tick
+}
+
+/// Starts this CPU's periodic timer at `TICK_HZ` on `TIMER_VECTOR`.
+pub fn start_timer() {
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
+    write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | TIMER_VECTOR as u32);
+    write(REG_TIMER_INITIAL, TIMER_COUNT_PER_TICK.load(Ordering::Relaxed));
+}

@@ -1,0 +1,80 @@
+//! The hardware edge for x86_64: boot, descriptor tables, interrupts, APIC, time, port I/O.
+
+pub mod apic;
+pub mod boot;
+pub mod gdt;
+pub mod idt;
+pub mod port;
+pub mod pvh;
+pub mod qemu;
+pub mod tsc;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Timer ticks seen by the boot CPU.
+pub static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether local interrupts are enabled.
+pub fn irqs_enabled() -> bool {
+    x86_64::instructions::interrupts::are_enabled()
+}
+
+/// Disables local interrupts; returns whether they were enabled.
+pub fn irq_save() -> bool {
+    let was = irqs_enabled();
+    x86_64::instructions::interrupts::disable();
+    was
+}
+
+/// Re-enables local interrupts if they were enabled.
+pub fn irq_restore(was_enabled: bool) {
+    if was_enabled {
+        x86_64::instructions::interrupts::enable();
+    }
+}
+
+/// Enables interrupts.
+pub fn enable_irqs() {
+    x86_64::instructions::interrupts::enable();
+}
+
+/// Halts until the next interrupt, atomically enabling interrupts first (`sti; hlt`), so a
+/// wake-up that arrives between the decision to sleep and the `hlt` is not lost.
+pub fn enable_irqs_and_halt() {
+    x86_64::instructions::interrupts::enable_and_hlt();
+}
+
+/// Stops this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Called at the end of every device or timer interrupt, before returning to the interrupted
+/// code.
+pub fn irq_exit(_frame: &mut idt::TrapFrame) {}
+
+fn timer_interrupt(_frame: &mut idt::TrapFrame) {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+    apic::eoi();
+}
+
+fn spurious_interrupt(_frame: &mut idt::TrapFrame) {
+    // No EOI for a spurious interrupt.
+}
+
+/// Loads descriptor tables and enables the local APIC on the boot CPU; calibrates time and starts
+/// the timer. Interrupts stay disabled.
+pub fn init_boot_cpu() -> (u64, u32) {
+    gdt::load_for_this_cpu();
+    idt::load();
+    apic::init_this_cpu();
+    idt::register_irq(apic::TIMER_VECTOR, timer_interrupt);
+    idt::register_irq(apic::SPURIOUS_VECTOR, spurious_interrupt);
+    let tsc_hz = tsc::calibrate();
+    let per_tick = apic::calibrate_timer();
+    apic::start_timer();
+    (tsc_hz, per_tick)
+}

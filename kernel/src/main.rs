@@ -1,0 +1,80 @@
+//! vcrypt: a unikernel whose heart is a virtio-crypto driver. Boot order: PVH entry
+//! (`arch::boot`) -> console -> IDT -> memory -> CPU tables, APIC and time -> PCI -> virtio-crypto
+//! probe -> the command from the kernel command line (self-tests by default).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod cmdline;
+mod console;
+mod mm;
+mod pci;
+mod selftest;
+mod sync;
+mod virtio;
+
+use arch::qemu::{self, ExitCode};
+use cmdline::Cmdline;
+
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
+    console::init();
+    arch::idt::load();
+    let boot = match arch::pvh::read(start_info_paddr) {
+        Ok(boot) => boot,
+        Err(e) => selftest::fatal(format_args!("{e}")),
+    };
+    let (ram, heap) = mm::init(&boot.memmap);
+    sync::init();
+    let cmdline = Cmdline::parse(&boot.cmdline);
+    if let Some(level) = cmdline.switch("log") {
+        if console::set_level(level).is_err() {
+            println!("error: log={level} is not a level (error, warn, info, debug, trace, off)");
+            qemu::exit(ExitCode::Failure);
+        }
+    }
+    println!(
+        "vcrypt {}: {} MiB usable RAM, heap {} MiB, command line \"{}\"",
+        env!("CARGO_PKG_VERSION"),
+        ram >> 20,
+        heap >> 20,
+        boot.cmdline
+    );
+    let (tsc_hz, _) = arch::init_boot_cpu();
+    println!("tsc: {}.{:03} MHz", tsc_hz / 1_000_000, tsc_hz / 1_000 % 1_000);
+    arch::enable_irqs();
+
+    let devices = pci::enumerate();
+    log::info!("pci: {} functions", devices.len());
+    let crypto = virtio::crypto::probe_all(&devices);
+    if crypto == 0 {
+        println!(
+            "error: no virtio-crypto device found (QEMU needs -device virtio-crypto-pci; run-qemu.sh adds VCRYPT_DEVICES of them)"
+        );
+        qemu::exit(ExitCode::Failure);
+    }
+
+    match cmdline.command() {
+        "test" => selftest::run(&cmdline.args()),
+        other => {
+            println!("error: unknown command \"{other}\" (commands: test [filter...])");
+            qemu::exit(ExitCode::Failure)
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    match info.location() {
+        Some(l) => selftest::fatal(format_args!(
+            "panic at {}:{}:{}: {}",
+            l.file(),
+            l.line(),
+            l.column(),
+            info.message()
+        )),
+        None => selftest::fatal(format_args!("panic: {}", info.message())),
+    }
+}

@@ -1,0 +1,77 @@
+//! Page-table edits: MMIO above the boot identity map (64-bit BARs the firmware placed above
+//! 4 GiB) is identity-mapped on demand with uncached 2 MiB pages.
+
+use vcrypt_drivers::sync::IrqSpinLock;
+use x86_64::registers::control::Cr3;
+
+use super::frames;
+use crate::arch::boot::BOOT_IDENTITY_MAP_END;
+
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
+const HUGE: u64 = 1 << 7;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+const TWO_MIB: u64 = 2 << 20;
+/// Highest physical address we map (canonical lower half, identity).
+const MAX_MAPPABLE: u64 = 1 << 46;
+
+static PAGING: IrqSpinLock<()> = IrqSpinLock::new("paging", ());
+
+#[derive(Debug)]
+pub enum MapError {
+    OutOfFrames,
+    AddressTooHigh(u64),
+    /// A 4 KiB mapping or a non-MMIO mapping is already there.
+    Conflict(u64),
+}
+
+/// Returns the (identity) virtual address of `[paddr, paddr + size)`, mapping it uncached first if
+/// it lies above the boot identity map.
+pub fn map_mmio(paddr: u64, size: u64) -> Result<u64, MapError> {
+    let end = paddr.checked_add(size).ok_or(MapError::AddressTooHigh(paddr))?;
+    if end <= BOOT_IDENTITY_MAP_END {
+        return Ok(paddr);
+    }
+    if end > MAX_MAPPABLE {
+        return Err(MapError::AddressTooHigh(paddr));
+    }
+    let _guard = PAGING.lock();
+    let mut page = paddr & !(TWO_MIB - 1);
+    while page < end {
+        map_2mib_uncached(page)?;
+        page += TWO_MIB;
+    }
+    x86_64::instructions::tlb::flush_all();
+    Ok(paddr)
+}
+
+/// Maps one 2 MiB identity page; already-present identical mappings are kept.
+fn map_2mib_uncached(page: u64) -> Result<(), MapError> {
+    let (pml4, _) = Cr3::read();
+    let mut table = pml4.start_address().as_u64() as *mut u64;
+    for level in [3u32, 2] {
+        let index = ((page >> (12 + 9 * level)) & 0x1ff) as usize;
+        // SAFETY: page tables live in identity-mapped low memory and we hold the paging lock.
+        let entry = unsafe { &mut *table.add(index) };
+        if *entry & PRESENT == 0 {
+            let frame = frames::alloc().ok_or(MapError::OutOfFrames)?;
+            // SAFETY: a fresh frame of ours, identity-mapped; zeroing makes an empty table.
+            unsafe { core::ptr::write_bytes(frame as *mut u8, 0, 4096) };
+            *entry = frame | PRESENT | WRITABLE;
+        } else if *entry & HUGE != 0 {
+            return Err(MapError::Conflict(page));
+        }
+        table = (*entry & ADDR_MASK) as *mut u64;
+    }
+    let index = ((page >> 21) & 0x1ff) as usize;
+    // SAFETY: as above.
+    let entry = unsafe { &mut *table.add(index) };
+    let wanted = page | PRESENT | WRITABLE | HUGE | WRITE_THROUGH | CACHE_DISABLE;
+    if *entry & PRESENT != 0 && *entry != wanted {
+        return Err(MapError::Conflict(page));
+    }
+    *entry = wanted;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The in-kernel test harness: named tests registered in one table ([`TESTS`]), a name filter
+//! from the command line, one `test <name> ... ok|FAILED: <reason>` line per test, then the
+//! closing `N passed, N failed` line and a QEMU exit status. A panic or CPU exception inside a
+//! test fails the run and names the test.
+
+mod harness;
+mod mm;
+mod pci;
+mod platform;
+
+use alloc::string::String;
+use core::fmt;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use crate::arch::qemu::{self, ExitCode};
+use crate::{console, println};
+
+/// A test's outcome: `Err` carries the reason.
+pub type TestResult = Result<(), String>;
+
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn() -> TestResult,
+    /// Runs only when named exactly on the command line (tests that exist to fail).
+    pub explicit_only: bool,
+}
+
+const fn test(name: &'static str, run: fn() -> TestResult) -> Test {
+    Test { name, run, explicit_only: false }
+}
+
+/// Every test, in the order they run.
+pub static TESTS: &[Test] = &[
+    test("mm::heap_alloc_free_many_sizes", mm::heap_alloc_free_many_sizes),
+    test("mm::frames_never_handed_out_twice", mm::frames_never_handed_out_twice),
+    test("mm::dma_alloc_is_zeroed_and_contiguous", mm::dma_alloc_is_zeroed_and_contiguous),
+    test("arch::breakpoint_is_caught_and_resumes", platform::breakpoint_is_caught_and_resumes),
+    test("arch::timer_ticks_agree_with_tsc", platform::timer_ticks_agree_with_tsc),
+    test("pci::finds_virtio_crypto_with_expected_ids", pci::finds_virtio_crypto_with_expected_ids),
+    test("pci::virtio_crypto_config_reads_back_consistently", pci::config_reads_back_consistently),
+    test("pci::msix_entries_read_back", pci::msix_entries_read_back),
+    Test { name: "harness_must_fail", run: harness::must_fail, explicit_only: true },
+];
+
+/// Returns `Err(reason)` from the enclosing test when `cond` is false.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($reason:tt)+) => {
+        if !$cond {
+            return Err(alloc::format!($($reason)+));
+        }
+    };
+}
+
+static CURRENT_TEST: AtomicPtr<&'static str> = AtomicPtr::new(core::ptr::null_mut());
+static PASSED: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+
+fn selected<'a>(filters: &'a [&'a str]) -> impl Iterator<Item = &'static Test> + 'a {
+    TESTS.iter().filter(move |t| {
+        if filters.is_empty() {
+            !t.explicit_only
+        } else {
+            filters.iter().any(|f| t.name == *f || (!t.explicit_only && t.name.contains(f)))
+        }
+    })
+}
+
+/// Runs the tests whose names contain one of `filters` (all when empty) and exits QEMU.
+pub fn run(filters: &[&str]) -> ! {
+    let count = selected(filters).count();
+    if count == 0 {
+        println!("error: no test matches {filters:?}; tests are:");
+        for t in TESTS {
+            println!("  {}", t.name);
+        }
+        println!("0 passed, 1 failed");
+        qemu::exit(ExitCode::Failure);
+    }
+    println!("running {count} tests");
+    for t in selected(filters) {
+        CURRENT_TEST.store(&t.name as *const &'static str as *mut _, Ordering::SeqCst);
+        let start = crate::arch::tsc::now_ns();
+        let result = (t.run)();
+        let ms = (crate::arch::tsc::now_ns() - start) / 1_000_000;
+        CURRENT_TEST.store(core::ptr::null_mut(), Ordering::SeqCst);
+        match result {
+            Ok(()) => {
+                PASSED.fetch_add(1, Ordering::SeqCst);
+                println!("test {} ... ok ({ms} ms)", t.name);
+            }
+            Err(reason) => {
+                FAILED.fetch_add(1, Ordering::SeqCst);
+                println!("test {} ... FAILED: {reason}", t.name);
+            }
+        }
+    }
+    finish()
+}
+
+/// Prints the closing line and exits with the matching status.
+pub fn finish() -> ! {
+    let passed = PASSED.load(Ordering::SeqCst);
+    let failed = FAILED.load(Ordering::SeqCst);
+    println!("{passed} passed, {failed} failed");
+    qemu::exit(if failed == 0 { ExitCode::Success } else { ExitCode::Failure })
+}
+
+/// Reports an unrecoverable error (panic, CPU exception) and fails the run, naming the test that
+/// was running. Writes without the console lock: the failing code may hold it.
+pub fn fatal(reason: fmt::Arguments) -> ! {
+    crate::arch::irq_save();
+    console::emergency_write_fmt(format_args!("\nfatal: {reason}\n"));
+    let current = CURRENT_TEST.load(Ordering::SeqCst);
+    if !current.is_null() {
+        // SAFETY: CURRENT_TEST only ever holds pointers to the `name` field of a 'static Test.
+        let name = unsafe { *current };
+        console::emergency_write_fmt(format_args!("test {name} ... FAILED: {reason}\n"));
+        FAILED.fetch_add(1, Ordering::SeqCst);
+    }
+    let passed = PASSED.load(Ordering::SeqCst);
+    let failed = FAILED.load(Ordering::SeqCst).max(1);
+    console::emergency_write_fmt(format_args!("{passed} passed, {failed} failed\n"));
+    qemu::exit(ExitCode::Failure)
+}

@@ -1,0 +1,4 @@
+//! virtio: the PCI transport and the crypto device driver built on it.
+
+pub mod crypto;
+pub mod pci;

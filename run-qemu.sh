@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Cargo runner for the kernel: run-qemu.sh <kernel ELF> [kernel command line words...]
+#
+# Boots the kernel under QEMU (PVH entry, serial on stdout) and turns QEMU's exit status into a
+# plain pass/fail: the kernel writes 0x10 (pass) or 0x11 (fail) to isa-debug-exit, which QEMU
+# turns into 33 or 35. Everything else is a failure with a one-line reason on stderr.
+#
+# Environment:
+#   VCRYPT_SMP      vCPUs (default 2)
+#   VCRYPT_MEM      guest RAM (default 256M)
+#   VCRYPT_DEVICES  virtio-crypto-pci devices, each with its own builtin backend (default 1; 0 allowed)
+#   VCRYPT_ACCEL    tcg (default) or kvm (falls back to tcg where KVM is unavailable)
+#   VCRYPT_TIMEOUT  seconds before QEMU is stopped (default 300)
+set -u
+
+fail() { echo "run-qemu.sh: $*" >&2; exit 1; }
+
+[ $# -ge 1 ] || fail "usage: run-qemu.sh <kernel ELF> [kernel command line words...]"
+kernel=$1
+shift
+[ -f "$kernel" ] || fail "kernel image '$kernel' not found"
+
+smp=${VCRYPT_SMP:-2}
+mem=${VCRYPT_MEM:-256M}
+devices=${VCRYPT_DEVICES:-1}
+accel=${VCRYPT_ACCEL:-tcg}
+timeout_s=${VCRYPT_TIMEOUT:-300}
+
+is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
+is_count "$smp" && [ "$smp" -ge 1 ] && [ "$smp" -le 8 ] || fail "VCRYPT_SMP must be 1..8, got '$smp'"
+is_count "$devices" && [ "$devices" -le 16 ] || fail "VCRYPT_DEVICES must be 0..16, got '$devices'"
+is_count "$timeout_s" && [ "$timeout_s" -ge 1 ] || fail "VCRYPT_TIMEOUT must be a positive number of seconds, got '$timeout_s'"
+[[ $mem =~ ^[0-9]+[MG]?$ ]] || fail "VCRYPT_MEM must look like 256M or 1G, got '$mem'"
+case "$accel" in
+    tcg) accel_args=(-accel tcg) ;;
+    kvm) accel_args=(-accel kvm -accel tcg) ;;
+    *) fail "VCRYPT_ACCEL must be tcg or kvm, got '$accel'" ;;
+esac
+
+qemu=${QEMU:-qemu-system-x86_64}
+command -v "$qemu" >/dev/null 2>&1 ||
+    fail "$qemu not found: install it with 'sudo apt-get install qemu-system-x86'"
+
+args=(
+    "$qemu" -kernel "$kernel" -append "$*"
+    "${accel_args[@]}" -smp "$smp" -m "$mem"
+    -serial stdio -display none -no-reboot -nic none
+    -device isa-debug-exit,iobase=0xf4,iosize=0x04
+)
+# One MSI-X vector per virtqueue (the builtin backend has a data and a control queue) plus one
+# for configuration changes, with a spare.
+for ((i = 0; i < devices; i++)); do
+    args+=(-object "cryptodev-backend-builtin,id=crypto$i"
+           -device "virtio-crypto-pci,cryptodev=crypto$i,vectors=4")
+done
+
+echo "run-qemu.sh: ${args[*]}" >&2
+# QEMU's -serial stdio needs a usable stdin, which CI does not have.
+timeout --kill-after=5 "$timeout_s" "${args[@]}" </dev/null
+status=$?
+
+case $status in
+    33) exit 0 ;;
+    35) fail "the kernel reported failure (QEMU exit 35)" ;;
+    0) fail "QEMU exited 0 without the kernel reporting a result (triple fault or reset?)" ;;
+    124|137) fail "timed out after ${timeout_s}s (VCRYPT_TIMEOUT)" ;;
+    *) fail "QEMU failed with exit status $status" ;;
+esac
