@@ -2,4 +2,9 @@
 //! covered by `cargo hosttest`.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod error;
 pub mod sync;
+pub mod virtio_crypto;

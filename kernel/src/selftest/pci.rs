@@ -1,3 +1,96 @@
-pub fn finds_virtio_crypto_with_expected_ids() -> super::TestResult { Ok(()) }
-pub fn config_reads_back_consistently() -> super::TestResult { Ok(()) }
-pub fn msix_entries_read_back() -> super::TestResult { Ok(()) }
+//! PCI and virtio-crypto probe tests against the real device.
+
+use alloc::vec::Vec;
+
+use vcrypt_drivers::virtio_crypto::wire;
+
+use super::TestResult;
+use crate::arch::apic;
+use crate::ensure;
+use crate::pci::{self, Bar};
+use crate::virtio::crypto::probe::{self, VIRTIO_CRYPTO_DEVICE_ID, VIRTIO_VENDOR_ID};
+
+/// A fresh enumeration finds as many virtio-crypto functions as the probe did, each with the
+/// modern IDs, revision >= 1, a memory BAR and bus mastering on.
+pub fn finds_virtio_crypto_with_expected_ids() -> TestResult {
+    let found: Vec<_> = pci::enumerate().into_iter().filter(probe::is_virtio_crypto).collect();
+    ensure!(!found.is_empty(), "no virtio-crypto function on any bus");
+    ensure!(
+        found.len() == probe::probed().len(),
+        "{} virtio-crypto functions on the bus, {} probed",
+        found.len(),
+        probe::probed().len()
+    );
+    for d in &found {
+        ensure!(d.vendor_id == VIRTIO_VENDOR_ID && d.device_id == VIRTIO_CRYPTO_DEVICE_ID, "{}: ids", d.address);
+        let revision = d.address.read8(0x08);
+        ensure!(revision >= 1, "{}: revision {revision}, a modern device has >= 1", d.address);
+        let subsystem = d.address.read16(0x2e);
+        ensure!(subsystem >= 0x40, "{}: subsystem id {subsystem:#x} (modern devices use >= 0x40)", d.address);
+        ensure!(
+            d.bars.iter().flatten().any(|b| matches!(b, Bar::Memory { size, .. } if *size >= 0x1000)),
+            "{}: no memory BAR",
+            d.address
+        );
+        ensure!(d.bus_master_enabled(), "{}: bus mastering is off after the probe", d.address);
+    }
+    Ok(())
+}
+
+/// Re-reading each device's configuration gives what the probe read, and it is plausible for
+/// this device: ready, cipher service with AES-CBC, one queue per data queue plus control.
+pub fn config_reads_back_consistently() -> TestResult {
+    ensure!(!probe::probed().is_empty(), "no device probed");
+    for device in probe::probed() {
+        let device = device.lock();
+        let at = device.pci.address;
+        for _ in 0..3 {
+            let again = probe::read_config(&device.transport)?;
+            ensure!(again == device.config, "{at}: config changed between reads: {again:?} vs {:?}", device.config);
+        }
+        let c = &device.config;
+        ensure!(c.hw_ready(), "{at}: status {:#x} lacks HW_READY", c.status);
+        ensure!(c.advertises_service(wire::SERVICE_CIPHER), "{at}: no cipher service");
+        ensure!(c.advertises_cipher(wire::CIPHER_AES_CBC), "{at}: AES-CBC not advertised");
+        ensure!(c.max_dataqueues >= 1, "{at}: max_dataqueues {}", c.max_dataqueues);
+        ensure!(
+            device.queue_sizes.len() == c.max_dataqueues as usize + 1,
+            "{at}: {} queues for {} data queues + control",
+            device.queue_sizes.len(),
+            c.max_dataqueues
+        );
+        ensure!(
+            device.queue_sizes.iter().all(|s| s.is_power_of_two()),
+            "{at}: queue sizes {:?} not powers of two",
+            device.queue_sizes
+        );
+        ensure!(c.max_cipher_key_len >= 32, "{at}: max_cipher_key_len {}", c.max_cipher_key_len);
+        ensure!(c.max_size > 0, "{at}: max_size 0");
+    }
+    Ok(())
+}
+
+/// Every MSI-X table entry takes an address and vector, reads them back, and masks.
+pub fn msix_entries_read_back() -> TestResult {
+    let my_apic = apic::id();
+    for device in probe::probed() {
+        let device = device.lock();
+        let at = device.pci.address;
+        let msix = device.msix.as_ref().ok_or_else(|| alloc::format!("{at}: no MSI-X capability"))?;
+        ensure!(msix.table_size() >= 3, "{at}: {} MSI-X vectors, need data + control + config", msix.table_size());
+        for entry in 0..msix.table_size() {
+            let vector = 0x80 + entry as u8;
+            msix.set_entry(entry, my_apic, vector).map_err(|e| alloc::format!("{e:?}"))?;
+            let back = msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?;
+            let address = apic::base() | (my_apic as u64) << 12;
+            ensure!(
+                back.address == address && back.data == vector as u32 && !back.masked,
+                "{at}: entry {entry} reads back {back:?}, wrote address {address:#x} data {vector:#x}"
+            );
+            msix.mask(entry).map_err(|e| alloc::format!("{e:?}"))?;
+            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?.masked, "{at}: entry {entry} did not mask");
+        }
+        ensure!(msix.entry(msix.table_size()).is_err(), "{at}: entry past the table was accepted");
+    }
+    Ok(())
+}

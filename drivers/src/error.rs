@@ -1,0 +1,172 @@
+//! The driver's one error type.
+//!
+//! Every failure a caller can see is a variant of [`Error`]; it is `Copy` and carries only
+//! integers and `&'static str`, so it can be returned from interrupt context and printed without
+//! allocation. Variants named after a device status code (`DeviceError`, `BadMessage`,
+//! `NoSpace`, `KeyRejected`, `UnknownSession`) come from
+//! [`status_to_result`](crate::virtio_crypto::status::status_to_result); the rest are found by
+//! the driver itself, mostly before anything reaches the device.
+
+use core::fmt;
+
+/// Everything that can go wrong in the virtio-crypto driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// No virtio-crypto device was found on the bus.
+    NoDevice,
+    /// The device has not set `VIRTIO_CRYPTO_S_HW_READY`; the spec forbids sending requests.
+    DeviceNotReady,
+    /// The device or this driver does not offer the named service, algorithm or mode.
+    NotSupported { what: &'static str },
+    /// The key length is not one the algorithm accepts; `allowed` lists the legal lengths.
+    InvalidKeyLength { got: usize, allowed: &'static str },
+    /// The IV length differs from the one the algorithm needs.
+    InvalidIvLength { got: usize, expected: usize },
+    /// The data length is not a multiple of the algorithm's block size.
+    InvalidDataLength { got: usize, block: usize },
+    /// A request with no data at all.
+    EmptyRequest,
+    /// The request's variable-length content exceeds what the device or driver accepts.
+    RequestTooLarge { got: u64, max: u64 },
+    /// Source and destination lengths differ (the device requires them equal for ciphers).
+    LengthMismatch { src: usize, dst: usize },
+    /// The session id is not (or no longer) known to the device or to the driver.
+    UnknownSession,
+    /// The driver's own session table is full.
+    SessionsExhausted,
+    /// The device is in a state from which only a reset recovers.
+    DeviceNeedsReset,
+    /// The device did not complete the request in time.
+    Timeout,
+    /// The device completed a request with a reply the driver cannot interpret.
+    MalformedCompletion { what: &'static str },
+    /// The device answered `VIRTIO_CRYPTO_ERR`: a failure it does not describe further.
+    DeviceError,
+    /// The device answered `VIRTIO_CRYPTO_BADMSG`.
+    BadMessage,
+    /// The device answered `VIRTIO_CRYPTO_NOSPC`: it has no free session id.
+    NoSpace,
+    /// The device answered `VIRTIO_CRYPTO_KEY_REJECTED`.
+    KeyRejected,
+    /// No free descriptors in the virtqueue for this request.
+    QueueFull,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::NoDevice => f.write_str("no virtio-crypto device was found"),
+            Error::DeviceNotReady => {
+                f.write_str("the crypto device is not ready (HW_READY is clear)")
+            }
+            Error::NotSupported { what } => write!(f, "not supported: {what}"),
+            Error::InvalidKeyLength { got, allowed } => {
+                write!(f, "invalid key length of {got} bytes (allowed: {allowed})")
+            }
+            Error::InvalidIvLength { got, expected } => {
+                write!(f, "invalid iv length of {got} bytes (expected {expected})")
+            }
+            Error::InvalidDataLength { got, block } => {
+                write!(
+                    f,
+                    "data length of {got} bytes is not a multiple of the {block}-byte block"
+                )
+            }
+            Error::EmptyRequest => f.write_str("the request has no data"),
+            Error::RequestTooLarge { got, max } => {
+                write!(f, "the request is too large ({got} bytes, at most {max})")
+            }
+            Error::LengthMismatch { src, dst } => {
+                write!(
+                    f,
+                    "source and destination lengths differ ({src} vs {dst} bytes)"
+                )
+            }
+            Error::UnknownSession => f.write_str("the session is unknown to the device"),
+            Error::SessionsExhausted => f.write_str("no free session slot is left in the driver"),
+            Error::DeviceNeedsReset => f.write_str("the device needs a reset before further use"),
+            Error::Timeout => f.write_str("the device did not complete the request in time"),
+            Error::MalformedCompletion { what } => {
+                write!(f, "the device returned a malformed completion: {what}")
+            }
+            Error::DeviceError => f.write_str("the device reported an unspecified error (ERR)"),
+            Error::BadMessage => f.write_str("the device rejected the message (BADMSG)"),
+            Error::NoSpace => f.write_str("the device has no free session id (NOSPC)"),
+            Error::KeyRejected => {
+                f.write_str("the device rejected the key or signature (KEY_REJECTED)")
+            }
+            Error::QueueFull => f.write_str("the virtqueue has no free descriptors"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use std::format;
+
+    #[test]
+    fn display_includes_the_numbers() {
+        let e = Error::InvalidKeyLength {
+            got: 15,
+            allowed: "16, 24 or 32",
+        };
+        assert_eq!(
+            format!("{e}"),
+            "invalid key length of 15 bytes (allowed: 16, 24 or 32)"
+        );
+        let e = Error::RequestTooLarge {
+            got: 70000,
+            max: 65536,
+        };
+        assert_eq!(
+            format!("{e}"),
+            "the request is too large (70000 bytes, at most 65536)"
+        );
+        let e = Error::LengthMismatch { src: 16, dst: 32 };
+        assert_eq!(
+            format!("{e}"),
+            "source and destination lengths differ (16 vs 32 bytes)"
+        );
+        let e = Error::NotSupported { what: "aes-xts" };
+        assert_eq!(format!("{e}"), "not supported: aes-xts");
+    }
+
+    #[test]
+    fn every_message_is_one_lowercase_sentence() {
+        let all = [
+            Error::NoDevice,
+            Error::DeviceNotReady,
+            Error::NotSupported { what: "x" },
+            Error::InvalidKeyLength {
+                got: 1,
+                allowed: "16",
+            },
+            Error::InvalidIvLength {
+                got: 1,
+                expected: 16,
+            },
+            Error::InvalidDataLength { got: 1, block: 16 },
+            Error::EmptyRequest,
+            Error::RequestTooLarge { got: 2, max: 1 },
+            Error::LengthMismatch { src: 1, dst: 2 },
+            Error::UnknownSession,
+            Error::SessionsExhausted,
+            Error::DeviceNeedsReset,
+            Error::Timeout,
+            Error::MalformedCompletion { what: "x" },
+            Error::DeviceError,
+            Error::BadMessage,
+            Error::NoSpace,
+            Error::KeyRejected,
+            Error::QueueFull,
+        ];
+        for e in all {
+            let s = format!("{e}");
+            assert!(s.starts_with(|c: char| c.is_ascii_lowercase()), "{s:?}");
+            assert!(!s.ends_with('.') && !s.contains('\n'), "{s:?}");
+        }
+    }
+}

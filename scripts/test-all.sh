@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs every test: host unit tests, then the in-QEMU self-tests in each configuration that must
+# pass, and the runs that must fail (no device, the harness's own failing test). Prints one line
+# per step and a closing "N passed, N failed" over every test of every step.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
+
+# Adds the counts of every "N passed, N failed" line (ours) and "test result:" line (cargo's).
+count() {
+    local p f
+    p=$(grep -Eo '^[0-9]+ passed, [0-9]+ failed' "$1" | awk '{s+=$1} END {print s+0}')
+    f=$(grep -Eo '^[0-9]+ passed, [0-9]+ failed' "$1" | awk '{s+=$3} END {print s+0}')
+    p=$((p + $(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$1" | awk '{s+=$4} END {print s+0}')))
+    f=$((f + $(grep -Eo '[0-9]+ failed;' "$1" | awk '{s+=$1} END {print s+0}')))
+    echo "$p $f"
+}
+
+# step NAME EXPECT(pass|fail) ENV... -- COMMAND...
+step() {
+    local name=$1 expect=$2
+    shift 2
+    local envs=()
+    while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+    shift
+    local log="$log_dir/$(echo "$name" | tr -c 'a-zA-Z0-9' '_').log"
+    local start=$SECONDS
+    env "${envs[@]}" "$@" >"$log" 2>&1
+    local status=$?
+    local secs=$((SECONDS - start))
+    read -r p f < <(count "$log")
+    if [ "$expect" = pass ]; then
+        if [ $status -eq 0 ] && [ "$f" -eq 0 ] && [ "$p" -gt 0 ]; then
+            passed=$((passed + p))
+            echo "ok     $name: $p passed (${secs}s)"
+            return
+        fi
+        passed=$((passed + p))
+        failed=$((failed + (f > 0 ? f : 1)))
+        echo "FAILED $name: exit $status, $p passed, $f failed (${secs}s); its output:"
+    else
+        if [ $status -ne 0 ] && grep -q -- "$EXPECT_LINE" "$log"; then
+            passed=$((passed + 1))
+            echo "ok     $name: failed as it must (${secs}s)"
+            return
+        fi
+        failed=$((failed + 1))
+        echo "FAILED $name: expected a failure mentioning '$EXPECT_LINE', got exit $status; its output:"
+    fi
+    sed 's/^/    | /' "$log" | tail -60
+}
+
+step "host unit tests" pass -- cargo hosttest
+step "self-tests, 2 CPUs, 1 device" pass VCRYPT_SMP=2 VCRYPT_DEVICES=1 -- cargo run --quiet
+step "self-tests, 1 CPU" pass VCRYPT_SMP=1 -- cargo run --quiet
+step "self-tests, 4 CPUs" pass VCRYPT_SMP=4 -- cargo run --quiet
+step "self-tests, 2 devices" pass VCRYPT_DEVICES=2 -- cargo run --quiet
+EXPECT_LINE="no virtio-crypto device found"
+step "no device: clear error" fail VCRYPT_DEVICES=0 -- cargo run --quiet
+EXPECT_LINE="test harness_must_fail ... FAILED"
+step "a failing test fails the run" fail -- cargo run --quiet -- test harness_must_fail
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
