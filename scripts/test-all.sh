@@ -63,6 +63,8 @@ EXPECT_LINE="no virtio-crypto device found"
 step "no device: clear error" fail VCRYPT_DEVICES=0 -- cargo run --quiet
 EXPECT_LINE="test harness_must_fail ... FAILED"
 step "a failing test fails the run" fail -- cargo run --quiet -- test harness_must_fail
+EXPECT_LINE="test harness_fault_must_fail ... FAILED: exception 14 (page fault)"
+step "a fault inside a test fails the run and names it" fail -- cargo run --quiet -- test harness_fault_must_fail
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

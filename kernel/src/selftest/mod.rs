@@ -39,7 +39,9 @@ pub static TESTS: &[Test] = &[
     test("pci::finds_virtio_crypto_with_expected_ids", pci::finds_virtio_crypto_with_expected_ids),
     test("pci::virtio_crypto_config_reads_back_consistently", pci::config_reads_back_consistently),
     test("pci::msix_entries_read_back", pci::msix_entries_read_back),
+    test("pci::bar_above_4gib_is_mapped_and_reachable", pci::bar_above_4gib_is_mapped_and_reachable),
     Test { name: "harness_must_fail", run: harness::must_fail, explicit_only: true },
+    Test { name: "harness_fault_must_fail", run: harness::fault_must_fail, explicit_only: true },
 ];
 
 /// Returns `Err(reason)` from the enclosing test when `cond` is false.

@@ -94,3 +94,45 @@ pub fn msix_entries_read_back() -> TestResult {
     }
     Ok(())
 }
+
+/// Moves a device's 64-bit BAR above 4 GiB (where the boot identity map does not reach), builds
+/// a transport on it, and checks it reads the same device registers; then moves the BAR back.
+pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
+    const HIGH_BASE: u64 = 0x1_0000_0000;
+    let device = probe::probed().first().ok_or("no device probed")?.lock();
+    let (index, size) = device
+        .pci
+        .bars
+        .iter()
+        .enumerate()
+        .find_map(|(i, b)| match b {
+            Some(Bar::Memory { is_64bit: true, size, .. }) => Some((i, *size)),
+            _ => None,
+        })
+        .ok_or("the device has no 64-bit BAR")?;
+    let reg = 0x10 + 4 * index as u8;
+    let at = device.pci.address;
+    let (old_low, old_high) = (at.read32(reg), at.read32(reg + 4));
+    let command = at.read16(0x04);
+    let move_bar = |base: u64, low_flags: u32| {
+        at.write16(0x04, command & !0x2);
+        at.write32(reg, (base as u32 & !0xf) | low_flags);
+        at.write32(reg + 4, (base >> 32) as u32);
+        at.write16(0x04, command);
+    };
+    move_bar(HIGH_BASE, old_low & 0xf);
+    let mut moved = device.pci.clone();
+    moved.bars[index] = Some(Bar::Memory { address: HIGH_BASE, size, is_64bit: true, prefetchable: true });
+    let result = crate::virtio::pci::VirtioPciTransport::new(&moved, virtio_drivers::transport::DeviceType::Crypto)
+        .map(|t| (t.num_queues(), probe::read_config(&t)));
+    move_bar((old_high as u64) << 32 | (old_low & !0xf) as u64, old_low & 0xf);
+    let (queues, config) = result.map_err(|e| alloc::format!("transport on the moved BAR: {e:?}"))?;
+    ensure!(
+        queues as usize == device.queue_sizes.len(),
+        "through the BAR at {HIGH_BASE:#x}: {queues} queues, expected {}",
+        device.queue_sizes.len()
+    );
+    ensure!(config? == device.config, "through the BAR at {HIGH_BASE:#x}: a different configuration");
+    ensure!(probe::read_config(&device.transport)? == device.config, "the BAR did not move back");
+    Ok(())
+}

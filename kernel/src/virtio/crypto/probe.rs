@@ -56,6 +56,9 @@ pub fn read_config(transport: &VirtioPciTransport) -> Result<CryptoConfig, Strin
 
 /// Resets the device, negotiates features and reads its configuration.
 pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
+    for (i, bar) in pci.bars.iter().enumerate().filter_map(|(i, b)| Some((i, b.as_ref()?))) {
+        log::debug!("virtio-crypto {}: BAR{i} {bar:x?}", pci.address);
+    }
     let msix = Msix::probe(pci).ok();
     pci.enable(msix.is_some());
     let mut transport = VirtioPciTransport::new(pci, DeviceType::Crypto)
