@@ -66,5 +66,8 @@ step "a failing test fails the run" fail -- cargo run --quiet -- test harness_mu
 EXPECT_LINE="test harness_fault_must_fail ... FAILED: exception 14 (page fault)"
 step "a fault inside a test fails the run and names it" fail -- cargo run --quiet -- test harness_fault_must_fail
 
+EXPECT_LINE="stack overflow in task 'overflow': hit its guard page"
+step "a task stack overflow is reported" fail -- cargo run --quiet -- test sched_stack_overflow_must_fail
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -2,9 +2,12 @@
 //! covered by `cargo hosttest`.
 #![no_std]
 
+extern crate alloc;
+
 #[cfg(test)]
 extern crate std;
 
 pub mod error;
+pub mod stats;
 pub mod sync;
 pub mod virtio_crypto;

@@ -11,6 +11,7 @@ mod cmdline;
 mod console;
 mod mm;
 mod pci;
+mod sched;
 mod selftest;
 mod sync;
 mod virtio;
@@ -43,6 +44,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         boot.cmdline
     );
     let (tsc_hz, _) = arch::init_boot_cpu();
+    sched::init_this_cpu("main");
     println!("tsc: {}.{:03} MHz", tsc_hz / 1_000_000, tsc_hz / 1_000 % 1_000);
     arch::enable_irqs();
 

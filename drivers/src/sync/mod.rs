@@ -9,8 +9,12 @@
 //! - [`SpinLock`] only disables preemption: for data that interrupt handlers never touch.
 //! - Nothing may sleep while holding either (the guard's lifetime makes a sleep under it visible).
 
+pub mod completion;
 pub mod platform;
 pub mod spinlock;
+pub mod waitqueue;
 
-pub use platform::Platform;
+pub use completion::Completion;
+pub use platform::{Platform, Wake};
+pub use waitqueue::{TimedOut, WaitQueue};
 pub use spinlock::{IrqSpinLock, IrqsOff, LockStatSnapshot, PreemptOff, SpinGuard, SpinLock};

@@ -1,8 +1,16 @@
-//! The hooks the sync primitives need from whatever runs them. The kernel installs its
-//! implementation once at boot; without one (host unit tests) the hooks are no-ops and time
-//! comes from a monotonic counter supplied by the test platform, if any.
+//! The hooks the sync primitives need from whatever runs them: interrupt and preemption control,
+//! time, and tasks that block and are woken. The kernel installs its implementation once at
+//! boot; host unit tests install one built on threads (`host` below).
+
+use alloc::sync::Arc;
 
 use spin::Once;
+
+/// A task that can be woken. Waking a task that is not blocked makes its next block return at
+/// once (the wake is remembered), so a wake that races with going to sleep is never lost.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
 
 /// What the sync primitives need from the CPU and the scheduler.
 pub trait Platform: Sync {
@@ -16,6 +24,11 @@ pub trait Platform: Sync {
     fn preempt_enable(&self);
     /// Monotonic time in nanoseconds.
     fn now_ns(&self) -> u64;
+    /// The running task, to be woken later.
+    fn current_task(&self) -> Arc<dyn Wake>;
+    /// Blocks the running task until it is woken or, with a deadline, until `now_ns()` passes it.
+    /// May return early (spuriously); callers re-check their condition.
+    fn block(&self, deadline_ns: Option<u64>);
 }
 
 struct NoPlatform;
@@ -30,6 +43,16 @@ impl Platform for NoPlatform {
     fn now_ns(&self) -> u64 {
         0
     }
+    fn current_task(&self) -> Arc<dyn Wake> {
+        struct Nobody;
+        impl Wake for Nobody {
+            fn wake(&self) {}
+        }
+        Arc::new(Nobody)
+    }
+    fn block(&self, _deadline_ns: Option<u64>) {
+        core::hint::spin_loop();
+    }
 }
 
 static PLATFORM: Once<&'static dyn Platform> = Once::new();
@@ -39,10 +62,62 @@ pub fn install(platform: &'static dyn Platform) {
     PLATFORM.call_once(|| platform);
 }
 
-/// The installed platform, or the no-op one.
+/// The installed platform, or a no-op one that spins instead of blocking.
 pub fn get() -> &'static dyn Platform {
     match PLATFORM.get() {
         Some(platform) => *platform,
         None => &NoPlatform,
+    }
+}
+
+/// A platform of OS threads for host unit tests: blocking is `park`, waking is `unpark`.
+#[cfg(test)]
+pub mod host {
+    use super::*;
+    use std::thread::{self, Thread};
+    use std::time::{Duration, Instant};
+
+    struct HostTask(Thread);
+
+    impl Wake for HostTask {
+        fn wake(&self) {
+            self.0.unpark();
+        }
+    }
+
+    struct HostPlatform {
+        start: Instant,
+    }
+
+    impl Platform for HostPlatform {
+        fn irq_save(&self) -> bool {
+            false
+        }
+        fn irq_restore(&self, _: bool) {}
+        fn preempt_disable(&self) {}
+        fn preempt_enable(&self) {}
+        fn now_ns(&self) -> u64 {
+            self.start.elapsed().as_nanos() as u64
+        }
+        fn current_task(&self) -> Arc<dyn Wake> {
+            Arc::new(HostTask(thread::current()))
+        }
+        fn block(&self, deadline_ns: Option<u64>) {
+            match deadline_ns {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = self.now_ns();
+                    if deadline > now {
+                        thread::park_timeout(Duration::from_nanos(deadline - now));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs the thread platform (once per test binary).
+    pub fn install() {
+        static HOST: Once<HostPlatform> = Once::new();
+        super::install(HOST.call_once(|| HostPlatform { start: Instant::now() }));
     }
 }

@@ -339,6 +339,42 @@ mod tests {
     }
 
     #[test]
+    fn statistics_count_contention_only_when_threads_compete() {
+        crate::sync::platform::host::install();
+        set_stats_enabled(true);
+        let lock = Arc::new(SpinLock::<u64>::new("stats", 0));
+        for _ in 0..1000 {
+            *lock.lock() += 1;
+        }
+        let alone = lock.stats();
+        assert_eq!(alone.acquisitions, 1000);
+        assert_eq!(alone.contentions, 0, "one thread alone never contends");
+        assert!(alone.hold_max >= alone.hold_min);
+        lock.reset_stats();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let mut g = lock.lock();
+                        *g += 1;
+                        for _ in 0..50 {
+                            core::hint::spin_loop();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let shared = lock.stats();
+        assert_eq!(shared.acquisitions, 80_000);
+        assert!(shared.contentions > 0, "4 threads hammering one lock must contend: {shared:?}");
+        assert!(shared.wait_total >= shared.wait_max && shared.wait_max >= shared.wait_min);
+    }
+
+    #[test]
     fn try_lock_fails_while_held() {
         let lock = IrqSpinLock::new("t", 1u8);
         let g = lock.lock();

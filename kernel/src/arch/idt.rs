@@ -185,6 +185,7 @@ pub fn unregister_irq(vector: u8) {
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     if vector >= FIRST_IRQ_VECTOR {
+        crate::sched::irq_enter();
         let handler = IRQ_HANDLERS[vector as usize].load(Ordering::Acquire);
         if handler != 0 {
             // SAFETY: only `register_irq` stores non-zero values, and it stores `fn` pointers of
@@ -205,6 +206,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let cr2: u64;
     // SAFETY: reading CR2 has no side effects.
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    if matches!(vector, PAGE_FAULT | DOUBLE_FAULT) {
+        if let Some(task) = crate::sched::stack_overflow_task(cr2) {
+            crate::selftest::fatal(format_args!(
+                "stack overflow in task '{task}': hit its guard page at {cr2:#x} (exception {vector}, RIP {:#x})",
+                frame.rip
+            ));
+        }
+    }
     crate::selftest::fatal(format_args!(
         "exception {} ({}) error code {:#x} at RIP {:#018x}, CR2 {:#018x}, RSP {:#018x}",
         vector,

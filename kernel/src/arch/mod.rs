@@ -1,6 +1,7 @@
 //! The hardware edge for x86_64: boot, descriptor tables, interrupts, APIC, time, port I/O.
 
 pub mod apic;
+pub mod percpu;
 pub mod boot;
 pub mod gdt;
 pub mod idt;
@@ -54,11 +55,14 @@ pub fn halt_forever() -> ! {
 
 /// Called at the end of every device or timer interrupt, before returning to the interrupted
 /// code.
-pub fn irq_exit(_frame: &mut idt::TrapFrame) {}
+pub fn irq_exit(_frame: &mut idt::TrapFrame) {
+    crate::sched::irq_exit();
+}
 
 fn timer_interrupt(_frame: &mut idt::TrapFrame) {
     TICKS.fetch_add(1, Ordering::Relaxed);
     apic::eoi();
+    crate::sched::tick();
 }
 
 fn spurious_interrupt(_frame: &mut idt::TrapFrame) {

@@ -75,3 +75,89 @@ fn map_2mib_uncached(page: u64) -> Result<(), MapError> {
     *entry = wanted;
     Ok(())
 }
+
+const STACK_REGION_BASE: u64 = 0xffff_8000_0000_0000;
+const STACK_REGION_END: u64 = 0xffff_8080_0000_0000; // one PML4 slot: 512 GiB
+const PAGE: u64 = 4096;
+
+/// Next unused virtual address in the stack region. Addresses are never reused, so a stale TLB
+/// entry on another CPU can never point a new stack at a freed frame.
+static NEXT_STACK_VADDR: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(STACK_REGION_BASE);
+
+/// A kernel stack of 4 KiB pages with an unmapped guard page below it: running off its bottom
+/// page-faults instead of overwriting whatever lies below.
+pub struct GuardedStack {
+    guard: u64,
+    pages: usize,
+}
+
+impl GuardedStack {
+    /// Maps `pages` fresh zeroed frames above one unmapped guard page.
+    pub fn new(pages: usize) -> Result<GuardedStack, MapError> {
+        let span = (pages as u64 + 1) * PAGE;
+        let guard = NEXT_STACK_VADDR.fetch_add(span, core::sync::atomic::Ordering::Relaxed);
+        if guard + span > STACK_REGION_END {
+            return Err(MapError::AddressTooHigh(guard));
+        }
+        let _lock = PAGING.lock();
+        for i in 0..pages as u64 {
+            let frame = frames::alloc().ok_or(MapError::OutOfFrames)?;
+            // SAFETY: a fresh frame of ours, identity-mapped.
+            unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE as usize) };
+            let entry = pte_for(guard + (i + 1) * PAGE)?;
+            *entry = frame | PRESENT | WRITABLE;
+        }
+        Ok(GuardedStack { guard, pages })
+    }
+
+    /// The initial stack pointer (one past the highest byte).
+    pub fn top(&self) -> u64 {
+        self.guard + (self.pages as u64 + 1) * PAGE
+    }
+
+    /// The unmapped guard page's address range.
+    pub fn guard_range(&self) -> core::ops::Range<u64> {
+        self.guard..self.guard + PAGE
+    }
+}
+
+impl Drop for GuardedStack {
+    fn drop(&mut self) {
+        let _lock = PAGING.lock();
+        for i in 0..self.pages as u64 {
+            let vaddr = self.guard + (i + 1) * PAGE;
+            if let Ok(entry) = pte_for(vaddr) {
+                let frame = *entry & ADDR_MASK;
+                *entry = 0;
+                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(vaddr));
+                if let Err(e) = frames::free(frame, 1) {
+                    log::error!("freeing stack frame: {e:?}");
+                }
+            }
+        }
+    }
+}
+
+/// The 4 KiB page-table entry for `vaddr` in the stack region, creating tables on the way.
+/// Caller holds the paging lock.
+fn pte_for(vaddr: u64) -> Result<&'static mut u64, MapError> {
+    let (pml4, _) = Cr3::read();
+    let mut table = pml4.start_address().as_u64() as *mut u64;
+    for level in [3u32, 2, 1] {
+        let index = ((vaddr >> (12 + 9 * level)) & 0x1ff) as usize;
+        // SAFETY: page tables live in identity-mapped low memory; the caller holds the lock.
+        let entry = unsafe { &mut *table.add(index) };
+        if *entry & PRESENT == 0 {
+            let frame = frames::alloc().ok_or(MapError::OutOfFrames)?;
+            // SAFETY: a fresh frame of ours, identity-mapped; zeroed it is an empty table.
+            unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE as usize) };
+            *entry = frame | PRESENT | WRITABLE;
+        } else if *entry & HUGE != 0 {
+            return Err(MapError::Conflict(vaddr));
+        }
+        table = (*entry & ADDR_MASK) as *mut u64;
+    }
+    // SAFETY: as above; the index is below 512.
+    Ok(unsafe { &mut *table.add(((vaddr >> 12) & 0x1ff) as usize) })
+}

@@ -7,6 +7,8 @@ mod harness;
 mod mm;
 mod pci;
 mod platform;
+mod sched;
+mod sync;
 
 use alloc::string::String;
 use core::fmt;
@@ -40,6 +42,15 @@ pub static TESTS: &[Test] = &[
     test("pci::virtio_crypto_config_reads_back_consistently", pci::config_reads_back_consistently),
     test("pci::msix_entries_read_back", pci::msix_entries_read_back),
     test("pci::bar_above_4gib_is_mapped_and_reachable", pci::bar_above_4gib_is_mapped_and_reachable),
+    test("sched::tasks_run_on_every_cpu", sched::tasks_run_on_every_cpu),
+    test("sched::spinning_task_does_not_starve_another", sched::spinning_task_does_not_starve_another),
+    test("sched::busy_percent_idle_and_spinning", sched::busy_percent_idle_and_spinning),
+    test("sched::sleep_waits_and_yields", sched::sleep_waits_and_yields),
+    test("sync::ping_pong_10000_across_cpus", sync::ping_pong_10000_across_cpus),
+    test("sync::wake_from_interrupt_resumes_sleeper", sync::wake_from_interrupt_resumes_sleeper),
+    test("sync::timed_wait_times_out_in_window", sync::timed_wait_times_out_in_window),
+    test("sync::lock_stats_show_contention_only_across_cpus", sync::lock_stats_show_contention_only_across_cpus),
+    Test { name: "sched_stack_overflow_must_fail", run: sched::stack_overflow_must_fail, explicit_only: true },
     Test { name: "harness_must_fail", run: harness::must_fail, explicit_only: true },
     Test { name: "harness_fault_must_fail", run: harness::fault_must_fail, explicit_only: true },
 ];

@@ -1,9 +1,11 @@
 //! The kernel side of `vcrypt_drivers::sync`: the `Platform` that gives the shared locks, wait
 //! queues and completions interrupts, preemption control and time.
 
-use vcrypt_drivers::sync::Platform;
+use alloc::sync::Arc;
 
-use crate::arch;
+use vcrypt_drivers::sync::{Platform, Wake};
+
+use crate::{arch, sched};
 
 struct KernelPlatform;
 
@@ -14,10 +16,20 @@ impl Platform for KernelPlatform {
     fn irq_restore(&self, was_enabled: bool) {
         arch::irq_restore(was_enabled)
     }
-    fn preempt_disable(&self) {}
-    fn preempt_enable(&self) {}
+    fn preempt_disable(&self) {
+        sched::preempt_disable()
+    }
+    fn preempt_enable(&self) {
+        sched::preempt_enable()
+    }
     fn now_ns(&self) -> u64 {
         arch::tsc::now_ns()
+    }
+    fn current_task(&self) -> Arc<dyn Wake> {
+        sched::current()
+    }
+    fn block(&self, deadline_ns: Option<u64>) {
+        sched::block(deadline_ns)
     }
 }
 

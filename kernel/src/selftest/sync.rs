@@ -1,0 +1,148 @@
+//! Sync tests: wait queues across CPUs, wake from interrupts, timed waits, lock statistics.
+
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use vcrypt_drivers::sync::spinlock::set_stats_enabled;
+use vcrypt_drivers::sync::{IrqSpinLock, TimedOut, WaitQueue};
+
+use super::TestResult;
+use crate::arch::{apic, idt, percpu, tsc};
+use crate::ensure;
+use crate::sched::{self, TaskState};
+
+const STEP_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// 10,000 round trips between two tasks on different CPUs (the same one with 1 CPU) through one
+/// wait queue; any lost wake-up shows as a 5 s timeout instead of a hang.
+pub fn ping_pong_10000_across_cpus() -> TestResult {
+    const ROUNDS: u64 = 10_000;
+    let turn = Arc::new(AtomicU64::new(0));
+    let wq = Arc::new(WaitQueue::new());
+    let (t2, w2) = (turn.clone(), wq.clone());
+    let other_cpu = percpu::cpu_count() - 1;
+    let pong = sched::spawn("pong", Some(other_cpu), move || -> Result<(), u64> {
+        for i in 0..ROUNDS {
+            w2.wait_until_timeout(|| (t2.load(Ordering::Acquire) == 2 * i + 1).then_some(()), STEP_TIMEOUT_NS)
+                .map_err(|_| i)?;
+            t2.store(2 * i + 2, Ordering::Release);
+            w2.wake_all();
+        }
+        Ok(())
+    })
+    .map_err(|e| format!("{e:?}"))?;
+    let ping = sched::spawn("ping", Some(0), move || -> Result<(), u64> {
+        for i in 0..ROUNDS {
+            turn.store(2 * i + 1, Ordering::Release);
+            wq.wake_all();
+            wq.wait_until_timeout(|| (turn.load(Ordering::Acquire) == 2 * i + 2).then_some(()), STEP_TIMEOUT_NS)
+                .map_err(|_| i)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| format!("{e:?}"))?;
+    let ping = ping.join();
+    let pong = pong.join();
+    ensure!(ping.is_ok(), "ping lost a wake-up in round {}", ping.unwrap_err());
+    ensure!(pong.is_ok(), "pong lost a wake-up in round {}", pong.unwrap_err());
+    Ok(())
+}
+
+static IRQ_WAKE_QUEUE: WaitQueue = WaitQueue::new();
+static IRQ_WAKE_FLAG: AtomicBool = AtomicBool::new(false);
+const TEST_WAKE_VECTOR: u8 = 0xe0;
+
+fn test_wake_interrupt(_frame: &mut idt::TrapFrame) {
+    IRQ_WAKE_FLAG.store(true, Ordering::Release);
+    IRQ_WAKE_QUEUE.wake_all();
+    apic::eoi();
+}
+
+/// A task asleep on a wait queue is woken by an interrupt handler (an IPI to its CPU).
+pub fn wake_from_interrupt_resumes_sleeper() -> TestResult {
+    idt::register_irq(TEST_WAKE_VECTOR, test_wake_interrupt);
+    IRQ_WAKE_FLAG.store(false, Ordering::SeqCst);
+    let cpu = percpu::cpu_count() - 1;
+    let sleeper = sched::spawn("irq-sleeper", Some(cpu), || {
+        IRQ_WAKE_QUEUE.wait_until_timeout(|| IRQ_WAKE_FLAG.load(Ordering::Acquire).then_some(()), STEP_TIMEOUT_NS)
+    })
+    .map_err(|e| format!("{e:?}"))?;
+    let start = tsc::now_ns();
+    while sleeper.task().state() != TaskState::Blocked || IRQ_WAKE_QUEUE.is_empty() {
+        ensure!(tsc::now_ns() - start < STEP_TIMEOUT_NS, "the sleeper never went to sleep");
+        sched::sleep_ns(1_000_000);
+    }
+    apic::send_ipi(percpu::apic_id_of(cpu), TEST_WAKE_VECTOR);
+    let result = sleeper.join_timeout(STEP_TIMEOUT_NS * 2).map_err(|_| "sleeper never finished")?;
+    idt::unregister_irq(TEST_WAKE_VECTOR);
+    ensure!(result.is_ok(), "the interrupt did not wake the sleeper before its 5 s timeout");
+    Ok(())
+}
+
+/// A timed wait whose condition never holds returns TimedOut no earlier than asked and not much
+/// later (100 ms slack for a loaded emulator).
+pub fn timed_wait_times_out_in_window() -> TestResult {
+    let wq = WaitQueue::new();
+    for timeout_ms in [10u64, 50] {
+        let start = tsc::now_ns();
+        let result: Result<(), TimedOut> = wq.wait_until_timeout(|| None, timeout_ms * 1_000_000);
+        let waited_ms = (tsc::now_ns() - start) / 1_000_000;
+        ensure!(result == Err(TimedOut), "a condition that never holds returned {result:?}");
+        ensure!(
+            waited_ms >= timeout_ms && waited_ms <= timeout_ms + 100,
+            "a {timeout_ms} ms timed wait took {waited_ms} ms"
+        );
+        ensure!(wq.is_empty(), "the timed-out waiter is still queued");
+    }
+    Ok(())
+}
+
+static HAMMERED: IrqSpinLock<u64> = IrqSpinLock::new("hammered", 0);
+
+fn hammer(tasks: usize, spread_over_cpus: bool) -> Result<vcrypt_drivers::sync::spinlock::LockStatSnapshot, alloc::string::String> {
+    const ITERATIONS: u64 = 20_000;
+    HAMMERED.reset_stats();
+    *HAMMERED.lock() = 0;
+    HAMMERED.reset_stats();
+    set_stats_enabled(true);
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| {
+            let cpu = if spread_over_cpus { i % percpu::cpu_count() } else { 0 };
+            sched::spawn("hammer", Some(cpu), || {
+                for _ in 0..ITERATIONS {
+                    let mut value = HAMMERED.lock();
+                    *value += 1;
+                    for _ in 0..20 {
+                        core::hint::spin_loop();
+                    }
+                }
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{e:?}"))?;
+    for h in handles {
+        h.join_timeout(STEP_TIMEOUT_NS * 4).map_err(|_| "a hammer task never finished")?;
+    }
+    set_stats_enabled(false);
+    let stats = HAMMERED.stats();
+    let total = *HAMMERED.lock();
+    ensure!(total == tasks as u64 * ITERATIONS, "lost updates: {total} of {}", tasks as u64 * ITERATIONS);
+    ensure!(stats.acquisitions == tasks as u64 * ITERATIONS, "{} acquisitions counted", stats.acquisitions);
+    Ok(stats)
+}
+
+/// Four tasks on one CPU never contend (a held IrqSpinLock cannot be preempted); one task per
+/// CPU on several CPUs does, and the statistics say so.
+pub fn lock_stats_show_contention_only_across_cpus() -> TestResult {
+    let one_cpu = hammer(4, false)?;
+    ensure!(one_cpu.contentions == 0, "tasks on one CPU contended: {one_cpu:?}");
+    ensure!(one_cpu.hold_max >= one_cpu.hold_min && one_cpu.hold_total > 0, "hold times missing: {one_cpu:?}");
+    if percpu::cpu_count() >= 2 {
+        let spread = hammer(percpu::cpu_count().min(4), true)?;
+        ensure!(spread.contentions > 0, "{} CPUs hammering one lock never contended: {spread:?}", percpu::cpu_count());
+        ensure!(spread.wait_total >= spread.wait_max && spread.wait_max > 0, "wait times missing: {spread:?}");
+    }
+    Ok(())
+}
