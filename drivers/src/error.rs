@@ -50,6 +50,8 @@ pub enum Error {
     KeyRejected,
     /// No free descriptors in the virtqueue for this request.
     QueueFull,
+    /// The session was created for the other direction (the device fixes it at creation).
+    WrongDirection { session: &'static str },
 }
 
 impl fmt::Display for Error {
@@ -96,6 +98,9 @@ impl fmt::Display for Error {
                 f.write_str("the device rejected the key or signature (KEY_REJECTED)")
             }
             Error::QueueFull => f.write_str("the virtqueue has no free descriptors"),
+            Error::WrongDirection { session } => {
+                write!(f, "the session was created to {session}; make another for the other direction")
+            }
         }
     }
 }
@@ -162,6 +167,7 @@ mod tests {
             Error::NoSpace,
             Error::KeyRejected,
             Error::QueueFull,
+            Error::WrongDirection { session: "encrypt" },
         ];
         for e in all {
             let s = format!("{e}");

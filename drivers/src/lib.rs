@@ -7,6 +7,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod crypto;
 pub mod error;
 pub mod stats;
 pub mod sync;

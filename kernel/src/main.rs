@@ -51,6 +51,14 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     let devices = pci::enumerate();
     log::info!("pci: {} functions", devices.len());
     let crypto = virtio::crypto::probe_all(&devices);
+    if crypto > 0 && virtio::crypto::init_all() == 0 {
+        println!("error: no virtio-crypto device could be brought up");
+        qemu::exit(ExitCode::Failure);
+    }
+    if let Err(e) = virtio::crypto::apply_switches(&cmdline) {
+        println!("error: {e}");
+        qemu::exit(ExitCode::Failure);
+    }
     if crypto == 0 {
         println!(
             "error: no virtio-crypto device found (QEMU needs -device virtio-crypto-pci; run-qemu.sh adds VCRYPT_DEVICES of them)"

@@ -24,6 +24,8 @@ pub trait Platform: Sync {
     fn preempt_enable(&self);
     /// Monotonic time in nanoseconds.
     fn now_ns(&self) -> u64;
+    /// Index of the CPU running the caller.
+    fn current_cpu(&self) -> usize;
     /// The running task, to be woken later.
     fn current_task(&self) -> Arc<dyn Wake>;
     /// Blocks the running task until it is woken or, with a deadline, until `now_ns()` passes it.
@@ -41,6 +43,9 @@ impl Platform for NoPlatform {
     fn preempt_disable(&self) {}
     fn preempt_enable(&self) {}
     fn now_ns(&self) -> u64 {
+        0
+    }
+    fn current_cpu(&self) -> usize {
         0
     }
     fn current_task(&self) -> Arc<dyn Wake> {
@@ -98,6 +103,9 @@ pub mod host {
         fn preempt_enable(&self) {}
         fn now_ns(&self) -> u64 {
             self.start.elapsed().as_nanos() as u64
+        }
+        fn current_cpu(&self) -> usize {
+            0
         }
         fn current_task(&self) -> Arc<dyn Wake> {
             Arc::new(HostTask(thread::current()))

@@ -11,6 +11,8 @@
 //! arrays into DMA buffers.
 
 pub mod config;
+pub mod device;
+pub mod queue;
 pub mod status;
 pub mod wire;
 

@@ -177,6 +177,16 @@ pub fn register_irq(vector: u8, handler: fn(&mut TrapFrame)) {
     IRQ_HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
 }
 
+/// First and last vector handed out to devices by `alloc_vector`.
+const DEVICE_VECTORS: core::ops::RangeInclusive<u8> = 0x40..=0xdf;
+static NEXT_DEVICE_VECTOR: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0x40);
+
+/// Reserves a vector for a device interrupt; `None` when all are taken.
+pub fn alloc_vector() -> Option<u8> {
+    let vector = NEXT_DEVICE_VECTOR.fetch_add(1, Ordering::SeqCst);
+    DEVICE_VECTORS.contains(&vector).then_some(vector)
+}
+
 /// Removes the handler for `vector`.
 pub fn unregister_irq(vector: u8) {
     IRQ_HANDLERS[vector as usize].store(0, Ordering::Release);

@@ -63,6 +63,9 @@ fn timer_interrupt(_frame: &mut idt::TrapFrame) {
     TICKS.fetch_add(1, Ordering::Relaxed);
     apic::eoi();
     crate::sched::tick();
+    if percpu::cpu_index() == 0 {
+        crate::virtio::crypto::poll_devices();
+    }
 }
 
 fn spurious_interrupt(_frame: &mut idt::TrapFrame) {

@@ -3,6 +3,7 @@
 //! closing `N passed, N failed` line and a QEMU exit status. A panic or CPU exception inside a
 //! test fails the run and names the test.
 
+mod crypto;
 mod harness;
 mod mm;
 mod pci;
@@ -50,6 +51,7 @@ pub static TESTS: &[Test] = &[
     test("sync::wake_from_interrupt_resumes_sleeper", sync::wake_from_interrupt_resumes_sleeper),
     test("sync::timed_wait_times_out_in_window", sync::timed_wait_times_out_in_window),
     test("sync::lock_stats_show_contention_only_across_cpus", sync::lock_stats_show_contention_only_across_cpus),
+    test("crypto::known_answers_every_mode", crypto::known_answers_every_mode),
     Test { name: "sched_stack_overflow_must_fail", run: sched::stack_overflow_must_fail, explicit_only: true },
     Test { name: "harness_must_fail", run: harness::must_fail, explicit_only: true },
     Test { name: "harness_fault_must_fail", run: harness::fault_must_fail, explicit_only: true },

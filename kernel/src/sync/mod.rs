@@ -25,6 +25,9 @@ impl Platform for KernelPlatform {
     fn now_ns(&self) -> u64 {
         arch::tsc::now_ns()
     }
+    fn current_cpu(&self) -> usize {
+        arch::percpu::cpu_index()
+    }
     fn current_task(&self) -> Arc<dyn Wake> {
         sched::current()
     }

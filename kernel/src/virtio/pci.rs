@@ -89,6 +89,24 @@ impl Doorbell {
     }
 }
 
+/// Reads the device status register; for checking DEVICE_NEEDS_RESET from anywhere.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusReader {
+    common: Region,
+}
+
+// SAFETY: a read-only view of an MMIO register that stays mapped.
+unsafe impl Send for StatusReader {}
+// SAFETY: as above.
+unsafe impl Sync for StatusReader {}
+
+impl StatusReader {
+    pub fn needs_reset(&self) -> bool {
+        DeviceStatus::from_bits_truncate(self.common.read::<u8>(DEVICE_STATUS) as u32)
+            .contains(DeviceStatus::DEVICE_NEEDS_RESET)
+    }
+}
+
 /// A modern virtio PCI device.
 #[derive(Debug)]
 pub struct VirtioPciTransport {
@@ -175,6 +193,11 @@ impl VirtioPciTransport {
         let notify_off: u16 = self.common.read(QUEUE_NOTIFY_OFF);
         let offset = notify_off as usize * self.notify_off_multiplier as usize;
         Doorbell { register: NonNull::new(self.notify.ptr::<u16>(offset)).expect("mapped"), queue }
+    }
+
+    /// A reader of the device status that can be kept and used without the transport.
+    pub fn status_reader(&self) -> StatusReader {
+        StatusReader { common: self.common }
     }
 
     /// Whether the device has set DEVICE_NEEDS_RESET.
