@@ -20,6 +20,8 @@ use cmdline::Cmdline;
 
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
+    // First, so that per-CPU data (the timer's tick counter, locks) works from here on.
+    arch::percpu::init_this_cpu(0);
     console::init();
     arch::idt::load();
     let boot = match arch::pvh::read(start_info_paddr) {
