@@ -47,6 +47,10 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     let (tsc_hz, _) = arch::init_boot_cpu();
     println!("tsc: {}.{:03} MHz", tsc_hz / 1_000_000, tsc_hz / 1_000 % 1_000);
     arch::enable_irqs();
+    match arch::acpi::local_apic_ids(boot.rsdp_paddr) {
+        Ok(ids) => log::info!("acpi: {} enabled processors in the MADT, APIC ids {:?}", ids.len(), ids),
+        Err(e) => println!("error: acpi: no usable MADT ({e}); running on the boot CPU only"),
+    }
 
     let devices = pci::enumerate();
     log::info!("pci: {} functions", devices.len());

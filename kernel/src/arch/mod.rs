@@ -1,5 +1,6 @@
 //! The hardware edge for x86_64: boot, descriptor tables, interrupts, APIC, time, port I/O.
 
+pub mod acpi;
 pub mod apic;
 pub mod boot;
 pub mod gdt;
