@@ -47,10 +47,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     let (tsc_hz, _) = arch::init_boot_cpu();
     println!("tsc: {}.{:03} MHz", tsc_hz / 1_000_000, tsc_hz / 1_000 % 1_000);
     arch::enable_irqs();
-    match arch::acpi::local_apic_ids(boot.rsdp_paddr) {
-        Ok(ids) => log::info!("acpi: {} enabled processors in the MADT, APIC ids {:?}", ids.len(), ids),
-        Err(e) => println!("error: acpi: no usable MADT ({e}); running on the boot CPU only"),
-    }
+    // The APs idle (halting, taking timer ticks) until a scheduler passes its own entry here.
+    let cpus = arch::smp::start_aps(&boot, arch::smp::ap_idle);
+    println!("cpus online: {cpus}");
 
     let devices = pci::enumerate();
     log::info!("pci: {} functions", devices.len());

@@ -30,21 +30,20 @@ static ZEROES: [u8; 4096] = [0; 4096];
 
 impl AcpiHandler for IdentityHandler {
     unsafe fn map_physical_region<T>(&self, paddr: usize, size: usize) -> PhysicalMapping<Self, T> {
-        let below_4gib = (paddr as u64)
-            .checked_add(size as u64)
-            .is_some_and(|end| end <= BOOT_IDENTITY_MAP_END);
+        let below_4gib =
+            (paddr as u64).checked_add(size as u64).is_some_and(|end| end <= BOOT_IDENTITY_MAP_END);
         let vaddr = if below_4gib && paddr != 0 {
             paddr as *mut T
         } else {
-            log::warn!("acpi: table pointer {paddr:#x}+{size:#x} is outside RAM below 4 GiB; ignored");
+            log::warn!(
+                "acpi: table pointer {paddr:#x}+{size:#x} is outside RAM below 4 GiB; ignored"
+            );
             ZEROES.as_ptr() as *mut T
         };
         // SAFETY: `vaddr` is non-null and identity-mapped for `size` bytes, or the static page
         // of zeroes (only ever read: the crate does not write tables, and never reads more than
         // a header through a mapping whose header failed validation).
-        unsafe {
-            PhysicalMapping::new(paddr, NonNull::new_unchecked(vaddr), size, size, *self)
-        }
+        unsafe { PhysicalMapping::new(paddr, NonNull::new_unchecked(vaddr), size, size, *self) }
     }
 
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
@@ -55,7 +54,11 @@ impl AcpiHandler for IdentityHandler {
 pub enum MadtError {
     Acpi(acpi::AcpiError),
     /// An entry whose length byte is too short or runs past the end of the table.
-    BadEntry { offset: usize, entry_type: u8, length: u8 },
+    BadEntry {
+        offset: usize,
+        entry_type: u8,
+        length: u8,
+    },
     /// No enabled processor at all.
     NoProcessors,
 }

@@ -9,6 +9,7 @@ pub mod percpu;
 pub mod port;
 pub mod pvh;
 pub mod qemu;
+pub mod smp;
 pub mod tsc;
 
 use core::sync::atomic::Ordering;
