@@ -21,6 +21,7 @@ count() {
 }
 
 # step NAME EXPECT(pass|fail) ENV... -- COMMAND...
+# A passing step must also print the line $MUST_PRINT, when that is set.
 step() {
     local name=$1 expect=$2
     shift 2
@@ -34,7 +35,12 @@ step() {
     local secs=$((SECONDS - start))
     read -r p f < <(count "$log")
     if [ "$expect" = pass ]; then
-        if [ $status -eq 0 ] && [ "$f" -eq 0 ] && [ "$p" -gt 0 ]; then
+        local printed=yes
+        if [ -n "${MUST_PRINT:-}" ] && ! grep -qx -- "$MUST_PRINT" "$log"; then
+            printed=no
+            echo "FAILED $name: no line '$MUST_PRINT'"
+        fi
+        if [ $status -eq 0 ] && [ "$f" -eq 0 ] && [ "$p" -gt 0 ] && [ $printed = yes ]; then
             passed=$((passed + p))
             echo "ok     $name: $p passed (${secs}s)"
             return
@@ -55,9 +61,15 @@ step() {
 }
 
 step "host unit tests" pass -- cargo hosttest
+MUST_PRINT="cpus online: 2"
 step "self-tests, 2 CPUs, 1 device" pass VCRYPT_SMP=2 VCRYPT_DEVICES=1 -- cargo run --quiet
+MUST_PRINT="cpus online: 1"
 step "self-tests, 1 CPU" pass VCRYPT_SMP=1 -- cargo run --quiet
+MUST_PRINT="cpus online: 4"
 step "self-tests, 4 CPUs" pass VCRYPT_SMP=4 -- cargo run --quiet
+MUST_PRINT="cpus online: 8"
+step "self-tests, 8 CPUs" pass VCRYPT_SMP=8 -- cargo run --quiet
+MUST_PRINT=
 step "self-tests, 2 devices" pass VCRYPT_DEVICES=2 -- cargo run --quiet
 EXPECT_LINE="no virtio-crypto device found"
 step "no device: clear error" fail VCRYPT_DEVICES=0 -- cargo run --quiet

@@ -21,6 +21,8 @@ use cmdline::Cmdline;
 
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
+    // First, so that per-CPU data (the timer's tick counter, locks) works from here on.
+    arch::percpu::init_this_cpu(0);
     console::init();
     arch::idt::load();
     let boot = match arch::pvh::read(start_info_paddr) {
@@ -47,6 +49,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     sched::init_this_cpu("main");
     println!("tsc: {}.{:03} MHz", tsc_hz / 1_000_000, tsc_hz / 1_000 % 1_000);
     arch::enable_irqs();
+    // Each AP becomes its CPU's idle task and runs whatever is spawned there.
+    let cpus = arch::smp::start_aps(&boot, |_cpu| sched::become_idle());
+    println!("cpus online: {cpus}");
 
     let devices = pci::enumerate();
     log::info!("pci: {} functions", devices.len());

@@ -28,6 +28,9 @@ const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const TIMER_DIVIDE_BY_16: u32 = 0b0011;
 
 /// Vector of the periodic timer.
@@ -99,6 +102,17 @@ pub fn send_icr(apic_id: u32, command: u32) {
     while read(REG_ICR_LOW) & ICR_DELIVERY_PENDING != 0 {
         core::hint::spin_loop();
     }
+}
+
+/// Sends INIT to the CPU with APIC id `apic_id`: it resets and waits for a start-up IPI.
+pub fn send_init(apic_id: u32) {
+    send_icr(apic_id, ICR_INIT | ICR_LEVEL_ASSERT);
+}
+
+/// Sends a start-up IPI (SIPI): a CPU waiting after INIT starts in real mode at
+/// `page << 12` (CS = `page << 8`, IP = 0).
+pub fn send_startup(apic_id: u32, page: u8) {
+    send_icr(apic_id, ICR_STARTUP | ICR_LEVEL_ASSERT | page as u32);
 }
 
 /// Measures how many APIC timer counts make one tick, against the calibrated TSC.

@@ -1,19 +1,28 @@
 //! The hardware edge for x86_64: boot, descriptor tables, interrupts, APIC, time, port I/O.
 
+pub mod acpi;
 pub mod apic;
-pub mod percpu;
 pub mod boot;
 pub mod gdt;
 pub mod idt;
+pub mod percpu;
 pub mod port;
 pub mod pvh;
 pub mod qemu;
+pub mod smp;
 pub mod tsc;
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-/// Timer ticks seen by the boot CPU.
-pub static TICKS: AtomicU64 = AtomicU64::new(0);
+/// Timer ticks taken by CPU `cpu` (each CPU counts its own in its per-CPU slot).
+pub fn ticks(cpu: usize) -> u64 {
+    percpu::get(cpu).ticks().load(Ordering::Relaxed)
+}
+
+/// Timer ticks taken by the current CPU.
+pub fn this_cpu_ticks() -> u64 {
+    percpu::this().ticks().load(Ordering::Relaxed)
+}
 
 /// Whether local interrupts are enabled.
 pub fn irqs_enabled() -> bool {
@@ -60,7 +69,7 @@ pub fn irq_exit(_frame: &mut idt::TrapFrame) {
 }
 
 fn timer_interrupt(_frame: &mut idt::TrapFrame) {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+    percpu::this().ticks().fetch_add(1, Ordering::Relaxed);
     apic::eoi();
     crate::sched::tick();
     if percpu::cpu_index() == 0 {
@@ -73,11 +82,13 @@ fn spurious_interrupt(_frame: &mut idt::TrapFrame) {
 }
 
 /// Loads descriptor tables and enables the local APIC on the boot CPU; calibrates time and starts
-/// the timer. Interrupts stay disabled.
+/// the timer. Interrupts stay disabled. The boot CPU's GS base (`percpu::init_this_cpu(0)`) is
+/// set before this, at the start of `kernel_main`.
 pub fn init_boot_cpu() -> (u64, u32) {
     gdt::load_for_this_cpu();
     idt::load();
     apic::init_this_cpu();
+    percpu::set_apic_id(apic::id());
     idt::register_irq(apic::TIMER_VECTOR, timer_interrupt);
     idt::register_irq(apic::SPURIOUS_VECTOR, spurious_interrupt);
     let tsc_hz = tsc::calibrate();

@@ -113,6 +113,16 @@ impl Msix {
         })
     }
 
+    /// Writes `value` back into `entry` (address, data and mask), e.g. to restore it.
+    pub fn write_entry(&self, entry: u16, value: MsixEntry) -> Result<(), MsixError> {
+        let words = [value.address as u32, (value.address >> 32) as u32, value.data, value.masked as u32];
+        for (i, word) in words.into_iter().enumerate() {
+            // SAFETY: `entry_word` checked the index against the mapped table.
+            unsafe { core::ptr::write_volatile(self.entry_word(entry, i)?, word) };
+        }
+        Ok(())
+    }
+
     /// Masks `entry`.
     pub fn mask(&self, entry: u16) -> Result<(), MsixError> {
         let word = self.entry_word(entry, 3)?;

@@ -261,15 +261,20 @@ pub fn block(deadline_ns: Option<u64>) {
         return;
     }
     task.set_state(TaskState::Blocked);
-    // A waker that ran before we were Blocked saw Running and only left wake_pending.
-    if task.wake_pending.swap(false, Ordering::SeqCst) {
-        task.set_state(TaskState::Running);
+    // A waker that ran before we were Blocked saw Running and only left wake_pending. Leave
+    // Blocked only by compare-exchange: if it fails, a waker has already queued us, and
+    // `schedule` must take us off the queue.
+    let unblock = |task: &Task| {
+        task.state
+            .compare_exchange(TaskState::Blocked as u8, TaskState::Running as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    };
+    if task.wake_pending.swap(false, Ordering::SeqCst) && unblock(&task) {
         arch::irq_restore(was);
         return;
     }
-    if let Some(deadline) = deadline_ns {
-        if tsc::now_ns() >= deadline {
-            task.set_state(TaskState::Running);
+    if let Some(deadline) = deadline_ns.filter(|_| task.state() == TaskState::Blocked) {
+        if tsc::now_ns() >= deadline && unblock(&task) {
             arch::irq_restore(was);
             return;
         }

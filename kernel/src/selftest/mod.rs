@@ -10,6 +10,7 @@ mod pci;
 mod platform;
 mod sched;
 mod sync;
+mod smp;
 
 use alloc::string::String;
 use core::fmt;
@@ -39,6 +40,13 @@ pub static TESTS: &[Test] = &[
     test("mm::dma_alloc_is_zeroed_and_contiguous", mm::dma_alloc_is_zeroed_and_contiguous),
     test("arch::breakpoint_is_caught_and_resumes", platform::breakpoint_is_caught_and_resumes),
     test("arch::timer_ticks_agree_with_tsc", platform::timer_ticks_agree_with_tsc),
+    test("smp::cpu_count_matches_madt", smp::cpu_count_matches_madt),
+    test(
+        "smp::every_cpu_checked_in_with_own_index_and_apic_id",
+        smp::every_cpu_checked_in_with_own_index_and_apic_id,
+    ),
+    test("smp::every_cpu_takes_timer_ticks", smp::every_cpu_takes_timer_ticks),
+    test("smp::ipi_runs_handler_on_target_cpu", smp::ipi_runs_handler_on_target_cpu),
     test("pci::finds_virtio_crypto_with_expected_ids", pci::finds_virtio_crypto_with_expected_ids),
     test("pci::virtio_crypto_config_reads_back_consistently", pci::config_reads_back_consistently),
     test("pci::msix_entries_read_back", pci::msix_entries_read_back),

@@ -70,7 +70,8 @@ pub fn config_reads_back_consistently() -> TestResult {
     Ok(())
 }
 
-/// Every MSI-X table entry takes an address and vector, reads them back, and masks.
+/// Every MSI-X table entry takes an address and vector, reads them back, and masks; each entry
+/// is restored afterwards (the driver's interrupts go through them).
 pub fn msix_entries_read_back() -> TestResult {
     let my_apic = apic::id();
     for device in probe::probed() {
@@ -79,6 +80,7 @@ pub fn msix_entries_read_back() -> TestResult {
         let msix = device.msix.as_ref().ok_or_else(|| alloc::format!("{at}: no MSI-X capability"))?;
         ensure!(msix.table_size() >= 3, "{at}: {} MSI-X vectors, need data + control + config", msix.table_size());
         for entry in 0..msix.table_size() {
+            let original = msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?;
             let vector = 0x80 + entry as u8;
             msix.set_entry(entry, my_apic, vector).map_err(|e| alloc::format!("{e:?}"))?;
             let back = msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?;
@@ -89,6 +91,8 @@ pub fn msix_entries_read_back() -> TestResult {
             );
             msix.mask(entry).map_err(|e| alloc::format!("{e:?}"))?;
             ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?.masked, "{at}: entry {entry} did not mask");
+            msix.write_entry(entry, original).map_err(|e| alloc::format!("{e:?}"))?;
+            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))? == original, "{at}: entry {entry} not restored");
         }
         ensure!(msix.entry(msix.table_size()).is_err(), "{at}: entry past the table was accepted");
     }

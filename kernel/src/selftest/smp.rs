@@ -1,0 +1,113 @@
+//! Multiprocessor tests: every CPU the MADT lists came up, knows who it is, takes timer ticks and
+//! takes interrupts sent to it.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::TestResult;
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::{self, apic, idt, smp, tsc};
+use crate::ensure;
+
+/// Vector of the test IPI (free: devices use vectors from MSI-X allocation, not this one).
+const TEST_IPI_VECTOR: u8 = 0xf0;
+
+/// The CPUs online are exactly the MADT's enabled processors (up to MAX_CPUS).
+pub fn cpu_count_matches_madt() -> TestResult {
+    let madt = smp::madt_apic_ids();
+    ensure!(!madt.is_empty(), "no usable MADT: the processors could not be discovered");
+    let expected = madt.len().min(MAX_CPUS);
+    let online = percpu::cpu_count();
+    ensure!(online == expected, "{online} CPUs online, the MADT lists {} enabled", madt.len());
+    Ok(())
+}
+
+/// Every CPU checked in with its own index as read through its GS base and a distinct APIC id
+/// from the MADT, the one its per-CPU data records.
+pub fn every_cpu_checked_in_with_own_index_and_apic_id() -> TestResult {
+    ensure!(percpu::cpu_index() == 0, "tests run on CPU {}, not the boot CPU", percpu::cpu_index());
+    let madt = smp::madt_apic_ids();
+    let mut seen: Vec<u32> = Vec::new();
+    for cpu in 0..percpu::cpu_count() {
+        let Some((index, apic_id)) = smp::checkin(cpu) else {
+            return Err(alloc::format!("CPU {cpu} never checked in"));
+        };
+        ensure!(index == cpu, "CPU {cpu} read cpu_index() = {index} through its GS base");
+        ensure!(
+            apic_id == percpu::apic_id_of(cpu),
+            "CPU {cpu} has APIC id {apic_id}, its per-CPU data says {}",
+            percpu::apic_id_of(cpu)
+        );
+        ensure!(
+            !seen.contains(&apic_id),
+            "CPU {cpu} has APIC id {apic_id}, as an earlier CPU does"
+        );
+        ensure!(
+            madt.contains(&apic_id),
+            "CPU {cpu} has APIC id {apic_id}, not in the MADT {madt:?}"
+        );
+        seen.push(apic_id);
+    }
+    Ok(())
+}
+
+/// Over 50 ms, every CPU's timer ticks advance, at least half as often as TICK_HZ says.
+pub fn every_cpu_takes_timer_ticks() -> TestResult {
+    ensure!(arch::irqs_enabled(), "interrupts are disabled");
+    let count = percpu::cpu_count();
+    let before: Vec<u64> = (0..count).map(arch::ticks).collect();
+    let start = tsc::rdtsc();
+    while tsc::ticks_to_ns(tsc::rdtsc() - start) < 50_000_000 {
+        arch::enable_irqs_and_halt();
+    }
+    let elapsed_ms = tsc::ticks_to_ns(tsc::rdtsc() - start) / 1_000_000;
+    let expected = elapsed_ms * apic::TICK_HZ / 1000;
+    for (cpu, before) in before.into_iter().enumerate() {
+        let ticks = arch::ticks(cpu) - before;
+        ensure!(
+            ticks * 2 >= expected,
+            "CPU {cpu} took {ticks} timer ticks in {elapsed_ms} ms, expected about {expected}"
+        );
+    }
+    Ok(())
+}
+
+/// How many test IPIs each CPU handled.
+static IPI_HITS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+
+fn test_ipi_handler(_frame: &mut idt::TrapFrame) {
+    IPI_HITS[percpu::cpu_index()].fetch_add(1, Ordering::SeqCst);
+    apic::eoi();
+}
+
+/// An IPI from CPU 0 to each CPU (itself included) runs the handler on exactly that CPU.
+pub fn ipi_runs_handler_on_target_cpu() -> TestResult {
+    ensure!(arch::irqs_enabled(), "interrupts are disabled");
+    ensure!(percpu::cpu_index() == 0, "tests run on CPU {}, not the boot CPU", percpu::cpu_index());
+    for hits in &IPI_HITS {
+        hits.store(0, Ordering::SeqCst);
+    }
+    idt::register_irq(TEST_IPI_VECTOR, test_ipi_handler);
+    let result = (|| {
+        for target in 0..percpu::cpu_count() {
+            apic::send_ipi(percpu::apic_id_of(target), TEST_IPI_VECTOR);
+            let start = tsc::rdtsc();
+            while IPI_HITS[target].load(Ordering::SeqCst) == 0
+                && tsc::ticks_to_ns(tsc::rdtsc() - start) < 100_000_000
+            {
+                core::hint::spin_loop();
+            }
+            for (cpu, hits) in IPI_HITS.iter().enumerate() {
+                let hits = hits.load(Ordering::SeqCst);
+                let want = u32::from(cpu <= target);
+                ensure!(
+                    hits == want,
+                    "after the IPI to CPU {target}, CPU {cpu} handled {hits} test IPIs, expected {want}"
+                );
+            }
+        }
+        Ok(())
+    })();
+    idt::unregister_irq(TEST_IPI_VECTOR);
+    result
+}
