@@ -71,6 +71,8 @@ MUST_PRINT="cpus online: 8"
 step "self-tests, 8 CPUs" pass VCRYPT_SMP=8 -- cargo run --quiet
 MUST_PRINT=
 step "self-tests, 2 devices" pass VCRYPT_DEVICES=2 -- cargo run --quiet
+step "driver suites, ctrl=poll" pass -- cargo run --quiet -- test crypto:: ctrl=poll
+step "driver suites, kick=locked" pass -- cargo run --quiet -- test crypto:: kick=locked
 EXPECT_LINE="no virtio-crypto device found"
 step "no device: clear error" fail VCRYPT_DEVICES=0 -- cargo run --quiet
 EXPECT_LINE="test harness_must_fail ... FAILED"

@@ -367,6 +367,20 @@ impl<H: Hal> CryptoDevice<H> {
         iv: &[u8],
         src: &[u8],
     ) -> Result<Vec<u8>, Error> {
+        self.start_cipher_request(queue, session_id, cipher, direction, iv, src)?.wait()
+    }
+
+    /// Validates and posts a cipher request without waiting for it: the caller may keep many in
+    /// flight and collect each with [`PendingRequest::wait`].
+    pub fn start_cipher_request<'d>(
+        &'d self,
+        queue: &'d CryptoQueue<H>,
+        session_id: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<PendingRequest<'d, H>, Error> {
         self.ready()?;
         self.check_request(cipher, iv, src.len(), src.len())?;
         let header = wire::CipherDataHeader {
@@ -386,9 +400,28 @@ impl<H: Hal> CryptoDevice<H> {
         let mut writable = heapless::Vec::new();
         let _ = writable.push(vec![0u8; src.len()]);
         let _ = writable.push(vec![0xffu8; wire::INHDR_LEN]);
-        let mut buffers = self.round_trip(queue, Buffers { readable, writable }, false)?;
-        let status = buffers.writable[1][0];
-        status_to_result(status, RequestKind::Data)?;
+        let completion = queue.submit(Buffers { readable, writable })?;
+        Ok(PendingRequest { device: self, queue, completion })
+    }
+}
+
+/// A cipher request in flight.
+pub struct PendingRequest<'d, H: Hal> {
+    device: &'d CryptoDevice<H>,
+    queue: &'d CryptoQueue<H>,
+    completion: alloc::sync::Arc<super::queue::RequestCompletion>,
+}
+
+impl<H: Hal> PendingRequest<'_, H> {
+    /// Sleeps until the device answers; returns the output bytes.
+    pub fn wait(self) -> Result<Vec<u8>, Error> {
+        let timeout = self.device.timeout_ns.load(Ordering::Relaxed);
+        let Finished { mut buffers, result } = match self.completion.wait_timeout(timeout) {
+            Ok(finished) => finished,
+            Err(_) => return Err(self.device.timed_out(self.queue)),
+        };
+        result?;
+        status_to_result(buffers.writable[1][0], RequestKind::Data)?;
         Ok(core::mem::take(&mut buffers.writable[0]))
     }
 }

@@ -8,6 +8,7 @@ mod harness;
 mod mm;
 mod pci;
 mod platform;
+mod reference;
 mod sched;
 mod sync;
 mod smp;
@@ -60,6 +61,11 @@ pub static TESTS: &[Test] = &[
     test("sync::timed_wait_times_out_in_window", sync::timed_wait_times_out_in_window),
     test("sync::lock_stats_show_contention_only_across_cpus", sync::lock_stats_show_contention_only_across_cpus),
     test("crypto::known_answers_every_mode", crypto::known_answers_every_mode),
+    test("crypto::bad_inputs_get_their_error_and_device_stays_usable", crypto::bad_inputs_get_their_error_and_device_stays_usable),
+    test("crypto::session_exhaustion_and_recovery", crypto::session_exhaustion_and_recovery),
+    test("crypto::many_tasks_every_cpu_many_in_flight", crypto::many_tasks_every_cpu_many_in_flight),
+    test("crypto::differential_1000_per_mode_vs_rustcrypto", crypto::differential_1000_per_mode_vs_rustcrypto),
+    test("crypto::volume_300k_data_100k_control", crypto::volume_300k_data_100k_control),
     Test { name: "sched_stack_overflow_must_fail", run: sched::stack_overflow_must_fail, explicit_only: true },
     Test { name: "harness_must_fail", run: harness::must_fail, explicit_only: true },
     Test { name: "harness_fault_must_fail", run: harness::fault_must_fail, explicit_only: true },
