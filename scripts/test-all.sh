@@ -34,7 +34,15 @@ step() {
     local status=$?
     local secs=$((SECONDS - start))
     read -r p f < <(count "$log")
-    if [ "$expect" = pass ]; then
+    if [ "$expect" = prints ]; then
+        if [ $status -eq 0 ] && grep -qx -- "$MUST_PRINT" "$log"; then
+            passed=$((passed + 1))
+            echo "ok     $name: printed '$MUST_PRINT' (${secs}s)"
+            return
+        fi
+        failed=$((failed + 1))
+        echo "FAILED $name: expected exit 0 and the line '$MUST_PRINT', got exit $status; its output:"
+    elif [ "$expect" = pass ]; then
         local printed=yes
         if [ -n "${MUST_PRINT:-}" ] && ! grep -qx -- "$MUST_PRINT" "$log"; then
             printed=no
@@ -73,6 +81,12 @@ MUST_PRINT=
 step "self-tests, 2 devices" pass VCRYPT_DEVICES=2 -- cargo run --quiet
 step "driver suites, ctrl=poll" pass -- cargo run --quiet -- test crypto:: ctrl=poll
 step "driver suites, kick=locked" pass -- cargo run --quiet -- test crypto:: kick=locked
+MUST_PRINT=7649abac8119b246cee98e9b12e9197d
+step "kcapi one-shot: SP 800-38A CBC block" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' \
+    -k 2b7e151628aed2a6abf7158809cf4f3c -i 000102030405060708090a0b0c0d0e0f -p 6bc1bee22e409f96e93d7e117393172a
+MUST_PRINT=
+EXPECT_LINE="error: kcapi: -k: \"2b7g\" is not hexadecimal"
+step "kcapi with a bad argument" fail -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' -k 2b7g -p 00
 EXPECT_LINE="no virtio-crypto device found"
 step "no device: clear error" fail VCRYPT_DEVICES=0 -- cargo run --quiet
 EXPECT_LINE="test harness_must_fail ... FAILED"

@@ -9,6 +9,7 @@ extern crate alloc;
 mod arch;
 mod cmdline;
 mod console;
+mod kcapi;
 mod mm;
 mod pci;
 mod sched;
@@ -73,8 +74,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
 
     match cmdline.command() {
         "test" => selftest::run(&cmdline.args()),
+        "kcapi" => kcapi::main(&cmdline.args()),
         other => {
-            println!("error: unknown command \"{other}\" (commands: test [filter...])");
+            println!("error: unknown command \"{other}\" (commands: test [filter...], kcapi ...)");
             qemu::exit(ExitCode::Failure)
         }
     }
