@@ -185,9 +185,9 @@ impl<H: Hal> QueueGuard<'_, H> {
         self.ring.vq.available_desc()
     }
 
-    /// Detaches every request still in flight (the queue is broken).
-    fn take_all(&mut self) -> Vec<InFlight> {
-        self.ring.in_flight.iter_mut().filter_map(Option::take).collect()
+    /// Detaches one request still in flight, if any (the queue is broken).
+    fn take_any(&mut self) -> Option<InFlight> {
+        self.ring.in_flight.iter_mut().find_map(Option::take)
     }
 }
 
@@ -285,8 +285,7 @@ impl<H: Hal> CryptoQueue<H> {
     }
 
     /// Drains the used ring: the interrupt handler's work, also used by pollers. Completes each
-    /// finished request after the lock is dropped. Returns how many completed. Never allocates
-    /// except to fail a broken queue's requests.
+    /// finished request after the lock is dropped. Returns how many completed. Never allocates.
     pub fn handle_interrupt(&self) -> usize {
         const BATCH: usize = 32;
         let mut total = 0;
@@ -342,11 +341,16 @@ impl<H: Hal> CryptoQueue<H> {
     /// needed, or it broke the protocol). Their buffers stay with the completions.
     pub fn fail_all(&self, error: Error) {
         self.broken.store(true, Ordering::Release);
-        let orphans = QueueGuard { ring: self.ring.lock() }.take_all();
-        for entry in orphans {
+        // One at a time, completing outside the lock: no allocation, usable from interrupts.
+        while let Some(entry) = self.detach_one() {
             let _ = entry.completion.complete(Finished { buffers: entry.buffers, result: Err(error) });
         }
         self.space.wake_all();
+    }
+
+    /// Takes one in-flight request off the ring (the guard is dropped before returning).
+    fn detach_one(&self) -> Option<InFlight> {
+        QueueGuard { ring: self.ring.lock() }.take_any()
     }
 
     /// Free descriptors right now.
