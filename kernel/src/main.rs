@@ -7,6 +7,7 @@
 extern crate alloc;
 
 mod arch;
+mod bench;
 mod cmdline;
 mod console;
 mod kcapi;
@@ -75,8 +76,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     match cmdline.command() {
         "test" => selftest::run(&cmdline.args()),
         "kcapi" => kcapi::main(&cmdline.args()),
+        "bench" => bench::main(&cmdline.args(), &cmdline),
         other => {
-            println!("error: unknown command \"{other}\" (commands: test [filter...], kcapi ...)");
+            println!("error: unknown command \"{other}\" (commands: test [filter...], bench [ctrl|kick|data] [dur=ms], kcapi ...)");
             qemu::exit(ExitCode::Failure)
         }
     }

@@ -247,10 +247,12 @@ impl<H: Hal> CryptoQueue<H> {
         }
         let completion = Arc::new(RequestCompletion::new());
         loop {
+            let mut guard = QueueGuard { ring: self.ring.lock() };
+            // Checked under the lock: `fail_all` sets `broken` before draining under the same
+            // lock, so a request is either drained by it or refused here, never stranded.
             if self.is_broken() {
                 return Err(Error::DeviceNeedsReset);
             }
-            let mut guard = QueueGuard { ring: self.ring.lock() };
             match guard.add(buffers, completion.clone()) {
                 Ok(_token) => {
                     self.counters.submitted.fetch_add(1, Ordering::Relaxed);

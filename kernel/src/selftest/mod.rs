@@ -3,6 +3,7 @@
 //! closing `N passed, N failed` line and a QEMU exit status. A panic or CPU exception inside a
 //! test fails the run and names the test.
 
+mod bench;
 mod crypto;
 mod harness;
 mod mm;
@@ -66,6 +67,7 @@ pub static TESTS: &[Test] = &[
     test("crypto::many_tasks_every_cpu_many_in_flight", crypto::many_tasks_every_cpu_many_in_flight),
     test("crypto::differential_1000_per_mode_vs_rustcrypto", crypto::differential_1000_per_mode_vs_rustcrypto),
     test("crypto::volume_300k_data_100k_control", crypto::volume_300k_data_100k_control),
+    test("bench::every_bench_runs_and_emits_parsable_json", bench::every_bench_runs_and_emits_parsable_json),
     Test { name: "sched_stack_overflow_must_fail", run: sched::stack_overflow_must_fail, explicit_only: true },
     Test { name: "harness_must_fail", run: harness::must_fail, explicit_only: true },
     Test { name: "harness_fault_must_fail", run: harness::fault_must_fail, explicit_only: true },

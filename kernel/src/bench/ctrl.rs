@@ -1,0 +1,74 @@
+//! `bench ctrl`: session create+destroy pairs per second, busy-polled under one control lock
+//! (`ctrl=poll`, depth 1: what the first seed replaced) vs sleeping on a completion with many in
+//! flight (`ctrl=sleep`), with 1 worker, one per CPU and 8 per CPU. Per row: ops/s, busy % per
+//! CPU and their sum, and the destroy-session latency as a log2 histogram in microseconds.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use vcrypt_drivers::crypto::{Cipher, Direction};
+use vcrypt_drivers::stats::Log2Histogram;
+use vcrypt_drivers::virtio_crypto::device::CtrlMode;
+
+use super::report::{Row, busy_text, per_second, progress, run_workers};
+use super::BenchConfig;
+use crate::arch::{percpu, tsc};
+use crate::println;
+
+pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
+    let device = config.device;
+    let cpus = percpu::cpu_count();
+    let worker_counts = [1, cpus, 8 * cpus];
+    let modes = [CtrlMode::Poll, CtrlMode::Sleep];
+    let total = worker_counts.len() * modes.len();
+    let original = device.ctrl_mode();
+    let mut rows = Vec::new();
+    let mut table = Vec::new();
+    for (m, mode) in modes.into_iter().enumerate() {
+        for (w, workers) in worker_counts.into_iter().enumerate() {
+            let name = if mode == CtrlMode::Poll { "poll" } else { "sleep" };
+            progress("ctrl", m * worker_counts.len() + w, total, &format!("ctrl={name}, {workers} workers"));
+            device.set_ctrl_mode(mode);
+            let histogram = Arc::new(Log2Histogram::new());
+            let hist = histogram.clone();
+            let result = run_workers(workers, config.point_ns, move |_, deadline| {
+                let key = [0x11u8; 16];
+                let mut pairs = 0;
+                while tsc::now_ns() < deadline {
+                    let id = device.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("create: {e}"))?;
+                    let start = tsc::now_ns();
+                    device.destroy_cipher_session(id).map_err(|e| format!("destroy: {e}"))?;
+                    hist.record((tsc::now_ns() - start) / 1000);
+                    pairs += 1;
+                }
+                Ok(pairs)
+            });
+            device.set_ctrl_mode(original);
+            let (pairs, busy, elapsed) = result?;
+            let ops = per_second(pairs, elapsed);
+            table.push(format!("{name:<6} {workers:>7} {ops:>10}   {}", busy_text(&busy)));
+            println!("destroy-session latency, ctrl={name}, {workers} workers:\n{histogram}");
+            rows.push(
+                Row::new("ctrl")
+                    .str("mode", name)
+                    .num("workers", workers)
+                    .num("pairs", pairs)
+                    .num("ops_per_s", ops)
+                    .busy(&busy)
+                    .nums("destroy_latency_log2_us", &histogram.counts())
+                    .num("destroy_p50_us_le", histogram.percentile_upper_bound(50))
+                    .num("destroy_p99_us_le", histogram.percentile_upper_bound(99))
+                    .num("duration_ms", elapsed / 1_000_000)
+                    .emit(),
+            );
+        }
+    }
+    println!("bench ctrl: session create+destroy pairs per second");
+    println!("mode   workers      ops/s   busy per CPU (sum)");
+    for line in table {
+        println!("{line}");
+    }
+    Ok(rows)
+}

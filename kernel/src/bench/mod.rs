@@ -1,0 +1,98 @@
+//! Benchmarks that reproduce the seeds' experiments side by side in one boot:
+//! `bench ctrl` (control queue: busy-poll vs sleep, seed 000), `bench kick` (doorbell inside vs
+//! outside the queue lock, seed 002), `bench data` (throughput and latency against request size
+//! and requests in flight). `bench` runs all three. Options: `dur=<ms>` per point (default 1000).
+//!
+//! Each prints a human table shaped like the seed's and one JSON line per row (`{"bench":...}`).
+//! Ratios are meaningful inside one boot only; tests never assert timing.
+
+mod ctrl;
+mod data;
+mod kick;
+mod report;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::arch::qemu::{self, ExitCode};
+use crate::println;
+use crate::virtio::crypto::{Device, devices};
+
+pub use report::Row;
+
+/// What every bench needs to know.
+pub struct BenchConfig {
+    pub device: &'static Device,
+    pub point_ns: u64,
+}
+
+/// One benchmark: its name and the function producing its rows.
+pub struct Bench {
+    pub name: &'static str,
+    pub run: fn(&BenchConfig) -> Result<Vec<Row>, String>,
+}
+
+pub static BENCHES: &[Bench] = &[
+    Bench { name: "ctrl", run: ctrl::run },
+    Bench { name: "kick", run: kick::run },
+    Bench { name: "data", run: data::run },
+];
+
+/// Parses `dur=<ms>`.
+pub fn point_ns(cmdline: &crate::cmdline::Cmdline) -> Result<u64, String> {
+    match cmdline.switch("dur") {
+        None => Ok(1_000_000_000),
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if (1..=60_000).contains(&ms) => Ok(ms * 1_000_000),
+            _ => Err(alloc::format!("dur={ms}: expected milliseconds per point, 1..60000")),
+        },
+    }
+}
+
+/// `cargo run -- bench [ctrl|kick|data ...] [dur=ms]`: runs the benches and exits QEMU.
+pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
+    let point_ns = match point_ns(cmdline) {
+        Ok(ns) => ns,
+        Err(e) => {
+            println!("error: bench: {e}");
+            qemu::exit(ExitCode::Failure)
+        }
+    };
+    let selected: Vec<&Bench> = if args.is_empty() {
+        BENCHES.iter().collect()
+    } else {
+        let mut chosen = Vec::new();
+        for name in args {
+            match BENCHES.iter().find(|b| b.name == *name) {
+                Some(b) => chosen.push(b),
+                None => {
+                    println!("error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data)");
+                    qemu::exit(ExitCode::Failure)
+                }
+            }
+        }
+        chosen
+    };
+    let Some(&device) = devices().first() else {
+        println!("error: bench: no device");
+        qemu::exit(ExitCode::Failure)
+    };
+    let config = BenchConfig { device, point_ns };
+    println!(
+        "bench: device {}, {} CPUs, {} ms per point, TSC {} MHz",
+        device.name,
+        crate::arch::percpu::cpu_count(),
+        point_ns / 1_000_000,
+        crate::arch::tsc::hz() / 1_000_000
+    );
+    for bench in selected {
+        match (bench.run)(&config) {
+            Ok(_) => {}
+            Err(e) => {
+                println!("error: bench {}: {e}", bench.name);
+                qemu::exit(ExitCode::Failure)
+            }
+        }
+    }
+    qemu::exit(ExitCode::Success)
+}

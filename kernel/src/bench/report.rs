@@ -1,0 +1,96 @@
+//! One result row: printed as JSON (`{"bench":...}`) for tools, next to each bench's own table.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::sched::busy::{BusyWindow, Percent};
+
+/// A JSON object built field by field (numbers, strings, number arrays).
+pub struct Row {
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Row {
+    pub fn new(bench: &str) -> Row {
+        Row { fields: alloc::vec![("bench", format!("\"{bench}\""))] }
+    }
+
+    pub fn str(mut self, key: &'static str, value: &str) -> Row {
+        self.fields.push((key, format!("\"{value}\"")));
+        self
+    }
+
+    pub fn num(mut self, key: &'static str, value: impl core::fmt::Display) -> Row {
+        self.fields.push((key, format!("{value}")));
+        self
+    }
+
+    pub fn nums(mut self, key: &'static str, values: &[u64]) -> Row {
+        let items: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
+        self.fields.push((key, format!("[{}]", items.join(","))));
+        self
+    }
+
+    /// Busy per CPU and their sum, in percent with one decimal (as the seed's "800% CPU").
+    pub fn busy(self, permille: &[u32]) -> Row {
+        let sum: u32 = permille.iter().sum();
+        let per_cpu: Vec<String> = permille.iter().map(|p| format!("{}.{}", p / 10, p % 10)).collect();
+        let mut row = self;
+        row.fields.push(("busy_pct", format!("[{}]", per_cpu.join(","))));
+        row.fields.push(("busy_sum_pct", format!("{}.{}", sum / 10, sum % 10)));
+        row
+    }
+
+    pub fn json(&self) -> String {
+        let fields: Vec<String> = self.fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// Prints the JSON line.
+    pub fn emit(self) -> Row {
+        crate::println!("{}", self.json());
+        self
+    }
+}
+
+/// Busy per CPU as `12.5%/99.0%` and the sum.
+pub fn busy_text(permille: &[u32]) -> String {
+    let parts: Vec<String> = permille.iter().map(|p| format!("{}", Percent(*p))).collect();
+    format!("{} (sum {})", parts.join("/"), Percent(permille.iter().sum()))
+}
+
+/// Runs `work` on `workers` tasks spread over the CPUs for `duration_ns` and returns the total
+/// operations they report and busy per CPU over the window.
+pub fn run_workers<F>(workers: usize, duration_ns: u64, work: F) -> Result<(u64, Vec<u32>, u64), String>
+where
+    F: Fn(usize, u64) -> Result<u64, String> + Send + Sync + Clone + 'static,
+{
+    let cpus = crate::arch::percpu::cpu_count();
+    let start = crate::arch::tsc::now_ns();
+    let deadline = start + duration_ns;
+    let window = BusyWindow::start();
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let work = work.clone();
+            crate::sched::spawn("bench-worker", Some(w % cpus), move || work(w, deadline))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("spawn: {e:?}"))?;
+    let mut total = 0;
+    for h in handles {
+        total += h.join()?;
+    }
+    let elapsed = crate::arch::tsc::now_ns() - start;
+    Ok((total, window.busy_permille(), elapsed))
+}
+
+/// Operations per second.
+pub fn per_second(ops: u64, elapsed_ns: u64) -> u64 {
+    ops * 1_000_000_000 / elapsed_ns.max(1)
+}
+
+/// Progress line.
+pub fn progress(bench: &str, index: usize, total: usize, what: &str) {
+    crate::println!("bench {bench}: point {}/{total}: {what} ...", index + 1);
+}
