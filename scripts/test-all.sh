@@ -94,7 +94,7 @@ step "a failing test fails the run" fail -- cargo run --quiet -- test harness_mu
 EXPECT_LINE="test harness_fault_must_fail ... FAILED: exception 14 (page fault)"
 step "a fault inside a test fails the run and names it" fail -- cargo run --quiet -- test harness_fault_must_fail
 
-EXPECT_LINE="stack overflow in task 'overflow': hit its guard page"
+EXPECT_LINE="stack overflow in task 'overflow' (#"
 step "a task stack overflow is reported" fail -- cargo run --quiet -- test sched_stack_overflow_must_fail
 
 echo "$passed passed, $failed failed"

@@ -57,6 +57,12 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
 
     let devices = pci::enumerate();
     log::info!("pci: {} functions", devices.len());
+    for d in &devices {
+        log::debug!(
+            "pci {}: {:04x}:{:04x} class {:02x}:{:02x} header type {}",
+            d.address, d.vendor_id, d.device_id, d.class, d.subclass, d.header_type
+        );
+    }
     let crypto = virtio::crypto::probe_all(&devices);
     if crypto > 0 && virtio::crypto::init_all() == 0 {
         println!("error: no virtio-crypto device could be brought up");

@@ -217,9 +217,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     // SAFETY: reading CR2 has no side effects.
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
     if matches!(vector, PAGE_FAULT | DOUBLE_FAULT) {
-        if let Some(task) = crate::sched::stack_overflow_task(cr2) {
+        if let Some((task, id)) = crate::sched::stack_overflow_task(cr2) {
             crate::selftest::fatal(format_args!(
-                "stack overflow in task '{task}': hit its guard page at {cr2:#x} (exception {vector}, RIP {:#x})",
+                "stack overflow in task '{task}' (#{id}): hit its guard page at {cr2:#x} (exception {vector}, RIP {:#x})",
                 frame.rip
             ));
         }

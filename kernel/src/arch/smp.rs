@@ -254,7 +254,7 @@ fn start_one(cpu: usize, apic_id: u32) -> bool {
     // was sent INIT).
     let alive = unsafe {
         in_copy(&ap_tramp_stack).write_volatile(stack_top);
-        in_copy(&ap_tramp_entry).write_volatile(ap_main as usize as u64);
+        in_copy(&ap_tramp_entry).write_volatile(ap_main as *const () as u64);
         in_copy(&ap_tramp_arg).write_volatile(cpu as u64);
         let alive = in_copy(&ap_tramp_alive);
         alive.write_volatile(0);

@@ -37,7 +37,7 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-        let vaddr = paging::map_mmio(paddr, size as u64).expect("MMIO region cannot be mapped");
+        let vaddr = paging::map_mmio(paddr, size as u64).unwrap_or_else(|e| panic!("MMIO at {paddr:#x}: {e}"));
         NonNull::new(vaddr as *mut u8).expect("MMIO at address 0")
     }
 

@@ -27,6 +27,16 @@ pub enum MapError {
     Conflict(u64),
 }
 
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MapError::OutOfFrames => f.write_str("out of frames for page tables"),
+            MapError::AddressTooHigh(a) => write!(f, "address {a:#x} is beyond what can be mapped"),
+            MapError::Conflict(a) => write!(f, "{a:#x} is already mapped differently"),
+        }
+    }
+}
+
 /// Returns the (identity) virtual address of `[paddr, paddr + size)`, mapping it uncached first if
 /// it lies above the boot identity map.
 pub fn map_mmio(paddr: u64, size: u64) -> Result<u64, MapError> {

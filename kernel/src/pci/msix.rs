@@ -15,8 +15,6 @@ pub struct Msix {
     cap_offset: u8,
     table_size: u16,
     table: *mut u32,
-    pub table_bar: u8,
-    pub pba_bar: u8,
 }
 
 // SAFETY: the table pointer is an MMIO mapping that lives forever; entries are written by one
@@ -34,6 +32,17 @@ pub enum MsixError {
     EntryOutOfRange { entry: u16, size: u16 },
 }
 
+impl core::fmt::Display for MsixError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MsixError::NoCapability => f.write_str("no MSI-X capability"),
+            MsixError::BadBar(bar) => write!(f, "the MSI-X table's BAR{bar} is missing or too small"),
+            MsixError::Unmappable => f.write_str("the MSI-X table cannot be mapped"),
+            MsixError::EntryOutOfRange { entry, size } => write!(f, "MSI-X entry {entry} is past the table ({size} entries)"),
+        }
+    }
+}
+
 /// An entry as read back from the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsixEntry {
@@ -49,7 +58,6 @@ impl Msix {
         let control = device.address.read16(cap.offset + 2);
         let table_size = (control & 0x7ff) + 1;
         let table_info = device.address.read32(cap.offset + 4);
-        let pba_info = device.address.read32(cap.offset + 8);
         let bir = (table_info & 0x7) as u8;
         let Some(Some(Bar::Memory { address, size, .. })) = device.bars.get(bir as usize) else {
             return Err(MsixError::BadBar(bir));
@@ -64,8 +72,6 @@ impl Msix {
             cap_offset: cap.offset,
             table_size,
             table: table as *mut u32,
-            table_bar: bir,
-            pba_bar: (pba_info & 0x7) as u8,
         })
     }
 

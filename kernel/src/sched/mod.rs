@@ -46,7 +46,6 @@ struct Cpu {
     preempt_count: AtomicUsize,
     need_resched: AtomicBool,
     online: AtomicBool,
-    ticks: AtomicU64,
     slice_start: AtomicU64,
     /// TSC when the idle task halted, 0 when not halted.
     halted_since: AtomicU64,
@@ -65,7 +64,6 @@ impl Cpu {
             preempt_count: AtomicUsize::new(0),
             need_resched: AtomicBool::new(false),
             online: AtomicBool::new(false),
-            ticks: AtomicU64::new(0),
             slice_start: AtomicU64::new(0),
             halted_since: AtomicU64::new(0),
             idle_ns: AtomicU64::new(0),
@@ -331,7 +329,7 @@ fn schedule() {
             None => idle,
         }
     };
-    cpu.slice_start.store(cpu.ticks.load(Ordering::Relaxed), Ordering::Relaxed);
+    cpu.slice_start.store(arch::this_cpu_ticks(), Ordering::Relaxed);
     if Arc::ptr_eq(&prev, &next) {
         prev.set_state(TaskState::Running);
         return;
@@ -425,7 +423,7 @@ pub fn tick() {
     if !cpu.online.load(Ordering::Relaxed) {
         return;
     }
-    let ticks = cpu.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+    let ticks = arch::this_cpu_ticks();
     let now = tsc::now_ns();
     let mut expired: heapless::Vec<Arc<Task>, 16> = heapless::Vec::new();
     {
@@ -469,21 +467,11 @@ pub fn idle_ns(cpu: usize) -> u64 {
     c.idle_ns.load(Ordering::Relaxed) + current
 }
 
-/// Timer ticks CPU `cpu` has taken since it started scheduling.
-pub fn ticks(cpu: usize) -> u64 {
-    CPUS[cpu].ticks.load(Ordering::Relaxed)
-}
-
-/// Tasks CPU `cpu` owns (not counting its idle task).
-pub fn task_count(cpu: usize) -> usize {
-    CPUS[cpu].tasks.load(Ordering::SeqCst)
-}
-
-/// If `addr` is in the stack guard page of a CPU's current task, that task's name: the fault
+/// If `addr` is in the stack guard page of a CPU's current task, that task's name and id: the fault
 /// handlers report a stack overflow instead of a bare page fault.
-pub fn stack_overflow_task(addr: u64) -> Option<String> {
+pub fn stack_overflow_task(addr: u64) -> Option<(String, u64)> {
     CPUS.iter().find_map(|cpu| {
         let current = cpu.current.try_lock()?;
-        current.as_ref().filter(|t| t.guard_page_contains(addr)).map(|t| t.name.clone())
+        current.as_ref().filter(|t| t.guard_page_contains(addr)).map(|t| (t.name.clone(), t.id))
     })
 }

@@ -45,7 +45,7 @@ unsafe extern "C" fn task_start() {
 /// # Safety
 /// `[top - 64, top)` must be writable memory of the new task's stack.
 pub unsafe fn initial_stack(top: u64) -> u64 {
-    let frame = [0u64, 0, 0, 0, 0, 0, task_start as usize as u64, 0];
+    let frame = [0u64, 0, 0, 0, 0, 0, task_start as *const () as u64, 0];
     let rsp = top - 8 * frame.len() as u64;
     // SAFETY: the caller guarantees the 64 bytes below `top` are ours to write.
     unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), rsp as *mut u64, frame.len()) };

@@ -80,21 +80,22 @@ pub fn msix_entries_read_back() -> TestResult {
         let msix = device.msix.as_ref().ok_or_else(|| alloc::format!("{at}: no MSI-X capability"))?;
         ensure!(msix.table_size() >= 3, "{at}: {} MSI-X vectors, need data + control + config", msix.table_size());
         for entry in 0..msix.table_size() {
-            let original = msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?;
+            let original = msix.entry(entry).map_err(|e| alloc::format!("{e}"))?;
             let vector = 0x80 + entry as u8;
-            msix.set_entry(entry, my_apic, vector).map_err(|e| alloc::format!("{e:?}"))?;
-            let back = msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?;
+            msix.set_entry(entry, my_apic, vector).map_err(|e| alloc::format!("{e}"))?;
+            let back = msix.entry(entry).map_err(|e| alloc::format!("{e}"))?;
             let address = apic::base() | (my_apic as u64) << 12;
             ensure!(
                 back.address == address && back.data == vector as u32 && !back.masked,
                 "{at}: entry {entry} reads back {back:?}, wrote address {address:#x} data {vector:#x}"
             );
-            msix.mask(entry).map_err(|e| alloc::format!("{e:?}"))?;
-            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))?.masked, "{at}: entry {entry} did not mask");
-            msix.write_entry(entry, original).map_err(|e| alloc::format!("{e:?}"))?;
-            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e:?}"))? == original, "{at}: entry {entry} not restored");
+            msix.mask(entry).map_err(|e| alloc::format!("{e}"))?;
+            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e}"))?.masked, "{at}: entry {entry} did not mask");
+            msix.write_entry(entry, original).map_err(|e| alloc::format!("{e}"))?;
+            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e}"))? == original, "{at}: entry {entry} not restored");
         }
         ensure!(msix.entry(msix.table_size()).is_err(), "{at}: entry past the table was accepted");
+        ensure!(msix.enabled(&device.pci), "{at}: MSI-X is not enabled after the driver came up");
     }
     Ok(())
 }
@@ -130,7 +131,7 @@ pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
     let result = crate::virtio::pci::VirtioPciTransport::new(&moved, virtio_drivers::transport::DeviceType::Crypto)
         .map(|t| (t.num_queues(), probe::read_config(&t)));
     move_bar((old_high as u64) << 32 | (old_low & !0xf) as u64, old_low & 0xf);
-    let (queues, config) = result.map_err(|e| alloc::format!("transport on the moved BAR: {e:?}"))?;
+    let (queues, config) = result.map_err(|e| alloc::format!("transport on the moved BAR: {e}"))?;
     ensure!(
         queues as usize == device.queue_sizes.len(),
         "through the BAR at {HIGH_BASE:#x}: {queues} queues, expected {}",

@@ -97,6 +97,7 @@ pub fn sleep_waits_and_yields() -> TestResult {
     Ok(())
 }
 
+#[allow(unconditional_recursion)] // it is meant to run off the end of its stack
 fn recurse(depth: u64) -> u64 {
     let frame = [depth; 64];
     core::hint::black_box(&frame);

@@ -45,6 +45,16 @@ pub enum TransportError {
     Unmappable,
 }
 
+impl core::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TransportError::MissingCapability(what) => write!(f, "no virtio {what} capability"),
+            TransportError::BadBar(bar) => write!(f, "a virtio capability points outside BAR{bar}"),
+            TransportError::Unmappable => f.write_str("a virtio structure cannot be mapped"),
+        }
+    }
+}
+
 /// A mapped MMIO region: every access is volatile and bounds-checked.
 #[derive(Clone, Copy, Debug)]
 struct Region {
@@ -198,11 +208,6 @@ impl VirtioPciTransport {
     /// A reader of the device status that can be kept and used without the transport.
     pub fn status_reader(&self) -> StatusReader {
         StatusReader { common: self.common }
-    }
-
-    /// Whether the device has set DEVICE_NEEDS_RESET.
-    pub fn needs_reset(&self) -> bool {
-        self.get_status().contains(DeviceStatus::DEVICE_NEEDS_RESET)
     }
 
     /// Resets the device and waits until the reset is complete.

@@ -113,7 +113,7 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
                 return Err(format!("queue {q} refused MSI-X entry {entry}"));
             }
             msix.set_entry(entry, percpu::apic_id_of(queue_cpu(q)), vectors[entry as usize])
-                .map_err(|e| format!("MSI-X entry {entry}: {e:?}"))?;
+                .map_err(|e| format!("MSI-X entry {entry}: {e}"))?;
         }
         let doorbell = transport.doorbell(q);
         built.push(CryptoQueue::new(transport, q, Box::new(doorbell)).map_err(|e| format!("queue {q}: {e}"))?);
@@ -122,7 +122,7 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
         if transport.set_config_msix_vector(0) == NO_VECTOR {
             return Err(String::from("the device refused the configuration MSI-X entry"));
         }
-        msix.set_entry(0, percpu::apic_id_of(0), vectors[0]).map_err(|e| format!("MSI-X entry 0: {e:?}"))?;
+        msix.set_entry(0, percpu::apic_id_of(0), vectors[0]).map_err(|e| format!("MSI-X entry 0: {e}"))?;
         msix.enable(&probed.pci);
     } else {
         log::warn!("{}: no usable MSI-X; queues are polled from the timer tick", probed.pci.address);

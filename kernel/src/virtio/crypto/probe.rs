@@ -62,7 +62,7 @@ pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
     let msix = Msix::probe(pci).ok();
     pci.enable(msix.is_some());
     let mut transport = VirtioPciTransport::new(pci, DeviceType::Crypto)
-        .map_err(|e| format!("virtio PCI capabilities: {e:?}"))?;
+        .map_err(|e| format!("virtio PCI capabilities: {e}"))?;
     transport.reset();
     transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
     let offered = transport.read_device_features();
@@ -118,6 +118,7 @@ pub fn probe_all(devices: &[PciDevice]) -> usize {
     for pci in devices.iter().filter(|d| is_virtio_crypto(d)) {
         match probe(pci) {
             Ok(device) => {
+                log::debug!("virtio-crypto {}: negotiated features {:#x}", device.pci.address, device.features);
                 print_inventory(&device);
                 probed.push(SpinLock::new("virtio-crypto-probe", device));
             }
