@@ -15,6 +15,8 @@ pub mod device;
 pub mod queue;
 pub mod status;
 pub mod wire;
+#[cfg(test)] mod fake;
+#[cfg(test)] mod queue_tests;
 
 pub use config::{CONFIG_LEN, CryptoConfig, MaskNames};
 pub use status::{DeviceStatus, RequestKind, status_to_result};

@@ -26,9 +26,10 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-use virtio_drivers::Hal;
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::Transport;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use virtio_drivers::{Hal, PhysAddr};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::error::Error;
 use crate::sync::{Completion, IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
@@ -59,6 +60,13 @@ pub struct Buffers {
 }
 
 impl Buffers {
+    /// Pointers to the buffers' heap storage (writable ones derived from mutable borrows).
+    fn pointers(&mut self) -> (heapless::Vec<NonNull<[u8]>, 3>, heapless::Vec<NonNull<[u8]>, 2>) {
+        let readable = self.readable.iter().map(|b| NonNull::from(b.as_slice())).collect();
+        let writable = self.writable.iter_mut().map(|b| NonNull::from(b.as_mut_slice())).collect();
+        (readable, writable)
+    }
+
     fn writable_len(&self) -> usize {
         self.writable.iter().map(|b| b.len()).sum()
     }
@@ -82,6 +90,92 @@ struct InFlight {
 struct Ring<H: Hal> {
     vq: Box<VirtQueue<H, QUEUE_SIZE>>,
     in_flight: Vec<Option<InFlight>>,
+    used: UsedRing,
+    /// Entries popped so far, mod 2^16: the used-ring slot of the next entry is this mod SIZE
+    /// (it moves in step with virtio-drivers' private `last_used_idx`).
+    popped: u16,
+}
+
+/// A read-only view of the used ring, for what virtio-drivers does not expose: the full 32-bit
+/// id of a used element (it returns the id cut to 16 bits, which would let an id of
+/// 0x1_0000 + t pass for token t).
+struct UsedRing {
+    base: NonNull<u8>,
+}
+
+// SAFETY: the used ring is DMA memory owned by the queue for its whole life; reads are volatile.
+unsafe impl Send for UsedRing {}
+
+impl UsedRing {
+    const HEADER: usize = 4; // flags: u16, idx: u16
+    const ELEMENT: usize = 8; // id: u32, len: u32
+
+    fn raw_id(&self, popped: u16) -> u32 {
+        let slot = popped as usize % QUEUE_SIZE;
+        // SAFETY: `base` maps the whole used ring (header + QUEUE_SIZE elements), see `new`.
+        unsafe { core::ptr::read_volatile(self.base.as_ptr().add(Self::HEADER + slot * Self::ELEMENT).cast::<u32>()) }
+    }
+}
+
+/// Passes everything to the real transport and remembers where queue `index`'s used ring is.
+struct UsedRingFinder<'t, T: Transport> {
+    transport: &'t mut T,
+    index: u16,
+    device_area: Option<PhysAddr>,
+}
+
+impl<T: Transport> Transport for UsedRingFinder<'_, T> {
+    fn device_type(&self) -> DeviceType {
+        self.transport.device_type()
+    }
+    fn read_device_features(&mut self) -> u64 {
+        self.transport.read_device_features()
+    }
+    fn write_driver_features(&mut self, features: u64) {
+        self.transport.write_driver_features(features)
+    }
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        self.transport.max_queue_size(queue)
+    }
+    fn notify(&mut self, queue: u16) {
+        self.transport.notify(queue)
+    }
+    fn get_status(&self) -> DeviceStatus {
+        self.transport.get_status()
+    }
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.transport.set_status(status)
+    }
+    fn set_guest_page_size(&mut self, size: u32) {
+        self.transport.set_guest_page_size(size)
+    }
+    fn requires_legacy_layout(&self) -> bool {
+        self.transport.requires_legacy_layout()
+    }
+    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+        if queue == self.index {
+            self.device_area = Some(device_area);
+        }
+        self.transport.queue_set(queue, size, descriptors, driver_area, device_area)
+    }
+    fn queue_unset(&mut self, queue: u16) {
+        self.transport.queue_unset(queue)
+    }
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.transport.queue_used(queue)
+    }
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.transport.ack_interrupt()
+    }
+    fn read_config_generation(&self) -> u32 {
+        self.transport.read_config_generation()
+    }
+    fn read_config_space<V: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<V> {
+        self.transport.read_config_space(offset)
+    }
+    fn write_config_space<V: IntoBytes + Immutable>(&mut self, offset: usize, value: V) -> virtio_drivers::Result<()> {
+        self.transport.write_config_space(offset, value)
+    }
 }
 
 /// Statistics of one queue (monotonic counters).
@@ -131,11 +225,8 @@ unsafe fn as_slices<'a>(readable: &[NonNull<[u8]>], writable: &[NonNull<[u8]>]) 
 
 impl<H: Hal> QueueGuard<'_, H> {
     /// Adds the request's descriptors and records it as in flight under its token.
-    fn add(&mut self, buffers: Buffers, completion: Arc<RequestCompletion>) -> Result<u16, (Buffers, Error)> {
-        let readable: heapless::Vec<NonNull<[u8]>, 3> =
-            buffers.readable.iter().map(|b| NonNull::from(b.as_slice())).collect();
-        let writable: heapless::Vec<NonNull<[u8]>, 2> =
-            buffers.writable.iter().map(|b| NonNull::from(b.as_slice())).collect();
+    fn add(&mut self, mut buffers: Buffers, completion: Arc<RequestCompletion>) -> Result<u16, (Buffers, Error)> {
+        let (readable, writable) = buffers.pointers();
         // SAFETY: the slices point into heap buffers that `buffers` owns. Moving `buffers` into
         // the in-flight table does not move their heap storage, and the table keeps them alive
         // and untouched until `pop` hands them back after the device used them.
@@ -158,17 +249,20 @@ impl<H: Hal> QueueGuard<'_, H> {
         self.ring.vq.should_notify()
     }
 
-    /// Pops the next used entry, if any, with its request. `Err` means the device returned an
-    /// id that is not in flight: the ring can no longer be trusted.
-    fn pop(&mut self) -> Option<Result<(InFlight, u32), Error>> {
+    /// Pops the next used entry, if any, with its request. `Err` means the device broke the
+    /// protocol (an id that is not a request in flight, or an entry that cannot be popped): the
+    /// ring can no longer be trusted; a request already detached comes back with the error.
+    fn pop(&mut self) -> Option<Result<(InFlight, u32), (Option<InFlight>, Error)>> {
         let token = self.ring.vq.peek_used()?;
-        let Some(entry) = self.ring.in_flight.get_mut(token as usize).and_then(Option::take) else {
-            return Some(Err(Error::MalformedCompletion { what: "used id is not a request in flight" }));
+        // virtio-drivers returns the 32-bit id cut to 16 bits: check the full id ourselves.
+        let raw_id = self.ring.used.raw_id(self.ring.popped);
+        let entry = (raw_id == token as u32)
+            .then(|| self.ring.in_flight.get_mut(token as usize).and_then(Option::take))
+            .flatten();
+        let Some(mut entry) = entry else {
+            return Some(Err((None, Error::MalformedCompletion { what: "used id is not a request in flight" })));
         };
-        let readable: heapless::Vec<NonNull<[u8]>, 3> =
-            entry.buffers.readable.iter().map(|b| NonNull::from(b.as_slice())).collect();
-        let writable: heapless::Vec<NonNull<[u8]>, 2> =
-            entry.buffers.writable.iter().map(|b| NonNull::from(b.as_slice())).collect();
+        let (readable, writable) = entry.buffers.pointers();
         // SAFETY: these are the buffers `add` posted under this token (the in-flight table is
         // indexed by token), still owned by `entry`.
         let used = unsafe {
@@ -176,8 +270,11 @@ impl<H: Hal> QueueGuard<'_, H> {
             self.ring.vq.pop_used(token, &inputs[..readable.len()], &mut outputs[..writable.len()])
         };
         Some(match used {
-            Ok(len) => Ok((entry, len)),
-            Err(_) => Err(Error::MalformedCompletion { what: "used entry could not be popped" }),
+            Ok(len) => {
+                self.ring.popped = self.ring.popped.wrapping_add(1);
+                Ok((entry, len))
+            }
+            Err(_) => Err((Some(entry), Error::MalformedCompletion { what: "used entry could not be popped" })),
         })
     }
 
@@ -193,13 +290,22 @@ impl<H: Hal> QueueGuard<'_, H> {
 
 impl<H: Hal> CryptoQueue<H> {
     /// Sets up virtqueue `index` on `transport` (between FEATURES_OK and DRIVER_OK).
+    ///
+    /// The used ring is read through `H::mmio_phys_to_virt`, which must therefore translate the
+    /// queue's DMA memory as well (the kernel's and the test HAL's are identity maps).
     pub fn new<T: Transport>(transport: &mut T, index: u16, doorbell: Box<dyn Notify>) -> Result<Self, Error> {
-        let vq = VirtQueue::<H, QUEUE_SIZE>::new(transport, index, false, false)
+        let mut finder = UsedRingFinder { transport, index, device_area: None };
+        let vq = VirtQueue::<H, QUEUE_SIZE>::new(&mut finder, index, false, false)
             .map_err(|_| Error::NotSupported { what: "a virtqueue of 1024 entries" })?;
+        let device_area = finder.device_area.ok_or(Error::NotSupported { what: "a queue without a used ring" })?;
+        let used_len = UsedRing::HEADER + QUEUE_SIZE * UsedRing::ELEMENT;
+        // SAFETY: `device_area` is the used ring virtio-drivers just allocated for this queue;
+        // translating it gives memory that lives as long as the queue.
+        let used = UsedRing { base: unsafe { H::mmio_phys_to_virt(device_area, used_len) } };
         let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
         Ok(CryptoQueue {
             index,
-            ring: IrqSpinLock::new("virtqueue", Ring { vq: Box::new(vq), in_flight }),
+            ring: IrqSpinLock::new("virtqueue", Ring { vq: Box::new(vq), in_flight, used, popped: 0 }),
             doorbell,
             space: WaitQueue::new(),
             kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
@@ -290,13 +396,17 @@ impl<H: Hal> CryptoQueue<H> {
     /// finished request after the lock is dropped. Returns how many completed. Never allocates.
     pub fn handle_interrupt(&self) -> usize {
         const BATCH: usize = 32;
+        if self.is_broken() {
+            // The bad entry stays at the head of the used ring; it was counted and reported once.
+            return 0;
+        }
         let mut total = 0;
         loop {
             let mut done: heapless::Vec<(InFlight, Result<u32, Error>), BATCH> = heapless::Vec::new();
             let mut broken = false;
             {
                 let mut guard = QueueGuard { ring: self.ring.lock() };
-                while !done.is_full() {
+                while done.len() < BATCH - 1 {
                     match guard.pop() {
                         None => break,
                         Some(Ok((entry, len))) => {
@@ -308,8 +418,11 @@ impl<H: Hal> CryptoQueue<H> {
                             };
                             let _ = done.push((entry, result));
                         }
-                        Some(Err(_)) => {
+                        Some(Err((entry, error))) => {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                            if let Some(entry) = entry {
+                                let _ = done.push((entry, Err(error)));
+                            }
                             broken = true;
                             break;
                         }
@@ -329,7 +442,7 @@ impl<H: Hal> CryptoQueue<H> {
                 self.fail_all(Error::MalformedCompletion { what: "used id is not a request in flight" });
                 break;
             }
-            if finished < BATCH {
+            if finished < BATCH - 1 {
                 break;
             }
         }
