@@ -11,6 +11,8 @@
 #   VCRYPT_DEVICES  virtio-crypto-pci devices, each with its own builtin backend (default 1; 0 allowed)
 #   VCRYPT_ACCEL    tcg (default) or kvm (falls back to tcg where KVM is unavailable)
 #   VCRYPT_TIMEOUT  seconds before QEMU is stopped (default 300)
+#   VCRYPT_VECTORS  MSI-X vectors per device (default 4: data + control + config + spare;
+#                   0 = no MSI-X, the driver falls back to INTx through the I/O APIC)
 set -u
 
 fail() { echo "run-qemu.sh: $*" >&2; exit 1; }
@@ -25,10 +27,12 @@ mem=${VCRYPT_MEM:-256M}
 devices=${VCRYPT_DEVICES:-1}
 accel=${VCRYPT_ACCEL:-tcg}
 timeout_s=${VCRYPT_TIMEOUT:-300}
+vectors=${VCRYPT_VECTORS:-4}
 
 is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_count "$smp" && [ "$smp" -ge 1 ] && [ "$smp" -le 8 ] || fail "VCRYPT_SMP must be 1..8, got '$smp'"
 is_count "$devices" && [ "$devices" -le 16 ] || fail "VCRYPT_DEVICES must be 0..16, got '$devices'"
+is_count "$vectors" && [ "$vectors" -le 64 ] || fail "VCRYPT_VECTORS must be 0..64, got '$vectors'"
 is_count "$timeout_s" && [ "$timeout_s" -ge 1 ] || fail "VCRYPT_TIMEOUT must be a positive number of seconds, got '$timeout_s'"
 [[ $mem =~ ^[0-9]+[MG]?$ ]] || fail "VCRYPT_MEM must look like 256M or 1G, got '$mem'"
 case "$accel" in
@@ -51,7 +55,7 @@ args=(
 # for configuration changes, with a spare.
 for ((i = 0; i < devices; i++)); do
     args+=(-object "cryptodev-backend-builtin,id=crypto$i"
-           -device "virtio-crypto-pci,cryptodev=crypto$i,vectors=4")
+           -device "virtio-crypto-pci,cryptodev=crypto$i,vectors=$vectors")
 done
 
 echo "run-qemu.sh: ${args[*]}" >&2

@@ -54,6 +54,15 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     // Each AP becomes its CPU's idle task and runs whatever is spawned there.
     let cpus = arch::smp::start_aps(&boot, |_cpu| sched::become_idle());
     println!("cpus online: {cpus}");
+    // The I/O APIC is only needed for devices without MSI-X (legacy INTx).
+    match arch::acpi::io_apic(boot.rsdp_paddr) {
+        Ok(info) => {
+            if let Err(e) = arch::ioapic::init(info) {
+                log::warn!("ioapic: {e}");
+            }
+        }
+        Err(e) => log::warn!("acpi: {e}; devices without MSI-X will be polled"),
+    }
 
     let devices = pci::enumerate();
     log::info!("pci: {} functions", devices.len());

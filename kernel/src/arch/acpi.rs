@@ -61,6 +61,8 @@ pub enum MadtError {
     },
     /// No enabled processor at all.
     NoProcessors,
+    /// No I/O APIC entry.
+    NoIoApic,
 }
 
 impl core::fmt::Display for MadtError {
@@ -72,13 +74,48 @@ impl core::fmt::Display for MadtError {
                 "MADT entry at offset {offset} (type {entry_type}) has a bad length {length}"
             ),
             MadtError::NoProcessors => write!(f, "the MADT lists no enabled processor"),
+            MadtError::NoIoApic => write!(f, "the MADT lists no I/O APIC"),
         }
     }
 }
 
-/// Reads the local APIC ids of every enabled processor (processor local APIC and local x2APIC
-/// entries) from the MADT reached through the RSDP at `rsdp_paddr` (0: search the BIOS area).
-pub fn local_apic_ids(rsdp_paddr: u64) -> Result<ApicIds, MadtError> {
+/// The first I/O APIC of the MADT and the interrupt source overrides, for routing legacy (INTx)
+/// interrupts of devices without MSI-X.
+#[derive(Clone, Debug, Default)]
+pub struct IoApicInfo {
+    pub address: u64,
+    pub gsi_base: u32,
+    /// (ISA IRQ, global system interrupt, MPS INTI flags)
+    pub overrides: Vec<(u8, u32, u16), 16>,
+}
+
+/// Reads the first I/O APIC and the interrupt source overrides from the MADT.
+pub fn io_apic(rsdp_paddr: u64) -> Result<IoApicInfo, MadtError> {
+    let madt = madt(rsdp_paddr)?;
+    let mut info = None::<IoApicInfo>;
+    let mut overrides = Vec::new();
+    for entry in madt.get().entries() {
+        match entry {
+            MadtEntry::IoApic(e) if info.is_none() => {
+                info = Some(IoApicInfo {
+                    address: { e.io_apic_address } as u64,
+                    gsi_base: { e.global_system_interrupt_base },
+                    overrides: Vec::new(),
+                })
+            }
+            MadtEntry::InterruptSourceOverride(e) if { e.bus } == 0 => {
+                let _ = overrides.push((e.irq, { e.global_system_interrupt }, { e.flags }));
+            }
+            _ => {}
+        }
+    }
+    let mut info = info.ok_or(MadtError::NoIoApic)?;
+    info.overrides = overrides;
+    Ok(info)
+}
+
+/// The MADT reached through the RSDP at `rsdp_paddr` (0: search the BIOS area), entries checked.
+fn madt(rsdp_paddr: u64) -> Result<PhysicalMapping<IdentityHandler, Madt>, MadtError> {
     let tables = if rsdp_paddr == 0 {
         // SAFETY: PVH boots through the BIOS path (SeaBIOS), whose RSDP lives in the EBDA or at
         // 0xe0000..0x100000, identity-mapped.
@@ -91,7 +128,13 @@ pub fn local_apic_ids(rsdp_paddr: u64) -> Result<ApicIds, MadtError> {
     .map_err(MadtError::Acpi)?;
     let madt = tables.find_table::<Madt>().map_err(MadtError::Acpi)?;
     check_entries(&madt)?;
+    Ok(madt)
+}
 
+/// Reads the local APIC ids of every enabled processor (processor local APIC and local x2APIC
+/// entries) from the MADT reached through the RSDP at `rsdp_paddr` (0: search the BIOS area).
+pub fn local_apic_ids(rsdp_paddr: u64) -> Result<ApicIds, MadtError> {
+    let madt = madt(rsdp_paddr)?;
     let mut ids = ApicIds::new();
     let mut push = |id: u32| {
         if !ids.contains(&id) && ids.push(id).is_err() {
@@ -125,6 +168,8 @@ fn check_entries(madt: &PhysicalMapping<IdentityHandler, Madt>) -> Result<(), Ma
         let (entry_type, length) = unsafe { (*base.add(offset), *base.add(offset + 1)) };
         let min = match entry_type {
             0 => 8,  // processor local APIC
+            1 => 12, // I/O APIC
+            2 => 10, // interrupt source override
             9 => 16, // processor local x2APIC
             _ => 2,
         };

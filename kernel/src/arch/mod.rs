@@ -5,6 +5,7 @@ pub mod apic;
 pub mod boot;
 pub mod gdt;
 pub mod idt;
+pub mod ioapic;
 pub mod percpu;
 pub mod port;
 pub mod pvh;

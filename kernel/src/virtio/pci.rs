@@ -117,6 +117,25 @@ impl StatusReader {
     }
 }
 
+/// Reads (and so clears) the ISR status byte: for the legacy INTx interrupt handler, which must
+/// acknowledge the device without taking the transport.
+#[derive(Clone, Copy, Debug)]
+pub struct IsrReader {
+    isr: Region,
+}
+
+// SAFETY: a view of one MMIO register that stays mapped; reading it is the device's protocol.
+unsafe impl Send for IsrReader {}
+// SAFETY: as above.
+unsafe impl Sync for IsrReader {}
+
+impl IsrReader {
+    /// The interrupt causes (bit 0: a queue, bit 1: configuration); reading deasserts INTx.
+    pub fn read_and_clear(&self) -> InterruptStatus {
+        InterruptStatus::from_bits_retain(self.isr.read::<u8>(0) as u32)
+    }
+}
+
 /// A modern virtio PCI device.
 #[derive(Debug)]
 pub struct VirtioPciTransport {
@@ -203,6 +222,11 @@ impl VirtioPciTransport {
         let notify_off: u16 = self.common.read(QUEUE_NOTIFY_OFF);
         let offset = notify_off as usize * self.notify_off_multiplier as usize;
         Doorbell { register: NonNull::new(self.notify.ptr::<u16>(offset)).expect("mapped"), queue }
+    }
+
+    /// A reader of the ISR status that can be kept and used without the transport.
+    pub fn isr_reader(&self) -> IsrReader {
+        IsrReader { isr: self.isr }
     }
 
     /// A reader of the device status that can be kept and used without the transport.

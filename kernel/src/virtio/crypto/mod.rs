@@ -14,11 +14,11 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use vcrypt_drivers::sync::IrqSpinLock;
 use vcrypt_drivers::virtio_crypto::device::CryptoDevice;
 use vcrypt_drivers::virtio_crypto::queue::{CryptoQueue, Notify};
-use virtio_drivers::transport::{DeviceStatus, Transport};
+use virtio_drivers::transport::{DeviceStatus, InterruptStatus, Transport};
 
 use crate::arch::{apic, idt, percpu};
 use crate::mm::dma::KernelHal;
-use crate::virtio::pci::{Doorbell, NO_VECTOR};
+use crate::virtio::pci::{Doorbell, IsrReader, NO_VECTOR};
 pub use probe::probe_all;
 
 /// The kernel's device type.
@@ -62,7 +62,66 @@ fn config_interrupt(frame: &mut idt::TrapFrame) {
     apic::eoi();
 }
 
-/// Devices without usable MSI-X: drained from the boot CPU's timer tick.
+/// A device on a legacy INTx line (no usable MSI-X), found by the shared INTx handler.
+struct IntxDevice {
+    vector: u8,
+    device: &'static Device,
+    isr: IsrReader,
+}
+
+const MAX_INTX_DEVICES: usize = 16;
+static INTX_DEVICES: [AtomicPtr<IntxDevice>; MAX_INTX_DEVICES] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_INTX_DEVICES];
+
+/// INTx lines are level-triggered and may be shared: every device on this vector reads its ISR
+/// (which deasserts its line) and drains its queues if it was the cause.
+fn intx_interrupt(frame: &mut idt::TrapFrame) {
+    for slot in &INTX_DEVICES {
+        // SAFETY: slots hold null or leaked ('static) IntxDevice records, written once.
+        let Some(intx) = (unsafe { slot.load(Ordering::Acquire).as_ref() }) else { continue };
+        if intx.vector != frame.vector as u8 {
+            continue;
+        }
+        let cause = intx.isr.read_and_clear();
+        if cause.contains(InterruptStatus::QUEUE_INTERRUPT) {
+            intx.device.control.handle_interrupt();
+            for q in &intx.device.data {
+                q.handle_interrupt();
+            }
+        }
+        if cause.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT) && intx.device.fail_if_needs_reset() {
+            log::error!("{}: device needs a reset; failed every request in flight", intx.device.name);
+        }
+    }
+    apic::eoi();
+}
+
+/// Routes a device without MSI-X to an INTx vector through the I/O APIC. Returns false when
+/// that is impossible (no interrupt line, no I/O APIC).
+fn route_intx(device: &'static Device, pci: &crate::pci::PciDevice, isr: IsrReader) -> bool {
+    let line = pci.address.read8(0x3c);
+    if line == 0 || line == 0xff {
+        return false;
+    }
+    let Some(vector) = idt::alloc_vector() else { return false };
+    let Some(slot) = INTX_DEVICES.iter().find(|s| s.load(Ordering::Acquire).is_null()) else { return false };
+    let record = Box::leak(Box::new(IntxDevice { vector, device, isr }));
+    slot.store(record, Ordering::Release);
+    idt::register_irq(vector, intx_interrupt);
+    match crate::arch::ioapic::route_pci_irq(line, vector, percpu::apic_id_of(0)) {
+        Ok(gsi) => {
+            log::warn!("{}: no usable MSI-X; using INTx (IRQ {line}, GSI {gsi}, vector {vector:#x})", device.name);
+            true
+        }
+        Err(e) => {
+            log::warn!("{}: INTx routing failed: {e}", device.name);
+            slot.store(core::ptr::null_mut(), Ordering::Release);
+            false
+        }
+    }
+}
+
+/// Devices with neither MSI-X nor INTx: drained from the boot CPU's timer tick.
 static POLLED: IrqSpinLock<Vec<&'static Device>> = IrqSpinLock::new("crypto-polled", Vec::new());
 
 /// Drains the queues of devices that have no interrupts (called from the timer tick).
@@ -124,8 +183,6 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
         }
         msix.set_entry(0, percpu::apic_id_of(0), vectors[0]).map_err(|e| format!("MSI-X entry 0: {e}"))?;
         msix.enable(&probed.pci);
-    } else {
-        log::warn!("{}: no usable MSI-X; queues are polled from the timer tick", probed.pci.address);
     }
     let control = built.pop().expect("at least one queue");
     built.truncate(data_queues as usize);
@@ -148,7 +205,8 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
         }
         DEVICE_BY_CONFIG_VECTOR[vectors[0] as usize].store(device as *const Device as *mut Device, Ordering::Release);
         idt::register_irq(vectors[0], config_interrupt);
-    } else {
+    } else if !route_intx(device, &probed.pci, probed.transport.isr_reader()) {
+        log::warn!("{}: no MSI-X and no INTx; queues are polled from the timer tick", device.name);
         POLLED.lock().push(device);
     }
     Ok(device)
