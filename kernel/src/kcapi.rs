@@ -22,7 +22,8 @@ struct Request {
     data: Vec<u8>,
 }
 
-fn parse_hex(flag: &str, text: &str) -> Result<Vec<u8>, String> {
+/// Parses hex digits; `flag` names the option in the error.
+pub fn parse_hex(flag: &str, text: &str) -> Result<Vec<u8>, String> {
     if text.len() % 2 != 0 {
         return Err(format!("{flag}: \"{text}\" has an odd number of hex digits"));
     }

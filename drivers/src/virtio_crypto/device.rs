@@ -246,7 +246,7 @@ impl<H: Hal> CryptoDevice<H> {
                     break completion.wait();
                 }
                 if platform::get().now_ns() >= deadline {
-                    return Err(self.timed_out(queue));
+                    return Err(self.timed_out());
                 }
                 core::hint::spin_loop();
             }
@@ -254,7 +254,7 @@ impl<H: Hal> CryptoDevice<H> {
             let completion = queue.submit(buffers)?;
             match completion.wait_timeout(timeout) {
                 Ok(finished) => finished,
-                Err(_) => return Err(self.timed_out(queue)),
+                Err(_) => return Err(self.timed_out()),
             }
         };
         let Finished { buffers, result } = finished;
@@ -275,13 +275,10 @@ impl<H: Hal> CryptoDevice<H> {
         true
     }
 
-    fn timed_out(&self, queue: &CryptoQueue<H>) -> Error {
-        if (self.needs_reset)() {
-            queue.fail_all(Error::DeviceNeedsReset);
-            Error::DeviceNeedsReset
-        } else {
-            Error::Timeout
-        }
+    /// A request timed out: if the device needs a reset, that is the error, and every request
+    /// in flight on every queue fails with it.
+    fn timed_out(&self) -> Error {
+        if self.fail_if_needs_reset() { Error::DeviceNeedsReset } else { Error::Timeout }
     }
 
     /// Creates a cipher session; returns the device's session id.
@@ -401,14 +398,13 @@ impl<H: Hal> CryptoDevice<H> {
         let _ = writable.push(vec![0u8; src.len()]);
         let _ = writable.push(vec![0xffu8; wire::INHDR_LEN]);
         let completion = queue.submit(Buffers { readable, writable })?;
-        Ok(PendingRequest { device: self, queue, completion })
+        Ok(PendingRequest { device: self, completion })
     }
 }
 
 /// A cipher request in flight.
 pub struct PendingRequest<'d, H: Hal> {
     device: &'d CryptoDevice<H>,
-    queue: &'d CryptoQueue<H>,
     completion: alloc::sync::Arc<super::queue::RequestCompletion>,
 }
 
@@ -418,7 +414,7 @@ impl<H: Hal> PendingRequest<'_, H> {
         let timeout = self.device.timeout_ns.load(Ordering::Relaxed);
         let Finished { mut buffers, result } = match self.completion.wait_timeout(timeout) {
             Ok(finished) => finished,
-            Err(_) => return Err(self.device.timed_out(self.queue)),
+            Err(_) => return Err(self.device.timed_out()),
         };
         result?;
         status_to_result(buffers.writable[1][0], RequestKind::Data)?;

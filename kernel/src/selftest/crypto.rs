@@ -14,9 +14,10 @@ use super::reference::{Rng, reference};
 use crate::ensure;
 use crate::virtio::crypto::{Device, devices};
 
+/// Test vectors as hex, spaces allowed.
 pub fn hex(text: &str) -> Vec<u8> {
     let text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
+    crate::kcapi::parse_hex("test vector", &text).expect("test vectors are valid hex")
 }
 
 /// Every device, each with AES-ECB/CTR/XTS allowed for the duration of `f`.
