@@ -10,9 +10,9 @@
 
 use virtio_drivers::Hal;
 
-pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction};
 use crate::error::Error;
 use crate::sync::platform;
+pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction};
 
 /// A cipher session on one device.
 pub struct Session<'d, H: Hal> {
@@ -25,9 +25,20 @@ pub struct Session<'d, H: Hal> {
 
 impl<'d, H: Hal> Session<'d, H> {
     /// Creates a session. The key is copied into the request and wiped once the device has it.
-    pub fn new(device: &'d CryptoDevice<H>, cipher: Cipher, direction: Direction, key: &[u8]) -> Result<Self, Error> {
+    pub fn new(
+        device: &'d CryptoDevice<H>,
+        cipher: Cipher,
+        direction: Direction,
+        key: &[u8],
+    ) -> Result<Self, Error> {
         let id = device.create_cipher_session(cipher, direction, key)?;
-        Ok(Session { device, id, cipher, direction, open: true })
+        Ok(Session {
+            device,
+            id,
+            cipher,
+            direction,
+            open: true,
+        })
     }
 
     /// The device's id for this session.
@@ -71,29 +82,52 @@ impl<'d, H: Hal> Session<'d, H> {
         }
     }
 
-    fn apply(&self, direction: Direction, iv: &[u8], src: &[u8], dst: &mut [u8]) -> Result<(), Error> {
+    fn apply(
+        &self,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), Error> {
         self.check_direction(direction)?;
         // The rest of the request is validated once, by the device layer.
         if src.len() != dst.len() {
-            return Err(Error::LengthMismatch { src: src.len(), dst: dst.len() });
+            return Err(Error::LengthMismatch {
+                src: src.len(),
+                dst: dst.len(),
+            });
         }
         let out = self.run(direction, iv, src)?;
         dst.copy_from_slice(&out);
         Ok(())
     }
 
-    fn apply_in_place(&self, direction: Direction, iv: &[u8], data: &mut [u8]) -> Result<(), Error> {
+    fn apply_in_place(
+        &self,
+        direction: Direction,
+        iv: &[u8],
+        data: &mut [u8],
+    ) -> Result<(), Error> {
         self.check_direction(direction)?;
         let out = self.run(direction, iv, data)?;
         data.copy_from_slice(&out);
         Ok(())
     }
 
-    fn run(&self, direction: Direction, iv: &[u8], src: &[u8]) -> Result<alloc::vec::Vec<u8>, Error> {
+    fn run(
+        &self,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<alloc::vec::Vec<u8>, Error> {
         let queue = self.device.data_queue_for(platform::get().current_cpu());
-        let out = self.device.cipher_request(queue, self.id, self.cipher, direction, iv, src)?;
+        let out = self
+            .device
+            .cipher_request(queue, self.id, self.cipher, direction, iv, src)?;
         if out.len() != src.len() {
-            return Err(Error::MalformedCompletion { what: "output length differs from input" });
+            return Err(Error::MalformedCompletion {
+                what: "output length differs from input",
+            });
         }
         Ok(out)
     }

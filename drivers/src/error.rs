@@ -99,7 +99,10 @@ impl fmt::Display for Error {
             }
             Error::QueueFull => f.write_str("the virtqueue has no free descriptors"),
             Error::WrongDirection { session } => {
-                write!(f, "the session was created to {session}; make another for the other direction")
+                write!(
+                    f,
+                    "the session was created to {session}; make another for the other direction"
+                )
             }
         }
     }

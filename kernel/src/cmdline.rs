@@ -28,7 +28,11 @@ impl Cmdline {
 
     /// The value of switch `key`, if given (the last one wins).
     pub fn switch(&self, key: &str) -> Option<&str> {
-        self.switches.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.switches
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The command word (`test` when none is given).

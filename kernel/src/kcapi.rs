@@ -25,7 +25,9 @@ struct Request {
 /// Parses hex digits; `flag` names the option in the error.
 pub fn parse_hex(flag: &str, text: &str) -> Result<Vec<u8>, String> {
     if text.len() % 2 != 0 {
-        return Err(format!("{flag}: \"{text}\" has an odd number of hex digits"));
+        return Err(format!(
+            "{flag}: \"{text}\" has an odd number of hex digits"
+        ));
     }
     (0..text.len() / 2)
         .map(|i| {
@@ -39,10 +41,19 @@ fn parse(args: &[&str]) -> Result<Request, String> {
     let (mut direction, mut cipher, mut key, mut iv, mut data) = (None, None, None, None, None);
     let mut words = args.iter();
     while let Some(&flag) = words.next() {
-        let mut value = || words.next().copied().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            words
+                .next()
+                .copied()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         match flag {
             "-e" | "-d" => {
-                let d = if flag == "-e" { Direction::Encrypt } else { Direction::Decrypt };
+                let d = if flag == "-e" {
+                    Direction::Encrypt
+                } else {
+                    Direction::Decrypt
+                };
                 if direction.replace(d).is_some_and(|old| old != d) {
                     return Err(String::from("give either -e or -d, not both"));
                 }
@@ -71,21 +82,24 @@ fn parse(args: &[&str]) -> Result<Request, String> {
 fn run(args: &[&str]) -> Result<String, String> {
     let request = parse(args)?;
     let device = devices().first().ok_or("no virtio-crypto device")?;
-    let session = Session::new(device, request.cipher, request.direction, &request.key).map_err(|e| {
-        let hint = if matches!(e, vcrypt_drivers::error::Error::NotSupported { .. }) {
-            " (the device does not advertise it; add unadvertised=try to ask it anyway)"
-        } else {
-            ""
-        };
-        format!("{e}{hint}")
-    })?;
+    let session =
+        Session::new(device, request.cipher, request.direction, &request.key).map_err(|e| {
+            let hint = if matches!(e, vcrypt_drivers::error::Error::NotSupported { .. }) {
+                " (the device does not advertise it; add unadvertised=try to ask it anyway)"
+            } else {
+                ""
+            };
+            format!("{e}{hint}")
+        })?;
     let mut out = request.data.clone();
     match request.direction {
         Direction::Encrypt => session.encrypt_in_place(&request.iv, &mut out),
         Direction::Decrypt => session.decrypt_in_place(&request.iv, &mut out),
     }
     .map_err(|e| format!("{e}"))?;
-    session.close().map_err(|e| format!("destroying the session: {e}"))?;
+    session
+        .close()
+        .map_err(|e| format!("destroying the session: {e}"))?;
     Ok(out.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -49,7 +49,11 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     );
     let (tsc_hz, _) = arch::init_boot_cpu();
     sched::init_this_cpu("main");
-    println!("tsc: {}.{:03} MHz", tsc_hz / 1_000_000, tsc_hz / 1_000 % 1_000);
+    println!(
+        "tsc: {}.{:03} MHz",
+        tsc_hz / 1_000_000,
+        tsc_hz / 1_000 % 1_000
+    );
     arch::enable_irqs();
     // Each AP becomes its CPU's idle task and runs whatever is spawned there.
     let cpus = arch::smp::start_aps(&boot, |_cpu| sched::become_idle());
@@ -69,7 +73,12 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     for d in &devices {
         log::debug!(
             "pci {}: {:04x}:{:04x} class {:02x}:{:02x} header type {}",
-            d.address, d.vendor_id, d.device_id, d.class, d.subclass, d.header_type
+            d.address,
+            d.vendor_id,
+            d.device_id,
+            d.class,
+            d.subclass,
+            d.header_type
         );
     }
     let crypto = virtio::crypto::probe_all(&devices);
@@ -93,7 +102,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         "kcapi" => kcapi::main(&cmdline.args()),
         "bench" => bench::main(&cmdline.args(), &cmdline),
         other => {
-            println!("error: unknown command \"{other}\" (commands: test [filter...], bench [ctrl|kick|data] [dur=ms], kcapi ...)");
+            println!(
+                "error: unknown command \"{other}\" (commands: test [filter...], bench [ctrl|kick|data] [dur=ms], kcapi ...)"
+            );
             qemu::exit(ExitCode::Failure)
         }
     }

@@ -19,17 +19,27 @@ impl Default for Log2Histogram {
 
 /// The bucket a value falls in: 0 and 1 share bucket 0, then one bucket per power of two.
 pub fn bucket_of(usecs: u64) -> usize {
-    if usecs <= 1 { 0 } else { (63 - usecs.leading_zeros() as usize).min(BUCKETS - 1) }
+    if usecs <= 1 {
+        0
+    } else {
+        (63 - usecs.leading_zeros() as usize).min(BUCKETS - 1)
+    }
 }
 
 /// The inclusive range of values in `bucket`.
 pub fn bucket_range(bucket: usize) -> (u64, u64) {
-    if bucket == 0 { (0, 1) } else { (1 << bucket, (1 << (bucket + 1)) - 1) }
+    if bucket == 0 {
+        (0, 1)
+    } else {
+        (1 << bucket, (1 << (bucket + 1)) - 1)
+    }
 }
 
 impl Log2Histogram {
     pub const fn new() -> Self {
-        Log2Histogram { counts: [const { AtomicU64::new(0) }; BUCKETS] }
+        Log2Histogram {
+            counts: [const { AtomicU64::new(0) }; BUCKETS],
+        }
     }
 
     pub fn record(&self, usecs: u64) {
@@ -82,7 +92,10 @@ impl fmt::Display for Log2Histogram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let counts = self.counts();
         let Some(last) = counts.iter().rposition(|&c| c > 0) else {
-            return writeln!(f, "     usecs               : count     distribution\n     (no samples)");
+            return writeln!(
+                f,
+                "     usecs               : count     distribution\n     (no samples)"
+            );
         };
         let max = *counts.iter().max().unwrap_or(&1);
         writeln!(f, "     usecs               : count     distribution")?;
@@ -135,8 +148,16 @@ mod tests {
         assert_eq!(h.percentile_upper_bound(99), 15);
         assert_eq!(h.percentile_upper_bound(100), 16383);
         let table = h.to_string();
-        assert!(table.contains("         8 -> 15         : 99        |****************************************|"), "{table}");
-        assert!(table.contains("      8192 -> 16383      : 1         |*"), "{table}");
+        assert!(
+            table.contains(
+                "         8 -> 15         : 99        |****************************************|"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("      8192 -> 16383      : 1         |*"),
+            "{table}"
+        );
         assert_eq!(table.lines().count(), 1 + 14);
     }
 

@@ -53,7 +53,11 @@ impl<T> Completion<T> {
     }
 
     fn take(&self) -> Option<T> {
-        if self.done.load(Ordering::Acquire) { self.value.lock().take() } else { None }
+        if self.done.load(Ordering::Acquire) {
+            self.value.lock().take()
+        } else {
+            None
+        }
     }
 
     /// Sleeps until the value arrives and takes it. A second `wait` after the value was taken

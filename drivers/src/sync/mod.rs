@@ -16,5 +16,5 @@ pub mod waitqueue;
 
 pub use completion::Completion;
 pub use platform::{Platform, Wake};
-pub use waitqueue::{TimedOut, WaitQueue};
 pub use spinlock::{IrqSpinLock, IrqsOff, LockStatSnapshot, PreemptOff, SpinGuard, SpinLock};
+pub use waitqueue::{TimedOut, WaitQueue};

@@ -126,6 +126,8 @@ pub mod host {
     /// Installs the thread platform (once per test binary).
     pub fn install() {
         static HOST: Once<HostPlatform> = Once::new();
-        super::install(HOST.call_once(|| HostPlatform { start: Instant::now() }));
+        super::install(HOST.call_once(|| HostPlatform {
+            start: Instant::now(),
+        }));
     }
 }

@@ -77,9 +77,18 @@ impl LockStatSnapshot {
             (_, true) => a,
             _ => a.min(b),
         };
-        self.wait_min = min(self.wait_min, other.wait_min, self.contentions == 0, other.contentions == 0);
-        self.hold_min =
-            min(self.hold_min, other.hold_min, self.acquisitions == 0, other.acquisitions == 0);
+        self.wait_min = min(
+            self.wait_min,
+            other.wait_min,
+            self.contentions == 0,
+            other.contentions == 0,
+        );
+        self.hold_min = min(
+            self.hold_min,
+            other.hold_min,
+            self.acquisitions == 0,
+            other.acquisitions == 0,
+        );
         self.acquisitions += other.acquisitions;
         self.contentions += other.contentions;
         self.wait_max = self.wait_max.max(other.wait_max);
@@ -147,7 +156,12 @@ impl LockStats {
     }
 
     fn reset(&self) {
-        for v in [&self.acquisitions, &self.contentions, &self.wait_max, &self.wait_total] {
+        for v in [
+            &self.acquisitions,
+            &self.contentions,
+            &self.wait_max,
+            &self.wait_total,
+        ] {
             v.store(0, Ordering::Relaxed);
         }
         for v in [&self.hold_max, &self.hold_total] {
@@ -211,7 +225,8 @@ impl<T: ?Sized, M: LockMode> SpinLock<T, M> {
             }
         }
         if stats {
-            self.stats.record_wait(platform::get().now_ns().saturating_sub(wait_start));
+            self.stats
+                .record_wait(platform::get().now_ns().saturating_sub(wait_start));
         }
         self.guard(state, stats)
     }
@@ -247,7 +262,11 @@ impl<T: ?Sized, M: LockMode> SpinLock<T, M> {
         SpinGuard {
             lock: self,
             state,
-            acquired_at: if stats { Some(platform::get().now_ns()) } else { None },
+            acquired_at: if stats {
+                Some(platform::get().now_ns())
+            } else {
+                None
+            },
             _not_send: PhantomData,
         }
     }
@@ -280,7 +299,9 @@ impl<T: ?Sized, M: LockMode> DerefMut for SpinGuard<'_, T, M> {
 impl<T: ?Sized, M: LockMode> Drop for SpinGuard<'_, T, M> {
     fn drop(&mut self) {
         if let Some(start) = self.acquired_at {
-            self.lock.stats.record_hold(platform::get().now_ns().saturating_sub(start));
+            self.lock
+                .stats
+                .record_hold(platform::get().now_ns().saturating_sub(start));
         }
         self.lock.locked.store(false, Ordering::Release);
         M::leave(self.state);
@@ -308,10 +329,19 @@ mod tests {
         };
         a.merge(&b);
         assert_eq!(a, b);
-        let c = LockStatSnapshot { acquisitions: 1, hold_min: 1, hold_max: 1, hold_total: 1, ..Default::default() };
+        let c = LockStatSnapshot {
+            acquisitions: 1,
+            hold_min: 1,
+            hold_max: 1,
+            hold_total: 1,
+            ..Default::default()
+        };
         a.merge(&c);
         assert_eq!(a.hold_min, 1);
-        assert_eq!(a.wait_min, 5, "an empty wait column must not pull the minimum to 0");
+        assert_eq!(
+            a.wait_min, 5,
+            "an empty wait column must not pull the minimum to 0"
+        );
         assert_eq!(a.acquisitions, 3);
         assert_eq!(a.hold_total, 11);
     }
@@ -370,7 +400,10 @@ mod tests {
         }
         let shared = lock.stats();
         assert_eq!(shared.acquisitions, 80_000);
-        assert!(shared.contentions > 0, "4 threads hammering one lock must contend: {shared:?}");
+        assert!(
+            shared.contentions > 0,
+            "4 threads hammering one lock must contend: {shared:?}"
+        );
         assert!(shared.wait_total >= shared.wait_max && shared.wait_max >= shared.wait_min);
     }
 

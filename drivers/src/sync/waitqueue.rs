@@ -38,7 +38,9 @@ impl Default for WaitQueue {
 
 impl WaitQueue {
     pub const fn new() -> Self {
-        WaitQueue { waiters: IrqSpinLock::new("waitqueue", VecDeque::new()) }
+        WaitQueue {
+            waiters: IrqSpinLock::new("waitqueue", VecDeque::new()),
+        }
     }
 
     /// Sleeps until `condition` returns `Some`, and returns that value.
@@ -78,7 +80,10 @@ impl WaitQueue {
         }
         let platform = platform::get();
         loop {
-            let waiter = Arc::new(Waiter { task: platform.current_task(), woken: AtomicBool::new(false) });
+            let waiter = Arc::new(Waiter {
+                task: platform.current_task(),
+                woken: AtomicBool::new(false),
+            });
             self.waiters.lock().push_back(waiter.clone());
             // Re-check after enqueueing: a waker that made the condition true before we were
             // queued did not see us.
@@ -212,7 +217,11 @@ mod tests {
         tokens.fetch_add(1, Ordering::AcqRel);
         assert!(wq.wake_one());
         thread::sleep(Duration::from_millis(50));
-        assert_eq!(done.load(Ordering::Acquire), 1, "one token must release exactly one waiter");
+        assert_eq!(
+            done.load(Ordering::Acquire),
+            1,
+            "one token must release exactly one waiter"
+        );
         tokens.fetch_add(3, Ordering::AcqRel);
         wq.wake_all();
         for t in threads {

@@ -50,7 +50,12 @@ pub enum Cipher {
 }
 
 impl Cipher {
-    pub const ALL: [Cipher; 4] = [Cipher::AesEcb, Cipher::AesCbc, Cipher::AesCtr, Cipher::AesXts];
+    pub const ALL: [Cipher; 4] = [
+        Cipher::AesEcb,
+        Cipher::AesCbc,
+        Cipher::AesCtr,
+        Cipher::AesXts,
+    ];
 
     pub fn algo(self) -> u32 {
         match self {
@@ -155,7 +160,9 @@ impl<H: Hal> CryptoDevice<H> {
         needs_reset: Box<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<Self, Error> {
         if data.is_empty() {
-            return Err(Error::NotSupported { what: "a device without data queues" });
+            return Err(Error::NotSupported {
+                what: "a device without data queues",
+            });
         }
         Ok(CryptoDevice {
             name,
@@ -176,7 +183,11 @@ impl<H: Hal> CryptoDevice<H> {
     }
 
     pub fn ctrl_mode(&self) -> CtrlMode {
-        if self.ctrl_mode.load(Ordering::Relaxed) == CtrlMode::Poll as u8 { CtrlMode::Poll } else { CtrlMode::Sleep }
+        if self.ctrl_mode.load(Ordering::Relaxed) == CtrlMode::Poll as u8 {
+            CtrlMode::Poll
+        } else {
+            CtrlMode::Sleep
+        }
     }
 
     /// Sets where every queue of the device rings its doorbell.
@@ -210,14 +221,18 @@ impl<H: Hal> CryptoDevice<H> {
     /// Whether the device could take `cipher` (advertised, or opted in).
     pub fn check_cipher(&self, cipher: Cipher) -> Result<(), Error> {
         if !self.config.advertises_service(wire::SERVICE_CIPHER) {
-            return Err(Error::NotSupported { what: "the cipher service" });
+            return Err(Error::NotSupported {
+                what: "the cipher service",
+            });
         }
         if self.config.advertises_cipher(cipher.algo())
             || (cipher.implemented_unadvertised() && self.unadvertised.load(Ordering::Relaxed))
         {
             Ok(())
         } else {
-            Err(Error::NotSupported { what: cipher.kcapi_name() })
+            Err(Error::NotSupported {
+                what: cipher.kcapi_name(),
+            })
         }
     }
 
@@ -234,7 +249,12 @@ impl<H: Hal> CryptoDevice<H> {
     /// Submits on `queue` and waits for the result, sleeping or (control queue in `Poll` mode)
     /// polling. On timeout the request's buffers stay with the queue until the device returns
     /// them; if the device needs a reset, every request in flight fails.
-    fn round_trip(&self, queue: &CryptoQueue<H>, buffers: Buffers, poll: bool) -> Result<Buffers, Error> {
+    fn round_trip(
+        &self,
+        queue: &CryptoQueue<H>,
+        buffers: Buffers,
+        poll: bool,
+    ) -> Result<Buffers, Error> {
         let timeout = self.timeout_ns.load(Ordering::Relaxed);
         let finished = if poll {
             let _one_at_a_time = self.poll_lock.lock();
@@ -278,28 +298,50 @@ impl<H: Hal> CryptoDevice<H> {
     /// A request timed out: if the device needs a reset, that is the error, and every request
     /// in flight on every queue fails with it.
     fn timed_out(&self) -> Error {
-        if self.fail_if_needs_reset() { Error::DeviceNeedsReset } else { Error::Timeout }
+        if self.fail_if_needs_reset() {
+            Error::DeviceNeedsReset
+        } else {
+            Error::Timeout
+        }
     }
 
     /// Creates a cipher session; returns the device's session id.
-    pub fn create_cipher_session(&self, cipher: Cipher, direction: Direction, key: &[u8]) -> Result<u64, Error> {
+    pub fn create_cipher_session(
+        &self,
+        cipher: Cipher,
+        direction: Direction,
+        key: &[u8],
+    ) -> Result<u64, Error> {
         self.ready()?;
         self.check_cipher(cipher)?;
-        if !cipher.key_lengths().contains(&key.len()) || key.len() > self.config.max_cipher_key_len as usize {
-            return Err(Error::InvalidKeyLength { got: key.len(), allowed: cipher.key_lengths_text() });
+        if !cipher.key_lengths().contains(&key.len())
+            || key.len() > self.config.max_cipher_key_len as usize
+        {
+            return Err(Error::InvalidKeyLength {
+                got: key.len(),
+                allowed: cipher.key_lengths_text(),
+            });
         }
         if self.live_sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
             self.live_sessions.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::SessionsExhausted);
         }
-        let request = wire::CipherCreateSession { algo: cipher.algo(), key_len: key.len() as u32, op: direction.op() };
+        let request = wire::CipherCreateSession {
+            algo: cipher.algo(),
+            key_len: key.len() as u32,
+            op: direction.op(),
+        };
         let mut readable = heapless::Vec::new();
         let _ = readable.push(request.to_bytes().to_vec());
         let _ = readable.push(key.to_vec());
         let mut writable = heapless::Vec::new();
         let _ = writable.push(vec![0u8; wire::SESSION_INPUT_LEN]);
         let result = self
-            .round_trip(&self.control, Buffers { readable, writable }, self.ctrl_mode() == CtrlMode::Poll)
+            .round_trip(
+                &self.control,
+                Buffers { readable, writable },
+                self.ctrl_mode() == CtrlMode::Poll,
+            )
             .and_then(|mut buffers| {
                 // The key has reached the device; wipe our copy in the DMA buffer.
                 if let Some(key_copy) = buffers.readable.get_mut(1) {
@@ -308,7 +350,9 @@ impl<H: Hal> CryptoDevice<H> {
                 let reply: &[u8; wire::SESSION_INPUT_LEN] = buffers.writable[0]
                     .as_slice()
                     .try_into()
-                    .map_err(|_| Error::MalformedCompletion { what: "session input of the wrong size" })?;
+                    .map_err(|_| Error::MalformedCompletion {
+                        what: "session input of the wrong size",
+                    })?;
                 let (id, status) = wire::SessionInput::parse(reply);
                 status_to_result(status, RequestKind::CreateSession).map(|()| id)
             });
@@ -325,30 +369,52 @@ impl<H: Hal> CryptoDevice<H> {
         let _ = readable.push(wire::DestroySession::cipher(session_id).to_bytes().to_vec());
         let mut writable = heapless::Vec::new();
         let _ = writable.push(vec![0xffu8; wire::INHDR_LEN]);
-        let buffers = self.round_trip(&self.control, Buffers { readable, writable }, self.ctrl_mode() == CtrlMode::Poll)?;
+        let buffers = self.round_trip(
+            &self.control,
+            Buffers { readable, writable },
+            self.ctrl_mode() == CtrlMode::Poll,
+        )?;
         status_to_result(buffers.writable[0][0], RequestKind::DestroySession)?;
         self.live_sessions.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Checks a cipher request against the algorithm and the device limits.
-    pub fn check_request(&self, cipher: Cipher, iv: &[u8], src_len: usize, dst_len: usize) -> Result<(), Error> {
+    pub fn check_request(
+        &self,
+        cipher: Cipher,
+        iv: &[u8],
+        src_len: usize,
+        dst_len: usize,
+    ) -> Result<(), Error> {
         if iv.len() != cipher.iv_len() {
-            return Err(Error::InvalidIvLength { got: iv.len(), expected: cipher.iv_len() });
+            return Err(Error::InvalidIvLength {
+                got: iv.len(),
+                expected: cipher.iv_len(),
+            });
         }
         if src_len == 0 {
             return Err(Error::EmptyRequest);
         }
         if src_len != dst_len {
-            return Err(Error::LengthMismatch { src: src_len, dst: dst_len });
+            return Err(Error::LengthMismatch {
+                src: src_len,
+                dst: dst_len,
+            });
         }
         if src_len % cipher.block_len() != 0 {
-            return Err(Error::InvalidDataLength { got: src_len, block: cipher.block_len() });
+            return Err(Error::InvalidDataLength {
+                got: src_len,
+                block: cipher.block_len(),
+            });
         }
         let total = (iv.len() + src_len + dst_len) as u64;
         let max = self.config.max_size.min(2 * MAX_REQUEST_BYTES as u64 + 16);
         if total > max || src_len > MAX_REQUEST_BYTES {
-            return Err(Error::RequestTooLarge { got: src_len as u64, max: (MAX_REQUEST_BYTES as u64).min(max / 2) });
+            return Err(Error::RequestTooLarge {
+                got: src_len as u64,
+                max: (MAX_REQUEST_BYTES as u64).min(max / 2),
+            });
         }
         Ok(())
     }
@@ -364,7 +430,8 @@ impl<H: Hal> CryptoDevice<H> {
         iv: &[u8],
         src: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        self.start_cipher_request(queue, session_id, cipher, direction, iv, src)?.wait()
+        self.start_cipher_request(queue, session_id, cipher, direction, iv, src)?
+            .wait()
     }
 
     /// Validates and posts a cipher request without waiting for it: the caller may keep many in
@@ -398,7 +465,10 @@ impl<H: Hal> CryptoDevice<H> {
         let _ = writable.push(vec![0u8; src.len()]);
         let _ = writable.push(vec![0xffu8; wire::INHDR_LEN]);
         let completion = queue.submit(Buffers { readable, writable })?;
-        Ok(PendingRequest { device: self, completion })
+        Ok(PendingRequest {
+            device: self,
+            completion,
+        })
     }
 }
 
@@ -412,7 +482,10 @@ impl<H: Hal> PendingRequest<'_, H> {
     /// Sleeps until the device answers; returns the output bytes.
     pub fn wait(self) -> Result<Vec<u8>, Error> {
         let timeout = self.device.timeout_ns.load(Ordering::Relaxed);
-        let Finished { mut buffers, result } = match self.completion.wait_timeout(timeout) {
+        let Finished {
+            mut buffers,
+            result,
+        } = match self.completion.wait_timeout(timeout) {
             Ok(finished) => finished,
             Err(_) => return Err(self.device.timed_out()),
         };

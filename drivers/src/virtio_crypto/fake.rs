@@ -101,7 +101,10 @@ pub struct FakeTransport {
 
 impl FakeTransport {
     pub fn new(queues: usize) -> Self {
-        FakeTransport { rings: vec![None; queues], status: DeviceStatus::empty() }
+        FakeTransport {
+            rings: vec![None; queues],
+            status: DeviceStatus::empty(),
+        }
     }
 
     /// The device's view of queue `queue`, set up by `CryptoQueue::new`.
@@ -119,7 +122,11 @@ impl Transport for FakeTransport {
     }
     fn write_driver_features(&mut self, _driver_features: u64) {}
     fn max_queue_size(&mut self, queue: u16) -> u32 {
-        if (queue as usize) < self.rings.len() { QUEUE_SIZE as u32 } else { 0 }
+        if (queue as usize) < self.rings.len() {
+            QUEUE_SIZE as u32
+        } else {
+            0
+        }
     }
     fn notify(&mut self, _queue: u16) {}
     fn get_status(&self) -> DeviceStatus {
@@ -132,9 +139,20 @@ impl Transport for FakeTransport {
     fn requires_legacy_layout(&self) -> bool {
         false
     }
-    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
-        self.rings[queue as usize] =
-            Some(RingAddrs { size: size as u16, desc: descriptors, avail: driver_area, used: device_area });
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        self.rings[queue as usize] = Some(RingAddrs {
+            size: size as u16,
+            desc: descriptors,
+            avail: driver_area,
+            used: device_area,
+        });
     }
     fn queue_unset(&mut self, queue: u16) {
         self.rings[queue as usize] = None;
@@ -204,7 +222,11 @@ impl Chain {
 
     /// Total length of the device-writable buffers.
     pub fn writable_len(&self) -> u32 {
-        self.descs.iter().filter(|d| d.writable()).map(|d| d.len).sum()
+        self.descs
+            .iter()
+            .filter(|d| d.writable())
+            .map(|d| d.len)
+            .sum()
     }
 
     /// Writes `data` across the device-writable buffers in chain order (like a device filling
@@ -233,7 +255,11 @@ pub struct FakeRing {
 
 impl FakeRing {
     fn new(addrs: RingAddrs) -> Self {
-        FakeRing { addrs, last_avail: 0, taken: 0 }
+        FakeRing {
+            addrs,
+            last_avail: 0,
+            taken: 0,
+        }
     }
 
     fn u16_at(&self, addr: u64) -> &AtomicU16 {
@@ -277,7 +303,8 @@ impl FakeRing {
         while self.last_avail != idx {
             let slot = (self.last_avail % size) as u64;
             // SAFETY: slot < size, inside avail.ring.
-            let head = unsafe { ptr::read_volatile((self.addrs.avail + 4 + 2 * slot) as *const u16) };
+            let head =
+                unsafe { ptr::read_volatile((self.addrs.avail + 4 + 2 * slot) as *const u16) };
             assert!(head < size, "avail ring names descriptor {head}");
             let mut descs = Vec::new();
             let mut i = head;
@@ -314,12 +341,16 @@ impl FakeRing {
             ptr::write_volatile(elem as *mut u32, id);
             ptr::write_volatile((elem + 4) as *mut u32, len);
         }
-        self.used_idx().store(idx.wrapping_add(1), Ordering::Release);
+        self.used_idx()
+            .store(idx.wrapping_add(1), Ordering::Release);
     }
 
     /// Sets or clears VIRTQ_USED_F_NO_NOTIFY (the device's "don't kick me").
     pub fn set_no_notify(&mut self, on: bool) {
-        self.used_flags().store(if on { VIRTQ_USED_F_NO_NOTIFY } else { 0 }, Ordering::Release);
+        self.used_flags().store(
+            if on { VIRTQ_USED_F_NO_NOTIFY } else { 0 },
+            Ordering::Release,
+        );
     }
 }
 
@@ -339,7 +370,10 @@ impl CountingNotify {
     }
 
     pub fn with_signal(signal: Sender<()>) -> Self {
-        CountingNotify { count: Arc::default(), signal: Some(signal) }
+        CountingNotify {
+            count: Arc::default(),
+            signal: Some(signal),
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -374,15 +408,25 @@ pub fn config(data_queues: u32) -> CryptoConfig {
 
 /// A `CryptoDevice` with a control queue (ring 0) and `data_queues` data queues (rings 1..),
 /// every doorbell being a clone of `bell`, and the device's view of each ring.
-pub fn crypto_device(data_queues: u16, bell: &CountingNotify) -> (CryptoDevice<FakeHal>, Vec<FakeRing>) {
+pub fn crypto_device(
+    data_queues: u16,
+    bell: &CountingNotify,
+) -> (CryptoDevice<FakeHal>, Vec<FakeRing>) {
     crate::sync::platform::host::install();
     let mut transport = FakeTransport::new(1 + data_queues as usize);
-    let mut queue = |i| CryptoQueue::<FakeHal>::new(&mut transport, i, Box::new(bell.clone())).unwrap();
+    let mut queue =
+        |i| CryptoQueue::<FakeHal>::new(&mut transport, i, Box::new(bell.clone())).unwrap();
     let control = queue(0);
     let data = (1..=data_queues).map(&mut queue).collect();
     let rings = (0..=data_queues).map(|i| transport.ring(i)).collect();
-    let device = CryptoDevice::new(String::from("fake-crypto"), config(data_queues as u32), control, data, Box::new(|| false))
-        .unwrap();
+    let device = CryptoDevice::new(
+        String::from("fake-crypto"),
+        config(data_queues as u32),
+        control,
+        data,
+        Box::new(|| false),
+    )
+    .unwrap();
     (device, rings)
 }
 
@@ -405,7 +449,11 @@ pub struct FakeCryptoDevice {
 }
 
 impl FakeCryptoDevice {
-    pub fn spawn(mut rings: Vec<FakeRing>, doorbell: Receiver<()>, interrupt: impl Fn(u16) + Send + 'static) -> Self {
+    pub fn spawn(
+        mut rings: Vec<FakeRing>,
+        doorbell: Receiver<()>,
+        interrupt: impl Fn(u16) + Send + 'static,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -433,7 +481,10 @@ impl FakeCryptoDevice {
                 }
             }
         });
-        FakeCryptoDevice { stop, thread: Some(thread) }
+        FakeCryptoDevice {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -465,9 +516,16 @@ fn control_request(chain: &Chain, sessions: &mut HashSet<u64>, next_id: &mut u64
     assert_eq!(req.len(), wire::CTRL_REQ_LEN, "control request header");
     match u32_at(req, 0) {
         wire::CIPHER_CREATE_SESSION => {
-            let (algo, key_len) = (u32_at(req, wire::CTRL_HDR_LEN), u32_at(req, wire::CTRL_HDR_LEN + 4));
+            let (algo, key_len) = (
+                u32_at(req, wire::CTRL_HDR_LEN),
+                u32_at(req, wire::CTRL_HDR_LEN + 4),
+            );
             let key = &readable[1];
-            assert_eq!(key.len(), key_len as usize, "key descriptor length != key_len");
+            assert_eq!(
+                key.len(),
+                key_len as usize,
+                "key descriptor length != key_len"
+            );
             let (id, status) = if algo != wire::CIPHER_AES_CBC {
                 (0, wire::STATUS_NOTSUPP)
             } else if key[..] == REJECTED_KEY[..] {
@@ -485,7 +543,11 @@ fn control_request(chain: &Chain, sessions: &mut HashSet<u64>, next_id: &mut u64
         }
         wire::CIPHER_DESTROY_SESSION => {
             let ok = sessions.remove(&u64_at(req, wire::CTRL_HDR_LEN));
-            chain.write(&[if ok { wire::STATUS_OK } else { wire::STATUS_ERR } as u8]) as u32
+            chain.write(&[if ok {
+                wire::STATUS_OK
+            } else {
+                wire::STATUS_ERR
+            } as u8]) as u32
         }
         _ => chain.write(&[wire::STATUS_NOTSUPP as u8]) as u32,
     }

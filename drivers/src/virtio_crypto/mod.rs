@@ -12,11 +12,13 @@
 
 pub mod config;
 pub mod device;
+#[cfg(test)]
+mod fake;
 pub mod queue;
+#[cfg(test)]
+mod queue_tests;
 pub mod status;
 pub mod wire;
-#[cfg(test)] mod fake;
-#[cfg(test)] mod queue_tests;
 
 pub use config::{CONFIG_LEN, CryptoConfig, MaskNames};
 pub use status::{DeviceStatus, RequestKind, status_to_result};

@@ -61,9 +61,22 @@ pub struct Buffers {
 
 impl Buffers {
     /// Pointers to the buffers' heap storage (writable ones derived from mutable borrows).
-    fn pointers(&mut self) -> (heapless::Vec<NonNull<[u8]>, 3>, heapless::Vec<NonNull<[u8]>, 2>) {
-        let readable = self.readable.iter().map(|b| NonNull::from(b.as_slice())).collect();
-        let writable = self.writable.iter_mut().map(|b| NonNull::from(b.as_mut_slice())).collect();
+    fn pointers(
+        &mut self,
+    ) -> (
+        heapless::Vec<NonNull<[u8]>, 3>,
+        heapless::Vec<NonNull<[u8]>, 2>,
+    ) {
+        let readable = self
+            .readable
+            .iter()
+            .map(|b| NonNull::from(b.as_slice()))
+            .collect();
+        let writable = self
+            .writable
+            .iter_mut()
+            .map(|b| NonNull::from(b.as_mut_slice()))
+            .collect();
         (readable, writable)
     }
 
@@ -113,7 +126,14 @@ impl UsedRing {
     fn raw_id(&self, popped: u16) -> u32 {
         let slot = popped as usize % QUEUE_SIZE;
         // SAFETY: `base` maps the whole used ring (header + QUEUE_SIZE elements), see `new`.
-        unsafe { core::ptr::read_volatile(self.base.as_ptr().add(Self::HEADER + slot * Self::ELEMENT).cast::<u32>()) }
+        unsafe {
+            core::ptr::read_volatile(
+                self.base
+                    .as_ptr()
+                    .add(Self::HEADER + slot * Self::ELEMENT)
+                    .cast::<u32>(),
+            )
+        }
     }
 }
 
@@ -152,11 +172,19 @@ impl<T: Transport> Transport for UsedRingFinder<'_, T> {
     fn requires_legacy_layout(&self) -> bool {
         self.transport.requires_legacy_layout()
     }
-    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
         if queue == self.index {
             self.device_area = Some(device_area);
         }
-        self.transport.queue_set(queue, size, descriptors, driver_area, device_area)
+        self.transport
+            .queue_set(queue, size, descriptors, driver_area, device_area)
     }
     fn queue_unset(&mut self, queue: u16) {
         self.transport.queue_unset(queue)
@@ -170,10 +198,17 @@ impl<T: Transport> Transport for UsedRingFinder<'_, T> {
     fn read_config_generation(&self) -> u32 {
         self.transport.read_config_generation()
     }
-    fn read_config_space<V: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<V> {
+    fn read_config_space<V: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> virtio_drivers::Result<V> {
         self.transport.read_config_space(offset)
     }
-    fn write_config_space<V: IntoBytes + Immutable>(&mut self, offset: usize, value: V) -> virtio_drivers::Result<()> {
+    fn write_config_space<V: IntoBytes + Immutable>(
+        &mut self,
+        offset: usize,
+        value: V,
+    ) -> virtio_drivers::Result<()> {
         self.transport.write_config_space(offset, value)
     }
 }
@@ -209,7 +244,10 @@ pub struct QueueGuard<'a, H: Hal> {
 ///
 /// # Safety
 /// The pointers must be valid for the returned lifetime and not otherwise accessed meanwhile.
-unsafe fn as_slices<'a>(readable: &[NonNull<[u8]>], writable: &[NonNull<[u8]>]) -> ([&'a [u8]; 3], [&'a mut [u8]; 2]) {
+unsafe fn as_slices<'a>(
+    readable: &[NonNull<[u8]>],
+    writable: &[NonNull<[u8]>],
+) -> ([&'a [u8]; 3], [&'a mut [u8]; 2]) {
     let mut inputs: [&[u8]; 3] = [&[], &[], &[]];
     let mut outputs: [&mut [u8]; 2] = [&mut [], &mut []];
     for (slot, p) in inputs.iter_mut().zip(readable) {
@@ -225,22 +263,36 @@ unsafe fn as_slices<'a>(readable: &[NonNull<[u8]>], writable: &[NonNull<[u8]>]) 
 
 impl<H: Hal> QueueGuard<'_, H> {
     /// Adds the request's descriptors and records it as in flight under its token.
-    fn add(&mut self, mut buffers: Buffers, completion: Arc<RequestCompletion>) -> Result<u16, (Buffers, Error)> {
+    fn add(
+        &mut self,
+        mut buffers: Buffers,
+        completion: Arc<RequestCompletion>,
+    ) -> Result<u16, (Buffers, Error)> {
         let (readable, writable) = buffers.pointers();
         // SAFETY: the slices point into heap buffers that `buffers` owns. Moving `buffers` into
         // the in-flight table does not move their heap storage, and the table keeps them alive
         // and untouched until `pop` hands them back after the device used them.
         let token = unsafe {
             let (inputs, mut outputs) = as_slices(&readable, &writable);
-            self.ring.vq.add(&inputs[..readable.len()], &mut outputs[..writable.len()])
+            self.ring
+                .vq
+                .add(&inputs[..readable.len()], &mut outputs[..writable.len()])
         };
         match token {
             Ok(token) => {
-                self.ring.in_flight[token as usize] = Some(InFlight { buffers, completion });
+                self.ring.in_flight[token as usize] = Some(InFlight {
+                    buffers,
+                    completion,
+                });
                 Ok(token)
             }
             Err(virtio_drivers::Error::QueueFull) => Err((buffers, Error::QueueFull)),
-            Err(_) => Err((buffers, Error::MalformedCompletion { what: "virtqueue refused the request" })),
+            Err(_) => Err((
+                buffers,
+                Error::MalformedCompletion {
+                    what: "virtqueue refused the request",
+                },
+            )),
         }
     }
 
@@ -257,24 +309,43 @@ impl<H: Hal> QueueGuard<'_, H> {
         // virtio-drivers returns the 32-bit id cut to 16 bits: check the full id ourselves.
         let raw_id = self.ring.used.raw_id(self.ring.popped);
         let entry = (raw_id == token as u32)
-            .then(|| self.ring.in_flight.get_mut(token as usize).and_then(Option::take))
+            .then(|| {
+                self.ring
+                    .in_flight
+                    .get_mut(token as usize)
+                    .and_then(Option::take)
+            })
             .flatten();
         let Some(mut entry) = entry else {
-            return Some(Err((None, Error::MalformedCompletion { what: "used id is not a request in flight" })));
+            return Some(Err((
+                None,
+                Error::MalformedCompletion {
+                    what: "used id is not a request in flight",
+                },
+            )));
         };
         let (readable, writable) = entry.buffers.pointers();
         // SAFETY: these are the buffers `add` posted under this token (the in-flight table is
         // indexed by token), still owned by `entry`.
         let used = unsafe {
             let (inputs, mut outputs) = as_slices(&readable, &writable);
-            self.ring.vq.pop_used(token, &inputs[..readable.len()], &mut outputs[..writable.len()])
+            self.ring.vq.pop_used(
+                token,
+                &inputs[..readable.len()],
+                &mut outputs[..writable.len()],
+            )
         };
         Some(match used {
             Ok(len) => {
                 self.ring.popped = self.ring.popped.wrapping_add(1);
                 Ok((entry, len))
             }
-            Err(_) => Err((Some(entry), Error::MalformedCompletion { what: "used entry could not be popped" })),
+            Err(_) => Err((
+                Some(entry),
+                Error::MalformedCompletion {
+                    what: "used entry could not be popped",
+                },
+            )),
         })
     }
 
@@ -293,19 +364,43 @@ impl<H: Hal> CryptoQueue<H> {
     ///
     /// The used ring is read through `H::mmio_phys_to_virt`, which must therefore translate the
     /// queue's DMA memory as well (the kernel's and the test HAL's are identity maps).
-    pub fn new<T: Transport>(transport: &mut T, index: u16, doorbell: Box<dyn Notify>) -> Result<Self, Error> {
-        let mut finder = UsedRingFinder { transport, index, device_area: None };
-        let vq = VirtQueue::<H, QUEUE_SIZE>::new(&mut finder, index, false, false)
-            .map_err(|_| Error::NotSupported { what: "a virtqueue of 1024 entries" })?;
-        let device_area = finder.device_area.ok_or(Error::NotSupported { what: "a queue without a used ring" })?;
+    pub fn new<T: Transport>(
+        transport: &mut T,
+        index: u16,
+        doorbell: Box<dyn Notify>,
+    ) -> Result<Self, Error> {
+        let mut finder = UsedRingFinder {
+            transport,
+            index,
+            device_area: None,
+        };
+        let vq =
+            VirtQueue::<H, QUEUE_SIZE>::new(&mut finder, index, false, false).map_err(|_| {
+                Error::NotSupported {
+                    what: "a virtqueue of 1024 entries",
+                }
+            })?;
+        let device_area = finder.device_area.ok_or(Error::NotSupported {
+            what: "a queue without a used ring",
+        })?;
         let used_len = UsedRing::HEADER + QUEUE_SIZE * UsedRing::ELEMENT;
         // SAFETY: `device_area` is the used ring virtio-drivers just allocated for this queue;
         // translating it gives memory that lives as long as the queue.
-        let used = UsedRing { base: unsafe { H::mmio_phys_to_virt(device_area, used_len) } };
+        let used = UsedRing {
+            base: unsafe { H::mmio_phys_to_virt(device_area, used_len) },
+        };
         let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
         Ok(CryptoQueue {
             index,
-            ring: IrqSpinLock::new("virtqueue", Ring { vq: Box::new(vq), in_flight, used, popped: 0 }),
+            ring: IrqSpinLock::new(
+                "virtqueue",
+                Ring {
+                    vq: Box::new(vq),
+                    in_flight,
+                    used,
+                    popped: 0,
+                },
+            ),
             doorbell,
             space: WaitQueue::new(),
             kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
@@ -323,7 +418,11 @@ impl<H: Hal> CryptoQueue<H> {
     }
 
     pub fn kick_mode(&self) -> KickMode {
-        if self.kick_mode.load(Ordering::Relaxed) == KickMode::Locked as u8 { KickMode::Locked } else { KickMode::Unlocked }
+        if self.kick_mode.load(Ordering::Relaxed) == KickMode::Locked as u8 {
+            KickMode::Locked
+        } else {
+            KickMode::Unlocked
+        }
     }
 
     /// The queue lock's statistics (acquisitions, contention, wait and hold times).
@@ -342,18 +441,31 @@ impl<H: Hal> CryptoQueue<H> {
 
     /// Requests currently in flight.
     pub fn in_flight(&self) -> usize {
-        self.ring.lock().in_flight.iter().filter(|e| e.is_some()).count()
+        self.ring
+            .lock()
+            .in_flight
+            .iter()
+            .filter(|e| e.is_some())
+            .count()
     }
 
     /// Posts a request and returns the completion to wait on. Sleeps while the ring is full.
     pub fn submit(&self, mut buffers: Buffers) -> Result<Arc<RequestCompletion>, Error> {
         let descriptors = buffers.readable.len() + buffers.writable.len();
-        if descriptors == 0 || buffers.readable.iter().chain(buffers.writable.iter()).any(|b| b.is_empty()) {
+        if descriptors == 0
+            || buffers
+                .readable
+                .iter()
+                .chain(buffers.writable.iter())
+                .any(|b| b.is_empty())
+        {
             return Err(Error::EmptyRequest);
         }
         let completion = Arc::new(RequestCompletion::new());
         loop {
-            let mut guard = QueueGuard { ring: self.ring.lock() };
+            let mut guard = QueueGuard {
+                ring: self.ring.lock(),
+            };
             // Checked under the lock: `fail_all` sets `broken` before draining under the same
             // lock, so a request is either drained by it or refused here, never stranded.
             if self.is_broken() {
@@ -379,7 +491,8 @@ impl<H: Hal> CryptoQueue<H> {
                     buffers = returned;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     self.space.wait_until(|| {
-                        (self.is_broken() || self.ring.lock().vq.available_desc() >= descriptors).then_some(())
+                        (self.is_broken() || self.ring.lock().vq.available_desc() >= descriptors)
+                            .then_some(())
                     });
                 }
                 Err((_, e)) => return Err(e),
@@ -402,17 +515,22 @@ impl<H: Hal> CryptoQueue<H> {
         }
         let mut total = 0;
         loop {
-            let mut done: heapless::Vec<(InFlight, Result<u32, Error>), BATCH> = heapless::Vec::new();
+            let mut done: heapless::Vec<(InFlight, Result<u32, Error>), BATCH> =
+                heapless::Vec::new();
             let mut broken = false;
             {
-                let mut guard = QueueGuard { ring: self.ring.lock() };
+                let mut guard = QueueGuard {
+                    ring: self.ring.lock(),
+                };
                 while done.len() < BATCH - 1 {
                     match guard.pop() {
                         None => break,
                         Some(Ok((entry, len))) => {
                             let result = if len as usize > entry.buffers.writable_len() {
                                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                                Err(Error::MalformedCompletion { what: "used length longer than the buffers posted" })
+                                Err(Error::MalformedCompletion {
+                                    what: "used length longer than the buffers posted",
+                                })
                             } else {
                                 Ok(len)
                             };
@@ -434,12 +552,19 @@ impl<H: Hal> CryptoQueue<H> {
             }
             let finished = done.len();
             for (entry, result) in done {
-                let _ = entry.completion.complete(Finished { buffers: entry.buffers, result });
+                let _ = entry.completion.complete(Finished {
+                    buffers: entry.buffers,
+                    result,
+                });
             }
             total += finished;
-            self.counters.completed.fetch_add(finished as u64, Ordering::Relaxed);
+            self.counters
+                .completed
+                .fetch_add(finished as u64, Ordering::Relaxed);
             if broken {
-                self.fail_all(Error::MalformedCompletion { what: "used id is not a request in flight" });
+                self.fail_all(Error::MalformedCompletion {
+                    what: "used id is not a request in flight",
+                });
                 break;
             }
             if finished < BATCH - 1 {
@@ -458,18 +583,27 @@ impl<H: Hal> CryptoQueue<H> {
         self.broken.store(true, Ordering::Release);
         // One at a time, completing outside the lock: no allocation, usable from interrupts.
         while let Some(entry) = self.detach_one() {
-            let _ = entry.completion.complete(Finished { buffers: entry.buffers, result: Err(error) });
+            let _ = entry.completion.complete(Finished {
+                buffers: entry.buffers,
+                result: Err(error),
+            });
         }
         self.space.wake_all();
     }
 
     /// Takes one in-flight request off the ring (the guard is dropped before returning).
     fn detach_one(&self) -> Option<InFlight> {
-        QueueGuard { ring: self.ring.lock() }.take_any()
+        QueueGuard {
+            ring: self.ring.lock(),
+        }
+        .take_any()
     }
 
     /// Free descriptors right now.
     pub fn free_descriptors(&self) -> usize {
-        QueueGuard { ring: self.ring.lock() }.free_descriptors()
+        QueueGuard {
+            ring: self.ring.lock(),
+        }
+        .free_descriptors()
     }
 }

@@ -31,7 +31,11 @@ fn rig() -> Rig {
     let mut transport = FakeTransport::new(1);
     let bell = CountingNotify::new();
     let queue = CryptoQueue::new(&mut transport, 0, Box::new(bell.clone())).unwrap();
-    Rig { queue, ring: transport.ring(0), bell }
+    Rig {
+        queue,
+        ring: transport.ring(0),
+        bell,
+    }
 }
 
 fn bufs(readable: &[&[u8]], writable: &[usize]) -> Buffers {
@@ -45,14 +49,18 @@ fn bufs(readable: &[&[u8]], writable: &[usize]) -> Buffers {
 fn eventually(what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(1));
     }
 }
 
 /// Waits for a request, failing the test instead of hanging if it never completes.
 fn finished(c: &RequestCompletion) -> Finished {
-    c.wait_timeout(5_000_000_000).unwrap_or_else(|_| panic!("request never completed"))
+    c.wait_timeout(5_000_000_000)
+        .unwrap_or_else(|_| panic!("request never completed"))
 }
 
 /// Fails every request of the queue, and so wakes its sleepers, when dropped during a panic.
@@ -82,11 +90,23 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
     let session = 0x1122_3344_5566_7788;
     let iv: Vec<u8> = (0..16).collect();
     let src: Vec<u8> = (100..132).collect();
-    let pending = dev.start_cipher_request(&dev.data[0], session, Cipher::AesCbc, Direction::Encrypt, &iv, &src).unwrap();
+    let pending = dev
+        .start_cipher_request(
+            &dev.data[0],
+            session,
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &iv,
+            &src,
+        )
+        .unwrap();
 
     let chains = rings[1].pending();
     assert_eq!(chains.len(), 1);
-    assert!(rings[0].pending().is_empty(), "nothing on the control queue");
+    assert!(
+        rings[0].pending().is_empty(),
+        "nothing on the control queue"
+    );
     let chain = &chains[0];
     let shape: Vec<(u32, u16)> = chain.descs.iter().map(|d| (d.len, d.flags)).collect();
     let (n, w) = (VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE);
@@ -106,14 +126,27 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
     assert_eq!(readable[1], iv);
     assert_eq!(readable[2], src);
 
-    let answer: Vec<u8> = src.iter().map(|b| b ^ XOR).chain([wire::STATUS_OK as u8]).collect();
+    let answer: Vec<u8> = src
+        .iter()
+        .map(|b| b ^ XOR)
+        .chain([wire::STATUS_OK as u8])
+        .collect();
     assert_eq!(chain.write(&answer), 33);
     rings[1].complete(chain.id as u32, 33);
     assert_eq!(dev.data[0].handle_interrupt(), 1);
     assert_eq!(pending.wait().unwrap(), answer[..32]);
 
     // ECB has no IV: no IV descriptor either.
-    let pending = dev.start_cipher_request(&dev.data[0], 7, Cipher::AesEcb, Direction::Decrypt, &[], &src[..16]).unwrap();
+    let pending = dev
+        .start_cipher_request(
+            &dev.data[0],
+            7,
+            Cipher::AesEcb,
+            Direction::Decrypt,
+            &[],
+            &src[..16],
+        )
+        .unwrap();
     let chain = rings[1].pending().pop().unwrap();
     let lens: Vec<u32> = chain.descs.iter().map(|d| d.len).collect();
     assert_eq!(lens, [72, 16, 16, 1]);
@@ -133,8 +166,13 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
 #[test]
 fn out_of_order_completions_reach_their_own_waiters() {
     let mut rig = rig();
-    let completions: Vec<_> =
-        (0..4u8).map(|i| rig.queue.submit(bufs(&[&[i; 8]], &[4 + i as usize])).unwrap()).collect();
+    let completions: Vec<_> = (0..4u8)
+        .map(|i| {
+            rig.queue
+                .submit(bufs(&[&[i; 8]], &[4 + i as usize]))
+                .unwrap()
+        })
+        .collect();
     let chains = rig.ring.pending();
     assert_eq!(chains.len(), 4);
     let mut answered = Vec::new();
@@ -148,7 +186,11 @@ fn out_of_order_completions_reach_their_own_waiters() {
         assert_eq!(rig.queue.handle_interrupt(), 1);
         answered.push(order);
         for (i, c) in completions.iter().enumerate() {
-            assert_eq!(c.is_done(), answered.contains(&i), "request {i} after answering {answered:?}");
+            assert_eq!(
+                c.is_done(),
+                answered.contains(&i),
+                "request {i} after answering {answered:?}"
+            );
         }
     }
     for (i, c) in completions.into_iter().enumerate() {
@@ -175,7 +217,9 @@ fn used_id_not_in_flight_breaks_the_queue() {
     type BadId = fn(&[Chain]) -> u32;
     let cases: [(&str, BadId); 5] = [
         ("already completed", |c| c[0].id as u32),
-        ("never submitted", |c| (c.iter().map(|c| c.id).max().unwrap() + 100) as u32),
+        ("never submitted", |c| {
+            (c.iter().map(|c| c.id).max().unwrap() + 100) as u32
+        }),
         ("inside a chain, not its head", |c| c[2].id as u32 + 1),
         ("beyond the ring", |_| QUEUE_SIZE as u32),
         ("u32::MAX", |_| u32::MAX),
@@ -194,16 +238,34 @@ fn used_id_not_in_flight_breaks_the_queue() {
         rig.ring.complete(chains[1].id as u32, 1); // valid, ahead of the bad one in the same drain
         rig.ring.complete(bad_id(&chains), 1);
         rig.queue.handle_interrupt();
-        assert_eq!(rig.queue.counters.malformed.load(Ordering::Relaxed), 1, "{what}");
+        assert_eq!(
+            rig.queue.counters.malformed.load(Ordering::Relaxed),
+            1,
+            "{what}"
+        );
         assert!(rig.queue.is_broken(), "{what}");
-        assert_eq!(finished(&b).result, Ok(1), "{what}: B was used before the bad entry");
+        assert_eq!(
+            finished(&b).result,
+            Ok(1),
+            "{what}: B was used before the bad entry"
+        );
         for (name, x) in [("C", c), ("D", d)] {
             let Finished { buffers, result } = finished(&x);
             assert!(is_malformed(&result), "{what}: {name} got {result:?}");
-            assert_eq!(buffers.readable[0], name.to_lowercase().as_bytes(), "{what}: buffers come back");
+            assert_eq!(
+                buffers.readable[0],
+                name.to_lowercase().as_bytes(),
+                "{what}: buffers come back"
+            );
         }
         assert_eq!(rig.queue.in_flight(), 0, "{what}");
-        assert!(matches!(rig.queue.submit(bufs(&[b"e"], &[1])), Err(Error::DeviceNeedsReset)), "{what}");
+        assert!(
+            matches!(
+                rig.queue.submit(bufs(&[b"e"], &[1])),
+                Err(Error::DeviceNeedsReset)
+            ),
+            "{what}"
+        );
     }
 }
 
@@ -226,8 +288,14 @@ fn used_length_beyond_writable_buffers_fails_only_that_request() {
     assert_eq!(finished(&other).result, Ok(0));
     assert_eq!(rig.queue.counters.malformed.load(Ordering::Relaxed), 1);
     assert!(!rig.queue.is_broken());
-    assert_eq!(rig.queue.free_descriptors(), QUEUE_SIZE, "the bad request's descriptors are recycled");
-    rig.queue.submit(bufs(&[b"x"], &[1])).expect("queue still usable");
+    assert_eq!(
+        rig.queue.free_descriptors(),
+        QUEUE_SIZE,
+        "the bad request's descriptors are recycled"
+    );
+    rig.queue
+        .submit(bufs(&[b"x"], &[1]))
+        .expect("queue still usable");
 }
 
 /// The used element's id is a le32, but virtio-drivers' `peek_used` returns `id as u16`: id
@@ -250,7 +318,9 @@ fn used_id_above_u16_range_breaks_the_queue() {
 #[test]
 fn full_ring_submitter_sleeps_until_enough_space() {
     let mut rig = rig();
-    let posted: Vec<_> = (0..QUEUE_SIZE / 2).map(|_| rig.queue.submit(bufs(&[&[0; 8]], &[8])).unwrap()).collect();
+    let posted: Vec<_> = (0..QUEUE_SIZE / 2)
+        .map(|_| rig.queue.submit(bufs(&[&[0; 8]], &[8])).unwrap())
+        .collect();
     assert_eq!(rig.queue.free_descriptors(), 0);
     let chains = rig.ring.pending();
     thread::scope(|s| {
@@ -258,21 +328,30 @@ fn full_ring_submitter_sleeps_until_enough_space() {
         let _release = FailOnPanic(&rig.queue);
         // Needs three descriptors.
         let late = s.spawn(|| rig.queue.submit(bufs(&[b"late", b"!"], &[4])));
-        eventually("the submitter to find the ring full", || rig.queue.counters.full_waits.load(Ordering::Relaxed) == 1);
+        eventually("the submitter to find the ring full", || {
+            rig.queue.counters.full_waits.load(Ordering::Relaxed) == 1
+        });
         thread::sleep(Duration::from_millis(20));
         assert!(!late.is_finished(), "submit returned on a full ring");
 
         rig.ring.complete(chains[0].id as u32, 8);
         assert_eq!(rig.queue.handle_interrupt(), 1);
         thread::sleep(Duration::from_millis(20));
-        assert!(!late.is_finished(), "2 free descriptors are not enough for 3");
+        assert!(
+            !late.is_finished(),
+            "2 free descriptors are not enough for 3"
+        );
         assert!(rig.ring.pending().is_empty());
 
         rig.ring.complete(chains[1].id as u32, 8);
         assert_eq!(rig.queue.handle_interrupt(), 1);
         eventually("the drain to wake the submitter", || late.is_finished());
         let late = late.join().unwrap().expect("submit after space was freed");
-        let chain = rig.ring.pending().pop().expect("the late request reached the ring");
+        let chain = rig
+            .ring
+            .pending()
+            .pop()
+            .expect("the late request reached the ring");
         assert_eq!(chain.readable(), [b"late".to_vec(), b"!".to_vec()]);
         assert_eq!(rig.queue.counters.full_waits.load(Ordering::Relaxed), 1);
         rig.ring.complete(chain.id as u32, 4);
@@ -293,8 +372,14 @@ fn three_wraps_of_16_bit_indices_lose_and_duplicate_nothing() {
     while next < TOTAL {
         batch = batch % 13 + 1;
         let n = batch.min(TOTAL - next);
-        let posted: Vec<_> =
-            (next..next + n).map(|k| (k, rig.queue.submit(bufs(&[&k.to_le_bytes()], &[8])).unwrap())).collect();
+        let posted: Vec<_> = (next..next + n)
+            .map(|k| {
+                (
+                    k,
+                    rig.queue.submit(bufs(&[&k.to_le_bytes()], &[8])).unwrap(),
+                )
+            })
+            .collect();
         let chains = rig.ring.pending();
         assert_eq!(chains.len() as u64, n);
         for chain in chains.iter().rev() {
@@ -334,9 +419,20 @@ fn kick_modes_respect_used_no_notify() {
                 rig.queue.submit(bufs(&[b"x"], &[1])).unwrap();
             }
             let expected = if suppressed { 0 } else { 3 };
-            assert_eq!(rig.bell.count(), expected, "{mode:?}, NO_NOTIFY={suppressed}");
-            assert_eq!(rig.queue.counters.notifies.load(Ordering::Relaxed), expected as u64);
-            assert_eq!(rig.ring.pending().len(), 3, "requests are posted either way");
+            assert_eq!(
+                rig.bell.count(),
+                expected,
+                "{mode:?}, NO_NOTIFY={suppressed}"
+            );
+            assert_eq!(
+                rig.queue.counters.notifies.load(Ordering::Relaxed),
+                expected as u64
+            );
+            assert_eq!(
+                rig.ring.pending().len(),
+                3,
+                "requests are posted either way"
+            );
         }
     }
 }
@@ -371,7 +467,10 @@ fn submit_racing_fail_all_is_refused_or_failed() {
             match racer.join().unwrap() {
                 Err(Error::DeviceNeedsReset) => {}
                 Err(e) => panic!("round {round}: {e:?}"),
-                Ok(c) => assert!(c.is_done(), "round {round}: request left in flight on a broken queue"),
+                Ok(c) => assert!(
+                    c.is_done(),
+                    "round {round}: request left in flight on a broken queue"
+                ),
             }
         });
     }
@@ -422,15 +521,29 @@ fn sessions_end_to_end_with_device_thread() {
         let mut data = src.clone();
         s.encrypt_in_place(&iv, &mut data).unwrap();
         assert_eq!(data, xored);
-        assert!(matches!(s.decrypt(&iv, &src, &mut dst), Err(Error::WrongDirection { .. })));
+        assert!(matches!(
+            s.decrypt(&iv, &src, &mut dst),
+            Err(Error::WrongDirection { .. })
+        ));
         let id = s.id();
         s.close().unwrap();
         assert_eq!(dev.live_sessions(), 0);
 
         // The device no longer knows `id`.
-        let r = dev.cipher_request(&dev.data[1], id, Cipher::AesCbc, Direction::Encrypt, &iv, &src);
+        let r = dev.cipher_request(
+            &dev.data[1],
+            id,
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &iv,
+            &src,
+        );
         assert_eq!(r, Err(Error::UnknownSession), "{mode:?}: INVSESS");
-        assert_eq!(dev.destroy_cipher_session(id), Err(Error::UnknownSession), "{mode:?}: ERR on destroy");
+        assert_eq!(
+            dev.destroy_cipher_session(id),
+            Err(Error::UnknownSession),
+            "{mode:?}: ERR on destroy"
+        );
 
         assert_eq!(
             Session::new(&*dev, Cipher::AesCbc, Direction::Decrypt, &REJECTED_KEY).err(),
@@ -443,7 +556,11 @@ fn sessions_end_to_end_with_device_thread() {
             Err(Error::NotSupported { .. })
         ));
         dev.set_allow_unadvertised(false);
-        assert_eq!(dev.live_sessions(), 0, "{mode:?}: failed creates release their slot");
+        assert_eq!(
+            dev.live_sessions(),
+            0,
+            "{mode:?}: failed creates release their slot"
+        );
     }
     // Poll mode really polled: its control requests completed without control interrupts.
     assert!(dev.control.counters.completed.load(Ordering::Relaxed) >= 10);
@@ -460,21 +577,37 @@ fn concurrent_sessions_get_their_own_results() {
         for t in 0..4u8 {
             let dev = &*dev;
             s.spawn(move || {
-                let session = Session::new(dev, Cipher::AesCbc, Direction::Encrypt, &[t; 32]).unwrap();
+                let session =
+                    Session::new(dev, Cipher::AesCbc, Direction::Encrypt, &[t; 32]).unwrap();
                 let queue = &dev.data[t as usize % 2];
                 for round in 0..50u32 {
-                    let inputs: Vec<Vec<u8>> =
-                        (0..8u32).map(|i| (0..48).map(|j| (t as u32 * 7 + round * 3 + i + j) as u8).collect()).collect();
+                    let inputs: Vec<Vec<u8>> = (0..8u32)
+                        .map(|i| {
+                            (0..48)
+                                .map(|j| (t as u32 * 7 + round * 3 + i + j) as u8)
+                                .collect()
+                        })
+                        .collect();
                     let pending: Vec<_> = inputs
                         .iter()
                         .map(|src| {
-                            dev.start_cipher_request(queue, session.id(), Cipher::AesCbc, Direction::Encrypt, &[0; 16], src)
-                                .unwrap()
+                            dev.start_cipher_request(
+                                queue,
+                                session.id(),
+                                Cipher::AesCbc,
+                                Direction::Encrypt,
+                                &[0; 16],
+                                src,
+                            )
+                            .unwrap()
                         })
                         .collect();
                     for (src, p) in inputs.iter().zip(pending) {
                         let out = p.wait().unwrap();
-                        assert!(out.iter().zip(src).all(|(o, s)| *o == s ^ XOR), "thread {t} round {round}");
+                        assert!(
+                            out.iter().zip(src).all(|(o, s)| *o == s ^ XOR),
+                            "thread {t} round {round}"
+                        );
                     }
                 }
                 session.close().unwrap();
@@ -482,6 +615,10 @@ fn concurrent_sessions_get_their_own_results() {
         }
     });
     assert_eq!(dev.live_sessions(), 0);
-    let completed: u64 = dev.data.iter().map(|q| q.counters.completed.load(Ordering::Relaxed)).sum();
+    let completed: u64 = dev
+        .data
+        .iter()
+        .map(|q| q.counters.completed.load(Ordering::Relaxed))
+        .sum();
     assert_eq!(completed, 4 * 50 * 8);
 }

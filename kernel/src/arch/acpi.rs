@@ -30,8 +30,9 @@ static ZEROES: [u8; 4096] = [0; 4096];
 
 impl AcpiHandler for IdentityHandler {
     unsafe fn map_physical_region<T>(&self, paddr: usize, size: usize) -> PhysicalMapping<Self, T> {
-        let below_4gib =
-            (paddr as u64).checked_add(size as u64).is_some_and(|end| end <= BOOT_IDENTITY_MAP_END);
+        let below_4gib = (paddr as u64)
+            .checked_add(size as u64)
+            .is_some_and(|end| end <= BOOT_IDENTITY_MAP_END);
         let vaddr = if below_4gib && paddr != 0 {
             paddr as *mut T
         } else {
@@ -69,7 +70,11 @@ impl core::fmt::Display for MadtError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             MadtError::Acpi(e) => write!(f, "{e:?}"),
-            MadtError::BadEntry { offset, entry_type, length } => write!(
+            MadtError::BadEntry {
+                offset,
+                entry_type,
+                length,
+            } => write!(
                 f,
                 "MADT entry at offset {offset} (type {entry_type}) has a bad length {length}"
             ),
@@ -161,7 +166,11 @@ fn check_entries(madt: &PhysicalMapping<IdentityHandler, Madt>) -> Result<(), Ma
     let mut offset = core::mem::size_of::<Madt>();
     while offset < total {
         if total - offset < 2 {
-            return Err(MadtError::BadEntry { offset, entry_type: 0, length: 0 });
+            return Err(MadtError::BadEntry {
+                offset,
+                entry_type: 0,
+                length: 0,
+            });
         }
         // SAFETY: the crate mapped (and checksummed) all `total` bytes of the table, and
         // `offset + 2 <= total`.
@@ -174,7 +183,11 @@ fn check_entries(madt: &PhysicalMapping<IdentityHandler, Madt>) -> Result<(), Ma
             _ => 2,
         };
         if (length as usize) < min || length as usize > total - offset {
-            return Err(MadtError::BadEntry { offset, entry_type, length });
+            return Err(MadtError::BadEntry {
+                offset,
+                entry_type,
+                length,
+            });
         }
         offset += length as usize;
     }

@@ -132,5 +132,8 @@ pub fn calibrate_timer() -> u32 {
 pub fn start_timer() {
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
     write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | TIMER_VECTOR as u32);
-    write(REG_TIMER_INITIAL, TIMER_COUNT_PER_TICK.load(Ordering::Relaxed));
+    write(
+        REG_TIMER_INITIAL,
+        TIMER_COUNT_PER_TICK.load(Ordering::Relaxed),
+    );
 }

@@ -154,7 +154,11 @@ pub fn load() {
             *gate = Gate {
                 offset_low: addr as u16,
                 selector: KERNEL_CODE_SELECTOR,
-                ist: if vector == DOUBLE_FAULT as usize { DOUBLE_FAULT_IST + 1 } else { 0 },
+                ist: if vector == DOUBLE_FAULT as usize {
+                    DOUBLE_FAULT_IST + 1
+                } else {
+                    0
+                },
                 type_attr: INTERRUPT_GATE,
                 offset_mid: (addr >> 16) as u16,
                 offset_high: (addr >> 32) as u32,
@@ -173,7 +177,10 @@ pub fn load() {
 
 /// Installs `handler` for `vector` (32..=255). Replaces any earlier handler.
 pub fn register_irq(vector: u8, handler: fn(&mut TrapFrame)) {
-    assert!(vector >= FIRST_IRQ_VECTOR, "vector {vector} is an exception");
+    assert!(
+        vector >= FIRST_IRQ_VECTOR,
+        "vector {vector} is an exception"
+    );
     IRQ_HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
 }
 

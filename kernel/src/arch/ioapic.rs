@@ -64,7 +64,10 @@ pub fn route_pci_irq(irq: u8, vector: u8, apic_id: u32) -> Result<u32, RouteErro
         .find(|(source, _, _)| *source == irq)
         .map(|&(_, gsi, flags)| (gsi, flags))
         .unwrap_or((irq as u32, 0));
-    let pin = gsi.checked_sub(info.gsi_base).filter(|&p| p < 24).ok_or(RouteError::PinOutOfRange(gsi))?;
+    let pin = gsi
+        .checked_sub(info.gsi_base)
+        .filter(|&p| p < 24)
+        .ok_or(RouteError::PinOutOfRange(gsi))?;
     // MPS INTI flags: polarity bits 0-1 (1 high, 3 low, 0 bus default = low for PCI), trigger
     // bits 2-3 (1 edge, 3 level, 0 bus default = level for PCI).
     let mut low = vector as u32;

@@ -53,7 +53,8 @@ static ONLINE: AtomicUsize = AtomicUsize::new(1);
 pub fn init_this_cpu(index: usize) {
     assert!(index < MAX_CPUS, "CPU index {index} out of range");
     let slot = &CPUS[index];
-    slot.self_ptr.store(slot as *const PerCpu as usize, Ordering::Relaxed);
+    slot.self_ptr
+        .store(slot as *const PerCpu as usize, Ordering::Relaxed);
     slot.index.store(index, Ordering::Relaxed);
     // SAFETY: IA32_GS_BASE exists on every x86_64 CPU; the value is the address of a 'static
     // slot, canonical (identity-mapped kernel image). Nothing else uses the GS base.

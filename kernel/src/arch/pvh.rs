@@ -55,7 +55,11 @@ pub fn read(paddr: u64) -> Result<BootInfo, &'static str> {
     if info.magic != START_INFO_MAGIC {
         return Err("PVH start info has a bad magic number");
     }
-    let mut boot = BootInfo { memmap: Vec::new(), cmdline: String::new(), rsdp_paddr: info.rsdp_paddr };
+    let mut boot = BootInfo {
+        memmap: Vec::new(),
+        cmdline: String::new(),
+        rsdp_paddr: info.rsdp_paddr,
+    };
     if info.version >= 1 && info.memmap_paddr != 0 {
         for i in 0..info.memmap_entries as u64 {
             // SAFETY: the loader wrote `memmap_entries` entries at `memmap_paddr` (identity-mapped).
@@ -65,9 +69,15 @@ pub fn read(paddr: u64) -> Result<BootInfo, &'static str> {
                         as *const HvmMemmapEntry,
                 )
             };
-            let region = MemRegion { addr: e.addr, size: e.size, kind: e.kind };
+            let region = MemRegion {
+                addr: e.addr,
+                size: e.size,
+                kind: e.kind,
+            };
             if boot.memmap.push(region).is_err() {
-                log::warn!("memory map has more than {MAX_MEMMAP_ENTRIES} entries; the rest is ignored");
+                log::warn!(
+                    "memory map has more than {MAX_MEMMAP_ENTRIES} entries; the rest is ignored"
+                );
                 break;
             }
         }

@@ -134,9 +134,12 @@ struct CheckIn {
     apic_id: AtomicU32,
 }
 
-static CHECKINS: [CheckIn; MAX_CPUS] =
-    [const { CheckIn { index: AtomicUsize::new(usize::MAX), apic_id: AtomicU32::new(0) } };
-        MAX_CPUS];
+static CHECKINS: [CheckIn; MAX_CPUS] = [const {
+    CheckIn {
+        index: AtomicUsize::new(usize::MAX),
+        apic_id: AtomicU32::new(0),
+    }
+}; MAX_CPUS];
 
 static MADT_IDS: spin::Once<ApicIds> = spin::Once::new();
 
@@ -171,7 +174,11 @@ pub fn start_aps(boot: &BootInfo, entry: fn(usize) -> !) -> usize {
         }
     };
     let own_id = percpu::apic_id_of(0);
-    log::info!("acpi: {} enabled processors in the MADT, APIC ids {:?}", ids.len(), ids);
+    log::info!(
+        "acpi: {} enabled processors in the MADT, APIC ids {:?}",
+        ids.len(),
+        ids
+    );
     if !ids.contains(&own_id) {
         log::warn!("smp: the boot CPU's APIC id {own_id} is not in the MADT");
     }
@@ -224,7 +231,10 @@ fn install_trampoline(boot: &BootInfo) -> Result<(), &'static str> {
         )
     };
     let len = end as usize - start as usize;
-    assert!(len <= 4096, "the AP trampoline is {len} bytes, more than a page");
+    assert!(
+        len <= 4096,
+        "the AP trampoline is {len} bytes, more than a page"
+    );
     let page_end = TRAMPOLINE_PADDR + 4096;
     let in_ram = boot
         .memmap
@@ -285,7 +295,10 @@ fn start_one(cpu: usize, apic_id: u32) -> bool {
         }
         core::hint::spin_loop();
     }
-    if STARTING.compare_exchange(cpu, GAVE_UP, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if STARTING
+        .compare_exchange(cpu, GAVE_UP, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         return true; // it checked in just now
     }
     apic::send_init(apic_id); // back to waiting for a start-up IPI, for good
@@ -301,7 +314,10 @@ extern "C" fn ap_main(cpu: usize) -> ! {
     percpu::set_apic_id(apic::id());
     apic::start_timer();
     record_checkin(cpu);
-    if STARTING.compare_exchange(cpu, CHECKED_IN, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if STARTING
+        .compare_exchange(cpu, CHECKED_IN, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         super::halt_forever(); // the boot CPU gave up on us
     }
     let entry = AP_ENTRY.load(Ordering::Acquire);

@@ -12,8 +12,8 @@ use vcrypt_drivers::crypto::{Cipher, Direction};
 use vcrypt_drivers::stats::Log2Histogram;
 use vcrypt_drivers::virtio_crypto::device::CtrlMode;
 
-use super::report::{Row, busy_text, per_second, progress, run_workers};
 use super::BenchConfig;
+use super::report::{Row, busy_text, per_second, progress, run_workers};
 use crate::arch::{percpu, tsc};
 use crate::println;
 
@@ -28,8 +28,17 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let mut table = Vec::new();
     for (m, mode) in modes.into_iter().enumerate() {
         for (w, workers) in worker_counts.into_iter().enumerate() {
-            let name = if mode == CtrlMode::Poll { "poll" } else { "sleep" };
-            progress("ctrl", m * worker_counts.len() + w, total, &format!("ctrl={name}, {workers} workers"));
+            let name = if mode == CtrlMode::Poll {
+                "poll"
+            } else {
+                "sleep"
+            };
+            progress(
+                "ctrl",
+                m * worker_counts.len() + w,
+                total,
+                &format!("ctrl={name}, {workers} workers"),
+            );
             device.set_ctrl_mode(mode);
             let histogram = Arc::new(Log2Histogram::new());
             let hist = histogram.clone();
@@ -37,9 +46,13 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 let key = [0x11u8; 16];
                 let mut pairs = 0;
                 while tsc::now_ns() < deadline {
-                    let id = device.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("create: {e}"))?;
+                    let id = device
+                        .create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key)
+                        .map_err(|e| format!("create: {e}"))?;
                     let start = tsc::now_ns();
-                    device.destroy_cipher_session(id).map_err(|e| format!("destroy: {e}"))?;
+                    device
+                        .destroy_cipher_session(id)
+                        .map_err(|e| format!("destroy: {e}"))?;
                     hist.record((tsc::now_ns() - start) / 1000);
                     pairs += 1;
                 }
@@ -48,7 +61,10 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             device.set_ctrl_mode(original);
             let (pairs, busy, elapsed) = result?;
             let ops = per_second(pairs, elapsed);
-            table.push(format!("{name:<6} {workers:>7} {ops:>10}   {}", busy_text(&busy)));
+            table.push(format!(
+                "{name:<6} {workers:>7} {ops:>10}   {}",
+                busy_text(&busy)
+            ));
             println!("destroy-session latency, ctrl={name}, {workers} workers:\n{histogram}");
             rows.push(
                 Row::new("ctrl")

@@ -11,21 +11,26 @@ use alloc::vec::Vec;
 use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::sync::IrqSpinLock;
 
-use super::report::{Row, busy_text, per_second, progress, run_workers};
 use super::BenchConfig;
+use super::report::{Row, busy_text, per_second, progress, run_workers};
 use crate::arch::{percpu, tsc};
 use crate::println;
 
 static SAMPLES: IrqSpinLock<Vec<u32>> = IrqSpinLock::new("bench-samples", Vec::new());
 const MAX_SAMPLES_PER_WORKER: usize = 50_000;
 
-fn point(config: &BenchConfig, size: usize, in_flight: usize) -> Result<(u64, Vec<u32>, u64, u64, u64), String> {
+fn point(
+    config: &BenchConfig,
+    size: usize,
+    in_flight: usize,
+) -> Result<(u64, Vec<u32>, u64, u64, u64), String> {
     let device = config.device;
     let workers = in_flight.min(percpu::cpu_count());
     let window = in_flight / workers;
     SAMPLES.lock().clear();
     let (ops, busy, elapsed) = run_workers(workers, config.point_ns, move |_, deadline| {
-        let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[0x33u8; 16]).map_err(|e| format!("{e}"))?;
+        let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[0x33u8; 16])
+            .map_err(|e| format!("{e}"))?;
         let queue = device.data_queue_for(percpu::cpu_index());
         let src = vec![0xa5u8; size];
         let iv = [0u8; 16];
@@ -36,12 +41,21 @@ fn point(config: &BenchConfig, size: usize, in_flight: usize) -> Result<(u64, Ve
             let running = tsc::now_ns() < deadline;
             if running && pending.len() < window {
                 let p = device
-                    .start_cipher_request(queue, session.id(), Cipher::AesCbc, Direction::Encrypt, &iv, &src)
+                    .start_cipher_request(
+                        queue,
+                        session.id(),
+                        Cipher::AesCbc,
+                        Direction::Encrypt,
+                        &iv,
+                        &src,
+                    )
                     .map_err(|e| format!("{e}"))?;
                 pending.push_back((tsc::now_ns(), p));
                 continue;
             }
-            let Some((start, p)) = pending.pop_front() else { break };
+            let Some((start, p)) = pending.pop_front() else {
+                break;
+            };
             let out = p.wait().map_err(|e| format!("{e}"))?;
             if out.len() != size {
                 return Err(format!("{} bytes back for {size}", out.len()));
@@ -56,7 +70,12 @@ fn point(config: &BenchConfig, size: usize, in_flight: usize) -> Result<(u64, Ve
     })?;
     let mut samples = core::mem::take(&mut *SAMPLES.lock());
     samples.sort_unstable();
-    let pct = |p: usize| samples.get((samples.len() * p / 100).min(samples.len().saturating_sub(1))).copied().unwrap_or(0) as u64;
+    let pct = |p: usize| {
+        samples
+            .get((samples.len() * p / 100).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
     Ok((ops, busy, elapsed, pct(50), pct(99)))
 }
 
@@ -71,11 +90,19 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     let mut table = Vec::new();
     for (i, &(size, in_flight, sweep)) in points.iter().enumerate() {
-        progress("data", i, points.len(), &format!("{size} B, {in_flight} in flight"));
+        progress(
+            "data",
+            i,
+            points.len(),
+            &format!("{size} B, {in_flight} in flight"),
+        );
         let (ops, busy, elapsed, p50, p99) = point(config, size, in_flight)?;
         let ops_s = per_second(ops, elapsed);
         let mb_s = ops_s * size as u64 / 1_000_000;
-        table.push(format!("{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {mb_s:>7} {p50:>8} {p99:>8}   {}", busy_text(&busy)));
+        table.push(format!(
+            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {mb_s:>7} {p50:>8} {p99:>8}   {}",
+            busy_text(&busy)
+        ));
         rows.push(
             Row::new("data")
                 .str("sweep", sweep)

@@ -13,8 +13,8 @@ use vcrypt_drivers::sync::LockStatSnapshot;
 use vcrypt_drivers::sync::spinlock::set_stats_enabled;
 use vcrypt_drivers::virtio_crypto::queue::KickMode;
 
-use super::report::{Row, busy_text, per_second, progress, run_workers};
 use super::BenchConfig;
+use super::report::{Row, busy_text, per_second, progress, run_workers};
 use crate::arch::{percpu, tsc};
 use crate::println;
 
@@ -32,20 +32,33 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let mut table = Vec::new();
     for (s, size) in sizes.into_iter().enumerate() {
         for (m, mode) in modes.into_iter().enumerate() {
-            let name = if mode == KickMode::Locked { "locked" } else { "unlocked" };
-            progress("kick", s * modes.len() + m, sizes.len() * modes.len(), &format!("kick={name}, {size} B, {workers} workers"));
+            let name = if mode == KickMode::Locked {
+                "locked"
+            } else {
+                "unlocked"
+            };
+            progress(
+                "kick",
+                s * modes.len() + m,
+                sizes.len() * modes.len(),
+                &format!("kick={name}, {size} B, {workers} workers"),
+            );
             device.set_kick_mode(mode);
             for q in &device.data {
                 q.reset_lock_stats();
             }
             set_stats_enabled(true);
             let result = run_workers(workers, config.point_ns, move |_, deadline| {
-                let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[0x22u8; 16]).map_err(|e| format!("{e}"))?;
+                let session =
+                    Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[0x22u8; 16])
+                        .map_err(|e| format!("{e}"))?;
                 let src = vec![0x5au8; size];
                 let mut dst = vec![0u8; size];
                 let mut ops = 0;
                 while tsc::now_ns() < deadline {
-                    session.encrypt(&[0u8; 16], &src, &mut dst).map_err(|e| format!("{e}"))?;
+                    session
+                        .encrypt(&[0u8; 16], &src, &mut dst)
+                        .map_err(|e| format!("{e}"))?;
                     ops += 1;
                 }
                 Ok(ops)
@@ -92,7 +105,9 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             );
         }
     }
-    println!("bench kick: AES-CBC requests, {workers} workers; queue lock statistics (times in us)");
+    println!(
+        "bench kick: AES-CBC requests, {workers} workers; queue lock statistics (times in us)"
+    );
     println!(
         "  size mode         ops/s   MB/s  acquisitions contentions  wait-min   wait-max   wait-total  hold-min   hold-max    hold-total   busy per CPU (sum)"
     );

@@ -33,9 +33,18 @@ pub struct Bench {
 }
 
 pub static BENCHES: &[Bench] = &[
-    Bench { name: "ctrl", run: ctrl::run },
-    Bench { name: "kick", run: kick::run },
-    Bench { name: "data", run: data::run },
+    Bench {
+        name: "ctrl",
+        run: ctrl::run,
+    },
+    Bench {
+        name: "kick",
+        run: kick::run,
+    },
+    Bench {
+        name: "data",
+        run: data::run,
+    },
 ];
 
 /// Parses `dur=<ms>`.
@@ -44,7 +53,9 @@ pub fn point_ns(cmdline: &crate::cmdline::Cmdline) -> Result<u64, String> {
         None => Ok(1_000_000_000),
         Some(ms) => match ms.parse::<u64>() {
             Ok(ms) if (1..=60_000).contains(&ms) => Ok(ms * 1_000_000),
-            _ => Err(alloc::format!("dur={ms}: expected milliseconds per point, 1..60000")),
+            _ => Err(alloc::format!(
+                "dur={ms}: expected milliseconds per point, 1..60000"
+            )),
         },
     }
 }
@@ -66,7 +77,9 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
             match BENCHES.iter().find(|b| b.name == *name) {
                 Some(b) => chosen.push(b),
                 None => {
-                    println!("error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data)");
+                    println!(
+                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data)"
+                    );
                     qemu::exit(ExitCode::Failure)
                 }
             }

@@ -13,7 +13,9 @@ pub struct Row {
 
 impl Row {
     pub fn new(bench: &str) -> Row {
-        Row { fields: alloc::vec![("bench", format!("\"{bench}\""))] }
+        Row {
+            fields: alloc::vec![("bench", format!("\"{bench}\""))],
+        }
     }
 
     pub fn str(mut self, key: &'static str, value: &str) -> Row {
@@ -35,15 +37,24 @@ impl Row {
     /// Busy per CPU and their sum, in percent with one decimal (as the seed's "800% CPU").
     pub fn busy(self, permille: &[u32]) -> Row {
         let sum: u32 = permille.iter().sum();
-        let per_cpu: Vec<String> = permille.iter().map(|p| format!("{}.{}", p / 10, p % 10)).collect();
+        let per_cpu: Vec<String> = permille
+            .iter()
+            .map(|p| format!("{}.{}", p / 10, p % 10))
+            .collect();
         let mut row = self;
-        row.fields.push(("busy_pct", format!("[{}]", per_cpu.join(","))));
-        row.fields.push(("busy_sum_pct", format!("{}.{}", sum / 10, sum % 10)));
+        row.fields
+            .push(("busy_pct", format!("[{}]", per_cpu.join(","))));
+        row.fields
+            .push(("busy_sum_pct", format!("{}.{}", sum / 10, sum % 10)));
         row
     }
 
     pub fn json(&self) -> String {
-        let fields: Vec<String> = self.fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
         format!("{{{}}}", fields.join(","))
     }
 
@@ -56,13 +67,24 @@ impl Row {
 
 /// Busy per CPU as `12.5%/99.0%` and the sum.
 pub fn busy_text(permille: &[u32]) -> String {
-    let parts: Vec<String> = permille.iter().map(|p| format!("{}", Percent(*p))).collect();
-    format!("{} (sum {})", parts.join("/"), Percent(permille.iter().sum()))
+    let parts: Vec<String> = permille
+        .iter()
+        .map(|p| format!("{}", Percent(*p)))
+        .collect();
+    format!(
+        "{} (sum {})",
+        parts.join("/"),
+        Percent(permille.iter().sum())
+    )
 }
 
 /// Runs `work` on `workers` tasks spread over the CPUs for `duration_ns` and returns the total
 /// operations they report and busy per CPU over the window.
-pub fn run_workers<F>(workers: usize, duration_ns: u64, work: F) -> Result<(u64, Vec<u32>, u64), String>
+pub fn run_workers<F>(
+    workers: usize,
+    duration_ns: u64,
+    work: F,
+) -> Result<(u64, Vec<u32>, u64), String>
 where
     F: Fn(usize, u64) -> Result<u64, String> + Send + Sync + Clone + 'static,
 {

@@ -23,7 +23,9 @@ impl Write for SerialWriter<'_> {
 /// Initialises COM1. Before this, output is dropped.
 pub fn init() {
     // SAFETY: COM1's eight ports belong to the console and nothing else touches them.
-    let Ok(mut uart) = (unsafe { Uart16550::new_port(COM1) }) else { return };
+    let Ok(mut uart) = (unsafe { Uart16550::new_port(COM1) }) else {
+        return;
+    };
     if uart.init(Config::default()).is_ok() {
         *SERIAL.lock() = Some(uart);
     }

@@ -19,7 +19,10 @@ unsafe impl Hal for KernelHal {
             Some(paddr) => {
                 // SAFETY: the frames were just allocated to us and are identity-mapped.
                 unsafe { core::ptr::write_bytes(paddr as *mut u8, 0, pages * PAGE_SIZE) };
-                (paddr, NonNull::new(paddr as *mut u8).expect("frame 0 is never allocated"))
+                (
+                    paddr,
+                    NonNull::new(paddr as *mut u8).expect("frame 0 is never allocated"),
+                )
             }
             // virtio-drivers turns a zero address into Error::DmaError.
             None => (0, NonNull::dangling()),
@@ -37,7 +40,8 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-        let vaddr = paging::map_mmio(paddr, size as u64).unwrap_or_else(|e| panic!("MMIO at {paddr:#x}: {e}"));
+        let vaddr = paging::map_mmio(paddr, size as u64)
+            .unwrap_or_else(|e| panic!("MMIO at {paddr:#x}: {e}"));
         NonNull::new(vaddr as *mut u8).expect("MMIO at address 0")
     }
 

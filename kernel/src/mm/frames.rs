@@ -19,8 +19,14 @@ struct Bitmap {
     total: usize,
 }
 
-static BITMAP: IrqSpinLock<Bitmap> =
-    IrqSpinLock::new("frames", Bitmap { free: [0; WORDS], free_count: 0, total: 0 });
+static BITMAP: IrqSpinLock<Bitmap> = IrqSpinLock::new(
+    "frames",
+    Bitmap {
+        free: [0; WORDS],
+        free_count: 0,
+        total: 0,
+    },
+);
 
 /// Why a free was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +53,10 @@ pub fn init(memmap: &[MemRegion], kernel_start: u64, kernel_end: u64) -> u64 {
     let mut map = BITMAP.lock();
     let mut ignored_high = 0u64;
     for region in memmap.iter().filter(|r| r.kind == MEMMAP_RAM) {
-        let start = region.addr.div_ceil(PAGE_SIZE as u64).max(LOW_RESERVED / PAGE_SIZE as u64);
+        let start = region
+            .addr
+            .div_ceil(PAGE_SIZE as u64)
+            .max(LOW_RESERVED / PAGE_SIZE as u64);
         let end_addr = region.addr + region.size;
         if end_addr > MAX_PHYS {
             ignored_high += end_addr - end_addr.min(MAX_PHYS).max(region.addr);
@@ -115,7 +124,9 @@ pub fn free(paddr: u64, count: usize) -> Result<(), FreeError> {
     }
     let mut map = BITMAP.lock();
     if let Some(f) = (first..first + count).find(|&f| map.is_free(f)) {
-        return Err(FreeError::NotAllocated { paddr: (f * PAGE_SIZE) as u64 });
+        return Err(FreeError::NotAllocated {
+            paddr: (f * PAGE_SIZE) as u64,
+        });
     }
     for f in first..first + count {
         map.set_free(f, true);

@@ -19,7 +19,10 @@ static HEAP: KernelHeap = KernelHeap(IrqSpinLock::new("heap", Heap::empty()));
 // serialises every access.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+        self.0
+            .lock()
+            .allocate_first_fit(layout)
+            .map_or(core::ptr::null_mut(), |p| p.as_ptr())
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -46,4 +49,3 @@ pub fn usage() -> (usize, usize) {
     let heap = HEAP.0.lock();
     (heap.used(), heap.free())
 }
-

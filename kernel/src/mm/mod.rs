@@ -21,7 +21,12 @@ unsafe extern "C" {
 /// The physical range the kernel image occupies.
 pub fn kernel_image() -> (u64, u64) {
     // SAFETY: linker-defined symbols; only their addresses are taken.
-    unsafe { (&__kernel_start as *const u8 as u64, &__kernel_end as *const u8 as u64) }
+    unsafe {
+        (
+            &__kernel_start as *const u8 as u64,
+            &__kernel_end as *const u8 as u64,
+        )
+    }
 }
 
 /// Sets up frames and heap. Returns (usable RAM bytes, heap bytes).

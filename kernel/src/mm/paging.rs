@@ -40,7 +40,9 @@ impl core::fmt::Display for MapError {
 /// Returns the (identity) virtual address of `[paddr, paddr + size)`, mapping it uncached first if
 /// it lies above the boot identity map.
 pub fn map_mmio(paddr: u64, size: u64) -> Result<u64, MapError> {
-    let end = paddr.checked_add(size).ok_or(MapError::AddressTooHigh(paddr))?;
+    let end = paddr
+        .checked_add(size)
+        .ok_or(MapError::AddressTooHigh(paddr))?;
     if end <= BOOT_IDENTITY_MAP_END {
         return Ok(paddr);
     }

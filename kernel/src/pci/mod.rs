@@ -25,8 +25,16 @@ pub const CAP_VENDOR: u8 = 0x09;
 /// A decoded base address register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bar {
-    Memory { address: u64, size: u64, is_64bit: bool, prefetchable: bool },
-    Io { port: u32, size: u32 },
+    Memory {
+        address: u64,
+        size: u64,
+        is_64bit: bool,
+        prefetchable: bool,
+    },
+    Io {
+        port: u32,
+        size: u32,
+    },
 }
 
 /// One PCI function.
@@ -58,7 +66,10 @@ impl PciDevice {
         let mut offset = self.address.read8(REG_CAP_PTR) & 0xfc;
         while offset >= 0x40 && caps.len() < 48 {
             let header = self.address.read16(offset);
-            caps.push(Capability { id: header as u8, offset });
+            caps.push(Capability {
+                id: header as u8,
+                offset,
+            });
             offset = (header >> 8) as u8 & 0xfc;
         }
         caps
@@ -71,7 +82,8 @@ impl PciDevice {
     /// Turns on memory decoding and bus mastering (firmware leaves bus mastering off), and masks
     /// legacy INTx when `msi` says MSI-X will be used.
     pub fn enable(&self, msi: bool) {
-        let mut command = self.address.read16(REG_COMMAND) | COMMAND_MEMORY | COMMAND_IO | COMMAND_BUS_MASTER;
+        let mut command =
+            self.address.read16(REG_COMMAND) | COMMAND_MEMORY | COMMAND_IO | COMMAND_BUS_MASTER;
         if msi {
             command |= COMMAND_INTX_DISABLE;
         }
@@ -88,20 +100,32 @@ pub fn enumerate() -> Vec<PciDevice> {
     let mut found = Vec::new();
     for bus in 0..=255u8 {
         for device in 0..32u8 {
-            let first = PciAddress { bus, device, function: 0 };
+            let first = PciAddress {
+                bus,
+                device,
+                function: 0,
+            };
             if first.read16(0) == VENDOR_NONE {
                 continue;
             }
             let functions = if first.read8(0x0e) & 0x80 != 0 { 8 } else { 1 };
             for function in 0..functions {
-                let address = PciAddress { bus, device, function };
+                let address = PciAddress {
+                    bus,
+                    device,
+                    function,
+                };
                 let id = address.read32(0);
                 if id as u16 == VENDOR_NONE {
                     continue;
                 }
                 let class = address.read32(0x08);
                 let header_type = address.read8(0x0e) & 0x7f;
-                let bars = if header_type == 0 { decode_bars(address) } else { [None; 6] };
+                let bars = if header_type == 0 {
+                    decode_bars(address)
+                } else {
+                    [None; 6]
+                };
                 found.push(PciDevice {
                     address,
                     vendor_id: id as u16,
@@ -132,7 +156,10 @@ fn decode_bars(address: PciAddress) -> [Option<Bar>; 6] {
         if original & 1 == 1 {
             let size = (!(mask & !0x3)).wrapping_add(1) & 0xffff;
             if mask != 0 && size != 0 {
-                bars[index] = Some(Bar::Io { port: original & !0x3, size });
+                bars[index] = Some(Bar::Io {
+                    port: original & !0x3,
+                    size,
+                });
             }
             index += 1;
             continue;
@@ -150,11 +177,19 @@ fn decode_bars(address: PciAddress) -> [Option<Bar>; 6] {
                 (mask_high as u64) << 32 | (mask & !0xf) as u64,
             )
         } else {
-            ((original & !0xf) as u64, 0xffff_ffff_0000_0000 | (mask & !0xf) as u64)
+            (
+                (original & !0xf) as u64,
+                0xffff_ffff_0000_0000 | (mask & !0xf) as u64,
+            )
         };
         let size = (!size_mask).wrapping_add(1);
         if mask != 0 && size != 0 {
-            bars[index] = Some(Bar::Memory { address: base, size, is_64bit, prefetchable });
+            bars[index] = Some(Bar::Memory {
+                address: base,
+                size,
+                is_64bit,
+                prefetchable,
+            });
         }
         index += if is_64bit { 2 } else { 1 };
     }

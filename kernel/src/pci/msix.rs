@@ -36,9 +36,13 @@ impl core::fmt::Display for MsixError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             MsixError::NoCapability => f.write_str("no MSI-X capability"),
-            MsixError::BadBar(bar) => write!(f, "the MSI-X table's BAR{bar} is missing or too small"),
+            MsixError::BadBar(bar) => {
+                write!(f, "the MSI-X table's BAR{bar} is missing or too small")
+            }
             MsixError::Unmappable => f.write_str("the MSI-X table cannot be mapped"),
-            MsixError::EntryOutOfRange { entry, size } => write!(f, "MSI-X entry {entry} is past the table ({size} entries)"),
+            MsixError::EntryOutOfRange { entry, size } => {
+                write!(f, "MSI-X entry {entry} is past the table ({size} entries)")
+            }
         }
     }
 }
@@ -54,7 +58,9 @@ pub struct MsixEntry {
 impl Msix {
     /// Finds the capability and maps the table. The function stays disabled until `enable`.
     pub fn probe(device: &PciDevice) -> Result<Msix, MsixError> {
-        let cap = device.find_capability(CAP_MSIX).ok_or(MsixError::NoCapability)?;
+        let cap = device
+            .find_capability(CAP_MSIX)
+            .ok_or(MsixError::NoCapability)?;
         let control = device.address.read16(cap.offset + 2);
         let table_size = (control & 0x7ff) + 1;
         let table_info = device.address.read32(cap.offset + 4);
@@ -67,7 +73,8 @@ impl Msix {
         if offset + length > *size {
             return Err(MsixError::BadBar(bir));
         }
-        let table = paging::map_mmio(address + offset, length).map_err(|_| MsixError::Unmappable)?;
+        let table =
+            paging::map_mmio(address + offset, length).map_err(|_| MsixError::Unmappable)?;
         Ok(Msix {
             cap_offset: cap.offset,
             table_size,
@@ -82,7 +89,10 @@ impl Msix {
 
     fn entry_word(&self, entry: u16, word: usize) -> Result<*mut u32, MsixError> {
         if entry >= self.table_size {
-            return Err(MsixError::EntryOutOfRange { entry, size: self.table_size });
+            return Err(MsixError::EntryOutOfRange {
+                entry,
+                size: self.table_size,
+            });
         }
         // SAFETY: `entry` is within the mapped table (checked above).
         Ok(unsafe { self.table.add(entry as usize * ENTRY_SIZE / 4 + word) })
@@ -121,7 +131,12 @@ impl Msix {
 
     /// Writes `value` back into `entry` (address, data and mask), e.g. to restore it.
     pub fn write_entry(&self, entry: u16, value: MsixEntry) -> Result<(), MsixError> {
-        let words = [value.address as u32, (value.address >> 32) as u32, value.data, value.masked as u32];
+        let words = [
+            value.address as u32,
+            (value.address >> 32) as u32,
+            value.data,
+            value.masked as u32,
+        ];
         for (i, word) in words.into_iter().enumerate() {
             // SAFETY: `entry_word` checked the index against the mapped table.
             unsafe { core::ptr::write_volatile(self.entry_word(entry, i)?, word) };
@@ -140,9 +155,10 @@ impl Msix {
     /// Enables MSI-X for the function (and clears the function mask).
     pub fn enable(&self, device: &PciDevice) {
         let control = device.address.read16(self.cap_offset + 2);
-        device
-            .address
-            .write16(self.cap_offset + 2, (control | MSG_CTRL_ENABLE) & !MSG_CTRL_FUNCTION_MASK);
+        device.address.write16(
+            self.cap_offset + 2,
+            (control | MSG_CTRL_ENABLE) & !MSG_CTRL_FUNCTION_MASK,
+        );
     }
 
     /// Whether the function has MSI-X enabled.

@@ -13,7 +13,10 @@ pub struct BusyWindow {
 impl BusyWindow {
     pub fn start() -> BusyWindow {
         let idle_start = (0..percpu::cpu_count()).map(super::idle_ns).collect();
-        BusyWindow { start_ns: tsc::now_ns(), idle_start }
+        BusyWindow {
+            start_ns: tsc::now_ns(),
+            idle_start,
+        }
     }
 
     /// Busy time per CPU in tenths of a percent (0..=1000) since `start`.

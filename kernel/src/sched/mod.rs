@@ -87,7 +87,12 @@ pub enum SpawnError {
     OutOfMemory,
 }
 
-fn new_task(name: &str, cpu: usize, stack: Option<GuardedStack>, entry: Option<Box<dyn FnOnce() + Send>>) -> Arc<Task> {
+fn new_task(
+    name: &str,
+    cpu: usize,
+    stack: Option<GuardedStack>,
+    entry: Option<Box<dyn FnOnce() + Send>>,
+) -> Arc<Task> {
     Arc::new_cyclic(|me| Task {
         id: NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
         name: String::from(name),
@@ -231,7 +236,12 @@ pub fn wake(task: &Arc<Task>) {
     task.wake_pending.store(true, Ordering::SeqCst);
     if task
         .state
-        .compare_exchange(TaskState::Blocked as u8, TaskState::Runnable as u8, Ordering::SeqCst, Ordering::SeqCst)
+        .compare_exchange(
+            TaskState::Blocked as u8,
+            TaskState::Runnable as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
         .is_ok()
     {
         enqueue(task.clone());
@@ -240,14 +250,21 @@ pub fn wake(task: &Arc<Task>) {
 
 /// The running task.
 pub fn current() -> Arc<Task> {
-    this_cpu().current.lock().clone().expect("scheduler not started on this CPU")
+    this_cpu()
+        .current
+        .lock()
+        .clone()
+        .expect("scheduler not started on this CPU")
 }
 
 /// Blocks the current task until `wake` or, with a deadline, until the TSC clock passes it. May
 /// return spuriously.
 pub fn block(deadline_ns: Option<u64>) {
     let cpu = this_cpu();
-    assert!(arch::irqs_enabled(), "blocking with interrupts disabled (an IrqSpinLock held?)");
+    assert!(
+        arch::irqs_enabled(),
+        "blocking with interrupts disabled (an IrqSpinLock held?)"
+    );
     assert!(
         cpu.preempt_count.load(Ordering::SeqCst) == 0,
         "blocking while holding a spinlock"
@@ -264,7 +281,12 @@ pub fn block(deadline_ns: Option<u64>) {
     // `schedule` must take us off the queue.
     let unblock = |task: &Task| {
         task.state
-            .compare_exchange(TaskState::Blocked as u8, TaskState::Running as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(
+                TaskState::Blocked as u8,
+                TaskState::Running as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
             .is_ok()
     };
     if task.wake_pending.swap(false, Ordering::SeqCst) && unblock(&task) {
@@ -309,7 +331,9 @@ pub fn sleep_ns(ns: u64) {
 /// task runs again (never, if it has exited).
 fn schedule() {
     let cpu = this_cpu();
-    let Some(prev) = cpu.current.lock().clone() else { return };
+    let Some(prev) = cpu.current.lock().clone() else {
+        return;
+    };
     let idle = cpu.idle.lock().clone().expect("idle task");
     let prev_is_idle = Arc::ptr_eq(&prev, &idle);
     let next = {
@@ -329,7 +353,8 @@ fn schedule() {
             None => idle,
         }
     };
-    cpu.slice_start.store(arch::this_cpu_ticks(), Ordering::Relaxed);
+    cpu.slice_start
+        .store(arch::this_cpu_ticks(), Ordering::Relaxed);
     if Arc::ptr_eq(&prev, &next) {
         prev.set_state(TaskState::Running);
         return;
@@ -402,7 +427,10 @@ pub fn irq_enter() {
     let cpu = this_cpu();
     let since = cpu.halted_since.swap(0, Ordering::SeqCst);
     if since != 0 {
-        cpu.idle_ns.fetch_add(tsc::ticks_to_ns(tsc::rdtsc().saturating_sub(since)), Ordering::Relaxed);
+        cpu.idle_ns.fetch_add(
+            tsc::ticks_to_ns(tsc::rdtsc().saturating_sub(since)),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -439,7 +467,9 @@ pub fn tick() {
         wake(task);
     }
     let queued = !cpu.run_queue.lock().is_empty();
-    if queued && (current_is_idle(cpu) || ticks - cpu.slice_start.load(Ordering::Relaxed) >= SLICE_TICKS) {
+    if queued
+        && (current_is_idle(cpu) || ticks - cpu.slice_start.load(Ordering::Relaxed) >= SLICE_TICKS)
+    {
         cpu.need_resched.store(true, Ordering::SeqCst);
     }
 }
@@ -463,7 +493,11 @@ pub fn preempt_enable() {
 pub fn idle_ns(cpu: usize) -> u64 {
     let c = &CPUS[cpu];
     let since = c.halted_since.load(Ordering::SeqCst);
-    let current = if since != 0 { tsc::ticks_to_ns(tsc::rdtsc().saturating_sub(since)) } else { 0 };
+    let current = if since != 0 {
+        tsc::ticks_to_ns(tsc::rdtsc().saturating_sub(since))
+    } else {
+        0
+    };
     c.idle_ns.load(Ordering::Relaxed) + current
 }
 
@@ -472,6 +506,9 @@ pub fn idle_ns(cpu: usize) -> u64 {
 pub fn stack_overflow_task(addr: u64) -> Option<(String, u64)> {
     CPUS.iter().find_map(|cpu| {
         let current = cpu.current.try_lock()?;
-        current.as_ref().filter(|t| t.guard_page_contains(addr)).map(|t| (t.name.clone(), t.id))
+        current
+            .as_ref()
+            .filter(|t| t.guard_page_contains(addr))
+            .map(|t| (t.name.clone(), t.id))
     })
 }

@@ -64,7 +64,9 @@ impl Task {
 
     /// Whether `addr` is in this task's stack guard page.
     pub fn guard_page_contains(&self, addr: u64) -> bool {
-        self.stack.as_ref().is_some_and(|s| s.guard_range().contains(&addr))
+        self.stack
+            .as_ref()
+            .is_some_and(|s| s.guard_range().contains(&addr))
     }
 }
 

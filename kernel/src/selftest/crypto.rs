@@ -129,19 +129,44 @@ pub fn known_answers_every_mode() -> TestResult {
     for device in devices() {
         with_unadvertised(device, || -> TestResult {
             for kat in KATS {
-                let (key, iv, plain, expected) = (hex(kat.key), hex(kat.iv), hex(kat.plain), hex(kat.cipher_text));
-                let enc = Session::new(device, kat.cipher, Direction::Encrypt, &key)
-                    .map_err(|e| format!("{}: {}: create encrypt session: {e}", device.name, kat.name))?;
+                let (key, iv, plain, expected) = (
+                    hex(kat.key),
+                    hex(kat.iv),
+                    hex(kat.plain),
+                    hex(kat.cipher_text),
+                );
+                let enc =
+                    Session::new(device, kat.cipher, Direction::Encrypt, &key).map_err(|e| {
+                        format!("{}: {}: create encrypt session: {e}", device.name, kat.name)
+                    })?;
                 let mut out = vec![0u8; plain.len()];
-                enc.encrypt(&iv, &plain, &mut out).map_err(|e| format!("{}: encrypt: {e}", kat.name))?;
-                ensure!(out == expected, "{}: {}: encrypt gave {:02x?}", device.name, kat.name, out);
+                enc.encrypt(&iv, &plain, &mut out)
+                    .map_err(|e| format!("{}: encrypt: {e}", kat.name))?;
+                ensure!(
+                    out == expected,
+                    "{}: {}: encrypt gave {:02x?}",
+                    device.name,
+                    kat.name,
+                    out
+                );
                 let soft = reference(kat.cipher, Direction::Encrypt, &key, &iv, &plain);
-                ensure!(soft == expected, "{}: the software reference disagrees with the vector", kat.name);
+                ensure!(
+                    soft == expected,
+                    "{}: the software reference disagrees with the vector",
+                    kat.name
+                );
                 let dec = Session::new(device, kat.cipher, Direction::Decrypt, &key)
                     .map_err(|e| format!("{}: create decrypt session: {e}", kat.name))?;
                 let mut data = expected.clone();
-                dec.decrypt_in_place(&iv, &mut data).map_err(|e| format!("{}: decrypt: {e}", kat.name))?;
-                ensure!(data == plain, "{}: {}: decrypt in place gave {:02x?}", device.name, kat.name, data);
+                dec.decrypt_in_place(&iv, &mut data)
+                    .map_err(|e| format!("{}: decrypt: {e}", kat.name))?;
+                ensure!(
+                    data == plain,
+                    "{}: {}: decrypt in place gave {:02x?}",
+                    device.name,
+                    kat.name,
+                    data
+                );
             }
             Ok(())
         })?;
@@ -150,7 +175,12 @@ pub fn known_answers_every_mode() -> TestResult {
 }
 
 /// One random case: key, IV, plaintext for `cipher`.
-fn random_case(rng: &mut Rng, cipher: Cipher, min_len: usize, max_len: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+fn random_case(
+    rng: &mut Rng,
+    cipher: Cipher,
+    min_len: usize,
+    max_len: usize,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let lengths = cipher.key_lengths();
     let key_len = lengths[rng.below(lengths.len() as u64) as usize];
     let key = rng.bytes(key_len);
@@ -174,14 +204,34 @@ pub fn differential_1000_per_mode_vs_rustcrypto() -> TestResult {
                     let mut rng = Rng::new(0xd1ff_0000 + i as u64);
                     for case in 0..DIFFERENTIAL_CASES {
                         let (key, iv, plain) = random_case(&mut rng, cipher, 16, 64 * 1024);
-                        let context = || format!("{} {} case {case}: key {} B, {} B", device.name, cipher.kcapi_name(), key.len(), plain.len());
-                        let enc = Session::new(device, cipher, Direction::Encrypt, &key).map_err(|e| format!("{}: {e}", context()))?;
+                        let context = || {
+                            format!(
+                                "{} {} case {case}: key {} B, {} B",
+                                device.name,
+                                cipher.kcapi_name(),
+                                key.len(),
+                                plain.len()
+                            )
+                        };
+                        let enc = Session::new(device, cipher, Direction::Encrypt, &key)
+                            .map_err(|e| format!("{}: {e}", context()))?;
                         let mut out = vec![0u8; plain.len()];
-                        enc.encrypt(&iv, &plain, &mut out).map_err(|e| format!("{}: encrypt: {e}", context()))?;
-                        ensure!(out == reference(cipher, Direction::Encrypt, &key, &iv, &plain), "{}: ciphertext differs from RustCrypto", context());
-                        let dec = Session::new(device, cipher, Direction::Decrypt, &key).map_err(|e| format!("{}: {e}", context()))?;
-                        dec.decrypt_in_place(&iv, &mut out).map_err(|e| format!("{}: decrypt: {e}", context()))?;
-                        ensure!(out == plain, "{}: decrypting the ciphertext did not give the plaintext back", context());
+                        enc.encrypt(&iv, &plain, &mut out)
+                            .map_err(|e| format!("{}: encrypt: {e}", context()))?;
+                        ensure!(
+                            out == reference(cipher, Direction::Encrypt, &key, &iv, &plain),
+                            "{}: ciphertext differs from RustCrypto",
+                            context()
+                        );
+                        let dec = Session::new(device, cipher, Direction::Decrypt, &key)
+                            .map_err(|e| format!("{}: {e}", context()))?;
+                        dec.decrypt_in_place(&iv, &mut out)
+                            .map_err(|e| format!("{}: decrypt: {e}", context()))?;
+                        ensure!(
+                            out == plain,
+                            "{}: decrypting the ciphertext did not give the plaintext back",
+                            context()
+                        );
                     }
                     Ok(())
                 })
@@ -210,50 +260,126 @@ pub fn bad_inputs_get_their_error_and_device_stays_usable() -> TestResult {
     let iv = [0u8; 16];
     for device in devices() {
         let good = |what: &str| -> TestResult {
-            let s = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("after {what}: {e}"))?;
+            let s = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
+                .map_err(|e| format!("after {what}: {e}"))?;
             let mut out = [0u8; 32];
-            s.encrypt(&iv, &[7u8; 32], &mut out).map_err(|e| format!("good request after {what}: {e}"))?;
-            ensure!(out == reference(Cipher::AesCbc, Direction::Encrypt, &key, &iv, &[7u8; 32])[..], "wrong output after {what}");
+            s.encrypt(&iv, &[7u8; 32], &mut out)
+                .map_err(|e| format!("good request after {what}: {e}"))?;
+            ensure!(
+                out == reference(Cipher::AesCbc, Direction::Encrypt, &key, &iv, &[7u8; 32])[..],
+                "wrong output after {what}"
+            );
             Ok(())
         };
-        expect_err("AES-ECB not advertised", Session::new(device, Cipher::AesEcb, Direction::Encrypt, &key).map(|_| ()), Error::NotSupported { what: "ecb(aes)" })?;
+        expect_err(
+            "AES-ECB not advertised",
+            Session::new(device, Cipher::AesEcb, Direction::Encrypt, &key).map(|_| ()),
+            Error::NotSupported { what: "ecb(aes)" },
+        )?;
         good("unsupported algorithm")?;
-        expect_err("15-byte key", Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key[..15]).map(|_| ()), Error::InvalidKeyLength { got: 15, allowed: "16, 24 or 32" })?;
+        expect_err(
+            "15-byte key",
+            Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key[..15]).map(|_| ()),
+            Error::InvalidKeyLength {
+                got: 15,
+                allowed: "16, 24 or 32",
+            },
+        )?;
         good("bad key length")?;
         device.set_allow_unadvertised(true);
-        let xts = expect_err("48-byte XTS key", Session::new(device, Cipher::AesXts, Direction::Encrypt, &[1u8; 48]).map(|_| ()), Error::InvalidKeyLength { got: 48, allowed: "32 or 64" });
+        let xts = expect_err(
+            "48-byte XTS key",
+            Session::new(device, Cipher::AesXts, Direction::Encrypt, &[1u8; 48]).map(|_| ()),
+            Error::InvalidKeyLength {
+                got: 48,
+                allowed: "32 or 64",
+            },
+        );
         device.set_allow_unadvertised(false);
         xts?;
-        let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("{e}"))?;
+        let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
+            .map_err(|e| format!("{e}"))?;
         let mut out = [0u8; 32];
-        expect_err("8-byte IV", session.encrypt(&iv[..8], &[0u8; 32], &mut out), Error::InvalidIvLength { got: 8, expected: 16 })?;
+        expect_err(
+            "8-byte IV",
+            session.encrypt(&iv[..8], &[0u8; 32], &mut out),
+            Error::InvalidIvLength {
+                got: 8,
+                expected: 16,
+            },
+        )?;
         let mut odd = [0u8; 17];
-        expect_err("17 bytes of CBC", session.encrypt_in_place(&iv, &mut odd), Error::InvalidDataLength { got: 17, block: 16 })?;
-        expect_err("empty request", session.encrypt(&iv, &[], &mut []), Error::EmptyRequest)?;
-        expect_err("src 32, dst 16", session.encrypt(&iv, &[0u8; 32], &mut out[..16]), Error::LengthMismatch { src: 32, dst: 16 })?;
-        expect_err("decrypt on an encrypt session", session.decrypt(&iv, &[0u8; 32], &mut out), Error::WrongDirection { session: "encrypt" })?;
+        expect_err(
+            "17 bytes of CBC",
+            session.encrypt_in_place(&iv, &mut odd),
+            Error::InvalidDataLength { got: 17, block: 16 },
+        )?;
+        expect_err(
+            "empty request",
+            session.encrypt(&iv, &[], &mut []),
+            Error::EmptyRequest,
+        )?;
+        expect_err(
+            "src 32, dst 16",
+            session.encrypt(&iv, &[0u8; 32], &mut out[..16]),
+            Error::LengthMismatch { src: 32, dst: 16 },
+        )?;
+        expect_err(
+            "decrypt on an encrypt session",
+            session.decrypt(&iv, &[0u8; 32], &mut out),
+            Error::WrongDirection { session: "encrypt" },
+        )?;
         let mut huge = vec![0u8; vcrypt_drivers::virtio_crypto::device::MAX_REQUEST_BYTES + 16];
         let max = vcrypt_drivers::virtio_crypto::device::MAX_REQUEST_BYTES as u64;
-        expect_err("oversized request", session.encrypt_in_place(&iv, &mut huge), Error::RequestTooLarge { got: max + 16, max })?;
+        expect_err(
+            "oversized request",
+            session.encrypt_in_place(&iv, &mut huge),
+            Error::RequestTooLarge { got: max + 16, max },
+        )?;
         drop(huge);
         good("request errors")?;
         let queue = device.data_queue_for(0);
         expect_err(
             "data request on an unknown session",
-            device.cipher_request(queue, 0xdead_beef, Cipher::AesCbc, Direction::Encrypt, &iv, &[0u8; 16]),
+            device.cipher_request(
+                queue,
+                0xdead_beef,
+                Cipher::AesCbc,
+                Direction::Encrypt,
+                &iv,
+                &[0u8; 16],
+            ),
             Error::UnknownSession,
         )?;
         good("unknown session")?;
-        let id = device.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("{e}"))?;
-        device.destroy_cipher_session(id).map_err(|e| format!("destroy: {e}"))?;
-        expect_err("destroying a destroyed session", device.destroy_cipher_session(id), Error::UnknownSession)?;
+        let id = device
+            .create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key)
+            .map_err(|e| format!("{e}"))?;
+        device
+            .destroy_cipher_session(id)
+            .map_err(|e| format!("destroy: {e}"))?;
+        expect_err(
+            "destroying a destroyed session",
+            device.destroy_cipher_session(id),
+            Error::UnknownSession,
+        )?;
         expect_err(
             "data request on a destroyed session",
-            device.cipher_request(queue, id, Cipher::AesCbc, Direction::Encrypt, &iv, &[0u8; 16]),
+            device.cipher_request(
+                queue,
+                id,
+                Cipher::AesCbc,
+                Direction::Encrypt,
+                &iv,
+                &[0u8; 16],
+            ),
             Error::UnknownSession,
         )?;
         good("destroyed session")?;
-        ensure!(!device.control.is_broken() && !queue.is_broken(), "a queue was marked broken");
+        ensure!(
+            !device.control.is_broken() && !queue.is_broken(),
+            "a queue was marked broken"
+        );
     }
     Ok(())
 }
@@ -267,19 +393,34 @@ pub fn session_exhaustion_and_recovery() -> TestResult {
         let before = device.live_sessions();
         let mut held = Vec::new();
         for i in before..MAX_SESSIONS {
-            held.push(Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("session {i}: {e}"))?);
+            held.push(
+                Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
+                    .map_err(|e| format!("session {i}: {e}"))?,
+            );
         }
-        expect_err("session 257", Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map(|_| ()), Error::SessionsExhausted)?;
+        expect_err(
+            "session 257",
+            Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map(|_| ()),
+            Error::SessionsExhausted,
+        )?;
         held.truncate(held.len() - 16);
         for i in 0..16 {
-            held.push(Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("re-created session {i}: {e}"))?);
+            held.push(
+                Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
+                    .map_err(|e| format!("re-created session {i}: {e}"))?,
+            );
         }
         let mut out = [0u8; 16];
         for s in held.iter().step_by(17) {
-            s.encrypt(&[0u8; 16], &[1u8; 16], &mut out).map_err(|e| format!("session {}: {e}", s.id()))?;
+            s.encrypt(&[0u8; 16], &[1u8; 16], &mut out)
+                .map_err(|e| format!("session {}: {e}", s.id()))?;
         }
         drop(held);
-        ensure!(device.live_sessions() == before, "{} sessions live after dropping all, {before} before", device.live_sessions());
+        ensure!(
+            device.live_sessions() == before,
+            "{} sessions live after dropping all, {before} before",
+            device.live_sessions()
+        );
     }
     Ok(())
 }
@@ -297,27 +438,55 @@ pub fn many_tasks_every_cpu_many_in_flight() -> TestResult {
                 crate::sched::spawn("crypto-worker", Some(t % cpus), move || -> TestResult {
                     let mut rng = Rng::new(0xc0c0_0000 + t as u64);
                     let key = rng.bytes(32);
-                    let enc = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("task {t}: {e}"))?;
-                    let dec = Session::new(device, Cipher::AesCbc, Direction::Decrypt, &key).map_err(|e| format!("task {t}: {e}"))?;
+                    let enc = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
+                        .map_err(|e| format!("task {t}: {e}"))?;
+                    let dec = Session::new(device, Cipher::AesCbc, Direction::Decrypt, &key)
+                        .map_err(|e| format!("task {t}: {e}"))?;
                     let queue = device.data_queue_for(crate::arch::percpu::cpu_index());
                     for round in 0..ROUNDS {
-                        let cases: Vec<(Vec<u8>, Vec<u8>)> = (0..IN_FLIGHT).map(|_| {
-                            let len = rng.log_uniform_len(16, 8192, 16);
-                            (rng.bytes(16), rng.bytes(len))
-                        }).collect();
+                        let cases: Vec<(Vec<u8>, Vec<u8>)> = (0..IN_FLIGHT)
+                            .map(|_| {
+                                let len = rng.log_uniform_len(16, 8192, 16);
+                                (rng.bytes(16), rng.bytes(len))
+                            })
+                            .collect();
                         let pending: Vec<_> = cases
                             .iter()
-                            .map(|(iv, plain)| device.start_cipher_request(queue, enc.id(), Cipher::AesCbc, Direction::Encrypt, iv, plain))
+                            .map(|(iv, plain)| {
+                                device.start_cipher_request(
+                                    queue,
+                                    enc.id(),
+                                    Cipher::AesCbc,
+                                    Direction::Encrypt,
+                                    iv,
+                                    plain,
+                                )
+                            })
                             .collect::<Result<_, _>>()
                             .map_err(|e| format!("task {t} round {round}: submit: {e}"))?;
                         for ((iv, plain), p) in cases.iter().zip(pending) {
-                            let out = p.wait().map_err(|e| format!("task {t} round {round}: {e}"))?;
+                            let out = p
+                                .wait()
+                                .map_err(|e| format!("task {t} round {round}: {e}"))?;
                             if round == 0 {
-                                ensure!(out == reference(Cipher::AesCbc, Direction::Encrypt, &key, iv, plain), "task {t}: ciphertext differs from RustCrypto");
+                                ensure!(
+                                    out == reference(
+                                        Cipher::AesCbc,
+                                        Direction::Encrypt,
+                                        &key,
+                                        iv,
+                                        plain
+                                    ),
+                                    "task {t}: ciphertext differs from RustCrypto"
+                                );
                             }
                             let mut back = out.clone();
-                            dec.decrypt_in_place(iv, &mut back).map_err(|e| format!("task {t}: decrypt: {e}"))?;
-                            ensure!(&back == plain, "task {t} round {round}: round trip lost the plaintext");
+                            dec.decrypt_in_place(iv, &mut back)
+                                .map_err(|e| format!("task {t}: decrypt: {e}"))?;
+                            ensure!(
+                                &back == plain,
+                                "task {t} round {round}: round trip lost the plaintext"
+                            );
                         }
                     }
                     Ok(())
@@ -345,43 +514,74 @@ pub fn volume_300k_data_100k_control() -> TestResult {
     for device in devices() {
         let cpus = crate::arch::percpu::cpu_count() as u64;
         let tasks = cpus * 2;
-        let submitted_before: u64 = device.data.iter().map(|q| q.counters.completed.load(core::sync::atomic::Ordering::Relaxed)).sum();
+        let submitted_before: u64 = device
+            .data
+            .iter()
+            .map(|q| {
+                q.counters
+                    .completed
+                    .load(core::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
         let handles: Vec<_> = (0..tasks)
             .map(|t| {
                 let key = key.clone();
-                crate::sched::spawn("volume", Some((t % cpus) as usize), move || -> Result<(u64, u64), String> {
-                    let aes = aes::Aes128::new_from_slice(&key).map_err(|_| "key")?;
-                    let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key).map_err(|e| format!("{e}"))?;
-                    let queue = device.data_queue_for(crate::arch::percpu::cpu_index());
-                    let (mut data_done, mut control_done) = (0u64, 0u64);
-                    let mut i = t;
-                    let zero = [0u8; 16];
-                    while i < DATA {
-                        let batch: Vec<u64> = (0..IN_FLIGHT as u64).map(|k| i + k * tasks).filter(|&n| n < DATA).collect();
-                        let pending: Vec<_> = batch
-                            .iter()
-                            .map(|n| device.start_cipher_request(queue, session.id(), Cipher::AesCbc, Direction::Encrypt, &(*n as u128).to_le_bytes(), &zero))
-                            .collect::<Result<_, _>>()
-                            .map_err(|e| format!("request {i}: submit: {e}"))?;
-                        for (n, p) in batch.iter().zip(pending) {
-                            let out = p.wait().map_err(|e| format!("request {n}: {e}"))?;
-                            let mut expected = (*n as u128).to_le_bytes().into();
-                            aes.encrypt_block(&mut expected);
-                            ensure!(out[..] == expected[..], "request {n}: wrong ciphertext");
-                            data_done += 1;
+                crate::sched::spawn(
+                    "volume",
+                    Some((t % cpus) as usize),
+                    move || -> Result<(u64, u64), String> {
+                        let aes = aes::Aes128::new_from_slice(&key).map_err(|_| "key")?;
+                        let session =
+                            Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
+                                .map_err(|e| format!("{e}"))?;
+                        let queue = device.data_queue_for(crate::arch::percpu::cpu_index());
+                        let (mut data_done, mut control_done) = (0u64, 0u64);
+                        let mut i = t;
+                        let zero = [0u8; 16];
+                        while i < DATA {
+                            let batch: Vec<u64> = (0..IN_FLIGHT as u64)
+                                .map(|k| i + k * tasks)
+                                .filter(|&n| n < DATA)
+                                .collect();
+                            let pending: Vec<_> = batch
+                                .iter()
+                                .map(|n| {
+                                    device.start_cipher_request(
+                                        queue,
+                                        session.id(),
+                                        Cipher::AesCbc,
+                                        Direction::Encrypt,
+                                        &(*n as u128).to_le_bytes(),
+                                        &zero,
+                                    )
+                                })
+                                .collect::<Result<_, _>>()
+                                .map_err(|e| format!("request {i}: submit: {e}"))?;
+                            for (n, p) in batch.iter().zip(pending) {
+                                let out = p.wait().map_err(|e| format!("request {n}: {e}"))?;
+                                let mut expected = (*n as u128).to_le_bytes().into();
+                                aes.encrypt_block(&mut expected);
+                                ensure!(out[..] == expected[..], "request {n}: wrong ciphertext");
+                                data_done += 1;
+                            }
+                            i += IN_FLIGHT as u64 * tasks;
+                            // Interleave the control work so both queues are busy at once.
+                            let pairs =
+                                CONTROL_PAIRS / tasks + u64::from(t < CONTROL_PAIRS % tasks);
+                            let due = (pairs * data_done).div_ceil(DATA / tasks).min(pairs);
+                            while control_done / 2 < due {
+                                let id = device
+                                    .create_cipher_session(Cipher::AesCbc, Direction::Decrypt, &key)
+                                    .map_err(|e| format!("create: {e}"))?;
+                                device
+                                    .destroy_cipher_session(id)
+                                    .map_err(|e| format!("destroy {id}: {e}"))?;
+                                control_done += 2;
+                            }
                         }
-                        i += IN_FLIGHT as u64 * tasks;
-                        // Interleave the control work so both queues are busy at once.
-                        let pairs = CONTROL_PAIRS / tasks + u64::from(t < CONTROL_PAIRS % tasks);
-                        let due = (pairs * data_done).div_ceil(DATA / tasks).min(pairs);
-                        while control_done / 2 < due {
-                            let id = device.create_cipher_session(Cipher::AesCbc, Direction::Decrypt, &key).map_err(|e| format!("create: {e}"))?;
-                            device.destroy_cipher_session(id).map_err(|e| format!("destroy {id}: {e}"))?;
-                            control_done += 2;
-                        }
-                    }
-                    Ok((data_done, control_done))
-                })
+                        Ok((data_done, control_done))
+                    },
+                )
             })
             .collect::<Result<_, _>>()
             .map_err(|e| format!("spawn: {e:?}"))?;
@@ -391,10 +591,32 @@ pub fn volume_300k_data_100k_control() -> TestResult {
             data += d;
             control += c;
         }
-        let completed: u64 = device.data.iter().map(|q| q.counters.completed.load(core::sync::atomic::Ordering::Relaxed)).sum::<u64>() - submitted_before;
-        ensure!(data == DATA, "{}: {data} data requests checked, expected {DATA}", device.name);
-        ensure!(completed == DATA, "{}: the data queues completed {completed} requests for {DATA} submitted", device.name);
-        ensure!(control >= 2 * CONTROL_PAIRS, "{}: {control} control requests, expected {}", device.name, 2 * CONTROL_PAIRS);
+        let completed: u64 = device
+            .data
+            .iter()
+            .map(|q| {
+                q.counters
+                    .completed
+                    .load(core::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<u64>()
+            - submitted_before;
+        ensure!(
+            data == DATA,
+            "{}: {data} data requests checked, expected {DATA}",
+            device.name
+        );
+        ensure!(
+            completed == DATA,
+            "{}: the data queues completed {completed} requests for {DATA} submitted",
+            device.name
+        );
+        ensure!(
+            control >= 2 * CONTROL_PAIRS,
+            "{}: {control} control requests, expected {}",
+            device.name,
+            2 * CONTROL_PAIRS
+        );
     }
     Ok(())
 }

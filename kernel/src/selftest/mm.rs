@@ -27,11 +27,18 @@ pub fn heap_alloc_free_many_sizes() -> TestResult {
     let mut seed = 0u8;
     for (i, block) in blocks.iter().enumerate() {
         seed = seed.wrapping_add(31);
-        ensure!(block.iter().all(|&b| b == seed), "block {i} ({} bytes) was overwritten", block.len());
+        ensure!(
+            block.iter().all(|&b| b == seed),
+            "block {i} ({} bytes) was overwritten",
+            block.len()
+        );
     }
     let count = blocks.len();
     // Free every other block first, then the rest: exercises coalescing of holes.
-    let (even, odd): (Vec<_>, Vec<_>) = blocks.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let (even, odd): (Vec<_>, Vec<_>) = blocks
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
     drop(odd);
     drop(even);
     let (used_after, _) = heap::usage();
@@ -52,7 +59,10 @@ pub fn frames_never_handed_out_twice() -> TestResult {
         let count = [1, 1, 2, 3, 8, 17][i % 6];
         let align = if i % 5 == 0 { 8 } else { 1 };
         let paddr = frames::alloc_contiguous(count, align).ok_or("out of frames")?;
-        ensure!(paddr % (align * PAGE_SIZE) as u64 == 0, "run at {paddr:#x} not aligned to {align} frames");
+        ensure!(
+            paddr % (align * PAGE_SIZE) as u64 == 0,
+            "run at {paddr:#x} not aligned to {align} frames"
+        );
         for f in 0..count as u64 {
             let frame = paddr + f * PAGE_SIZE as u64;
             ensure!(seen.insert(frame), "frame {frame:#x} handed out twice");
@@ -61,14 +71,18 @@ pub fn frames_never_handed_out_twice() -> TestResult {
     }
     let (kernel_start, kernel_end) = crate::mm::kernel_image();
     ensure!(
-        seen.iter().all(|&f| f >= 1 << 20 && (f + PAGE_SIZE as u64 <= kernel_start || f >= kernel_end)),
+        seen.iter()
+            .all(|&f| f >= 1 << 20 && (f + PAGE_SIZE as u64 <= kernel_start || f >= kernel_end)),
         "a frame below 1 MiB or inside the kernel image was handed out"
     );
     for &(paddr, count) in &runs {
         frames::free(paddr, count).map_err(|e| alloc::format!("free failed: {e:?}"))?;
     }
     let (free_after, _) = frames::usage();
-    ensure!(free_after == free_before, "free frames {free_after} after the test, {free_before} before");
+    ensure!(
+        free_after == free_before,
+        "free frames {free_after} after the test, {free_before} before"
+    );
     let (paddr, _) = runs[0];
     ensure!(
         frames::free(paddr, 1) == Err(frames::FreeError::NotAllocated { paddr }),
@@ -82,10 +96,16 @@ pub fn dma_alloc_is_zeroed_and_contiguous() -> TestResult {
     for round in 0..2 {
         let (paddr, vaddr) = KernelHal::dma_alloc(4, BufferDirection::Both);
         ensure!(paddr != 0, "dma_alloc failed in round {round}");
-        ensure!(paddr % PAGE_SIZE as u64 == 0, "DMA buffer at {paddr:#x} not page-aligned");
+        ensure!(
+            paddr % PAGE_SIZE as u64 == 0,
+            "DMA buffer at {paddr:#x} not page-aligned"
+        );
         // SAFETY: dma_alloc returned 4 identity-mapped pages that are ours until dma_dealloc.
         let buffer = unsafe { core::slice::from_raw_parts_mut(vaddr.as_ptr(), 4 * PAGE_SIZE) };
-        ensure!(buffer.iter().all(|&b| b == 0), "DMA buffer not zeroed in round {round}");
+        ensure!(
+            buffer.iter().all(|&b| b == 0),
+            "DMA buffer not zeroed in round {round}"
+        );
         buffer.fill(0xa5);
         // SAFETY: the same allocation, freed once.
         let rc = unsafe { KernelHal::dma_dealloc(paddr, vaddr, 4) };

@@ -11,8 +11,8 @@ mod pci;
 mod platform;
 mod reference;
 mod sched;
-mod sync;
 mod smp;
+mod sync;
 
 use alloc::string::String;
 use core::fmt;
@@ -32,45 +32,136 @@ pub struct Test {
 }
 
 const fn test(name: &'static str, run: fn() -> TestResult) -> Test {
-    Test { name, run, explicit_only: false }
+    Test {
+        name,
+        run,
+        explicit_only: false,
+    }
 }
 
 /// Every test, in the order they run.
 pub static TESTS: &[Test] = &[
-    test("mm::heap_alloc_free_many_sizes", mm::heap_alloc_free_many_sizes),
-    test("mm::frames_never_handed_out_twice", mm::frames_never_handed_out_twice),
-    test("mm::dma_alloc_is_zeroed_and_contiguous", mm::dma_alloc_is_zeroed_and_contiguous),
-    test("arch::breakpoint_is_caught_and_resumes", platform::breakpoint_is_caught_and_resumes),
-    test("arch::timer_ticks_agree_with_tsc", platform::timer_ticks_agree_with_tsc),
+    test(
+        "mm::heap_alloc_free_many_sizes",
+        mm::heap_alloc_free_many_sizes,
+    ),
+    test(
+        "mm::frames_never_handed_out_twice",
+        mm::frames_never_handed_out_twice,
+    ),
+    test(
+        "mm::dma_alloc_is_zeroed_and_contiguous",
+        mm::dma_alloc_is_zeroed_and_contiguous,
+    ),
+    test(
+        "arch::breakpoint_is_caught_and_resumes",
+        platform::breakpoint_is_caught_and_resumes,
+    ),
+    test(
+        "arch::timer_ticks_agree_with_tsc",
+        platform::timer_ticks_agree_with_tsc,
+    ),
     test("smp::cpu_count_matches_madt", smp::cpu_count_matches_madt),
     test(
         "smp::every_cpu_checked_in_with_own_index_and_apic_id",
         smp::every_cpu_checked_in_with_own_index_and_apic_id,
     ),
-    test("smp::every_cpu_takes_timer_ticks", smp::every_cpu_takes_timer_ticks),
-    test("smp::ipi_runs_handler_on_target_cpu", smp::ipi_runs_handler_on_target_cpu),
-    test("pci::finds_virtio_crypto_with_expected_ids", pci::finds_virtio_crypto_with_expected_ids),
-    test("pci::virtio_crypto_config_reads_back_consistently", pci::config_reads_back_consistently),
+    test(
+        "smp::every_cpu_takes_timer_ticks",
+        smp::every_cpu_takes_timer_ticks,
+    ),
+    test(
+        "smp::ipi_runs_handler_on_target_cpu",
+        smp::ipi_runs_handler_on_target_cpu,
+    ),
+    test(
+        "pci::finds_virtio_crypto_with_expected_ids",
+        pci::finds_virtio_crypto_with_expected_ids,
+    ),
+    test(
+        "pci::virtio_crypto_config_reads_back_consistently",
+        pci::config_reads_back_consistently,
+    ),
     test("pci::msix_entries_read_back", pci::msix_entries_read_back),
-    test("pci::bar_above_4gib_is_mapped_and_reachable", pci::bar_above_4gib_is_mapped_and_reachable),
-    test("sched::tasks_run_on_every_cpu", sched::tasks_run_on_every_cpu),
-    test("sched::spinning_task_does_not_starve_another", sched::spinning_task_does_not_starve_another),
-    test("sched::busy_percent_idle_and_spinning", sched::busy_percent_idle_and_spinning),
-    test("sched::sleep_waits_and_yields", sched::sleep_waits_and_yields),
-    test("sync::ping_pong_10000_across_cpus", sync::ping_pong_10000_across_cpus),
-    test("sync::wake_from_interrupt_resumes_sleeper", sync::wake_from_interrupt_resumes_sleeper),
-    test("sync::timed_wait_times_out_in_window", sync::timed_wait_times_out_in_window),
-    test("sync::lock_stats_show_contention_only_across_cpus", sync::lock_stats_show_contention_only_across_cpus),
-    test("crypto::known_answers_every_mode", crypto::known_answers_every_mode),
-    test("crypto::bad_inputs_get_their_error_and_device_stays_usable", crypto::bad_inputs_get_their_error_and_device_stays_usable),
-    test("crypto::session_exhaustion_and_recovery", crypto::session_exhaustion_and_recovery),
-    test("crypto::many_tasks_every_cpu_many_in_flight", crypto::many_tasks_every_cpu_many_in_flight),
-    test("crypto::differential_1000_per_mode_vs_rustcrypto", crypto::differential_1000_per_mode_vs_rustcrypto),
-    test("crypto::volume_300k_data_100k_control", crypto::volume_300k_data_100k_control),
-    test("bench::every_bench_runs_and_emits_parsable_json", bench::every_bench_runs_and_emits_parsable_json),
-    Test { name: "sched_stack_overflow_must_fail", run: sched::stack_overflow_must_fail, explicit_only: true },
-    Test { name: "harness_must_fail", run: harness::must_fail, explicit_only: true },
-    Test { name: "harness_fault_must_fail", run: harness::fault_must_fail, explicit_only: true },
+    test(
+        "pci::bar_above_4gib_is_mapped_and_reachable",
+        pci::bar_above_4gib_is_mapped_and_reachable,
+    ),
+    test(
+        "sched::tasks_run_on_every_cpu",
+        sched::tasks_run_on_every_cpu,
+    ),
+    test(
+        "sched::spinning_task_does_not_starve_another",
+        sched::spinning_task_does_not_starve_another,
+    ),
+    test(
+        "sched::busy_percent_idle_and_spinning",
+        sched::busy_percent_idle_and_spinning,
+    ),
+    test(
+        "sched::sleep_waits_and_yields",
+        sched::sleep_waits_and_yields,
+    ),
+    test(
+        "sync::ping_pong_10000_across_cpus",
+        sync::ping_pong_10000_across_cpus,
+    ),
+    test(
+        "sync::wake_from_interrupt_resumes_sleeper",
+        sync::wake_from_interrupt_resumes_sleeper,
+    ),
+    test(
+        "sync::timed_wait_times_out_in_window",
+        sync::timed_wait_times_out_in_window,
+    ),
+    test(
+        "sync::lock_stats_show_contention_only_across_cpus",
+        sync::lock_stats_show_contention_only_across_cpus,
+    ),
+    test(
+        "crypto::known_answers_every_mode",
+        crypto::known_answers_every_mode,
+    ),
+    test(
+        "crypto::bad_inputs_get_their_error_and_device_stays_usable",
+        crypto::bad_inputs_get_their_error_and_device_stays_usable,
+    ),
+    test(
+        "crypto::session_exhaustion_and_recovery",
+        crypto::session_exhaustion_and_recovery,
+    ),
+    test(
+        "crypto::many_tasks_every_cpu_many_in_flight",
+        crypto::many_tasks_every_cpu_many_in_flight,
+    ),
+    test(
+        "crypto::differential_1000_per_mode_vs_rustcrypto",
+        crypto::differential_1000_per_mode_vs_rustcrypto,
+    ),
+    test(
+        "crypto::volume_300k_data_100k_control",
+        crypto::volume_300k_data_100k_control,
+    ),
+    test(
+        "bench::every_bench_runs_and_emits_parsable_json",
+        bench::every_bench_runs_and_emits_parsable_json,
+    ),
+    Test {
+        name: "sched_stack_overflow_must_fail",
+        run: sched::stack_overflow_must_fail,
+        explicit_only: true,
+    },
+    Test {
+        name: "harness_must_fail",
+        run: harness::must_fail,
+        explicit_only: true,
+    },
+    Test {
+        name: "harness_fault_must_fail",
+        run: harness::fault_must_fail,
+        explicit_only: true,
+    },
 ];
 
 /// Returns `Err(reason)` from the enclosing test when `cond` is false.
@@ -92,7 +183,9 @@ fn selected<'a>(filters: &'a [&'a str]) -> impl Iterator<Item = &'static Test> +
         if filters.is_empty() {
             !t.explicit_only
         } else {
-            filters.iter().any(|f| t.name == *f || (!t.explicit_only && t.name.contains(f)))
+            filters
+                .iter()
+                .any(|f| t.name == *f || (!t.explicit_only && t.name.contains(f)))
         }
     })
 }
@@ -134,7 +227,11 @@ pub fn finish() -> ! {
     let passed = PASSED.load(Ordering::SeqCst);
     let failed = FAILED.load(Ordering::SeqCst);
     println!("{passed} passed, {failed} failed");
-    qemu::exit(if failed == 0 { ExitCode::Success } else { ExitCode::Failure })
+    qemu::exit(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
 }
 
 /// Reports an unrecoverable error (panic, CPU exception) and fails the run, naming the test that

@@ -13,7 +13,10 @@ use crate::virtio::crypto::probe::{self, VIRTIO_CRYPTO_DEVICE_ID, VIRTIO_VENDOR_
 /// A fresh enumeration finds as many virtio-crypto functions as the probe did, each with the
 /// modern IDs, revision >= 1, a memory BAR and bus mastering on.
 pub fn finds_virtio_crypto_with_expected_ids() -> TestResult {
-    let found: Vec<_> = pci::enumerate().into_iter().filter(probe::is_virtio_crypto).collect();
+    let found: Vec<_> = pci::enumerate()
+        .into_iter()
+        .filter(probe::is_virtio_crypto)
+        .collect();
     ensure!(!found.is_empty(), "no virtio-crypto function on any bus");
     ensure!(
         found.len() == probe::probed().len(),
@@ -22,17 +25,36 @@ pub fn finds_virtio_crypto_with_expected_ids() -> TestResult {
         probe::probed().len()
     );
     for d in &found {
-        ensure!(d.vendor_id == VIRTIO_VENDOR_ID && d.device_id == VIRTIO_CRYPTO_DEVICE_ID, "{}: ids", d.address);
-        let revision = d.address.read8(0x08);
-        ensure!(revision >= 1, "{}: revision {revision}, a modern device has >= 1", d.address);
-        let subsystem = d.address.read16(0x2e);
-        ensure!(subsystem >= 0x40, "{}: subsystem id {subsystem:#x} (modern devices use >= 0x40)", d.address);
         ensure!(
-            d.bars.iter().flatten().any(|b| matches!(b, Bar::Memory { size, .. } if *size >= 0x1000)),
+            d.vendor_id == VIRTIO_VENDOR_ID && d.device_id == VIRTIO_CRYPTO_DEVICE_ID,
+            "{}: ids",
+            d.address
+        );
+        let revision = d.address.read8(0x08);
+        ensure!(
+            revision >= 1,
+            "{}: revision {revision}, a modern device has >= 1",
+            d.address
+        );
+        let subsystem = d.address.read16(0x2e);
+        ensure!(
+            subsystem >= 0x40,
+            "{}: subsystem id {subsystem:#x} (modern devices use >= 0x40)",
+            d.address
+        );
+        ensure!(
+            d.bars
+                .iter()
+                .flatten()
+                .any(|b| matches!(b, Bar::Memory { size, .. } if *size >= 0x1000)),
             "{}: no memory BAR",
             d.address
         );
-        ensure!(d.bus_master_enabled(), "{}: bus mastering is off after the probe", d.address);
+        ensure!(
+            d.bus_master_enabled(),
+            "{}: bus mastering is off after the probe",
+            d.address
+        );
     }
     Ok(())
 }
@@ -46,13 +68,27 @@ pub fn config_reads_back_consistently() -> TestResult {
         let at = device.pci.address;
         for _ in 0..3 {
             let again = probe::read_config(&device.transport)?;
-            ensure!(again == device.config, "{at}: config changed between reads: {again:?} vs {:?}", device.config);
+            ensure!(
+                again == device.config,
+                "{at}: config changed between reads: {again:?} vs {:?}",
+                device.config
+            );
         }
         let c = &device.config;
         ensure!(c.hw_ready(), "{at}: status {:#x} lacks HW_READY", c.status);
-        ensure!(c.advertises_service(wire::SERVICE_CIPHER), "{at}: no cipher service");
-        ensure!(c.advertises_cipher(wire::CIPHER_AES_CBC), "{at}: AES-CBC not advertised");
-        ensure!(c.max_dataqueues >= 1, "{at}: max_dataqueues {}", c.max_dataqueues);
+        ensure!(
+            c.advertises_service(wire::SERVICE_CIPHER),
+            "{at}: no cipher service"
+        );
+        ensure!(
+            c.advertises_cipher(wire::CIPHER_AES_CBC),
+            "{at}: AES-CBC not advertised"
+        );
+        ensure!(
+            c.max_dataqueues >= 1,
+            "{at}: max_dataqueues {}",
+            c.max_dataqueues
+        );
         ensure!(
             device.queue_sizes.len() == c.max_dataqueues as usize + 1,
             "{at}: {} queues for {} data queues + control",
@@ -64,7 +100,11 @@ pub fn config_reads_back_consistently() -> TestResult {
             "{at}: queue sizes {:?} not powers of two",
             device.queue_sizes
         );
-        ensure!(c.max_cipher_key_len >= 32, "{at}: max_cipher_key_len {}", c.max_cipher_key_len);
+        ensure!(
+            c.max_cipher_key_len >= 32,
+            "{at}: max_cipher_key_len {}",
+            c.max_cipher_key_len
+        );
         ensure!(c.max_size > 0, "{at}: max_size 0");
     }
     Ok(())
@@ -77,12 +117,20 @@ pub fn msix_entries_read_back() -> TestResult {
     for device in probe::probed() {
         let device = device.lock();
         let at = device.pci.address;
-        let msix = device.msix.as_ref().ok_or_else(|| alloc::format!("{at}: no MSI-X capability"))?;
-        ensure!(msix.table_size() >= 3, "{at}: {} MSI-X vectors, need data + control + config", msix.table_size());
+        let msix = device
+            .msix
+            .as_ref()
+            .ok_or_else(|| alloc::format!("{at}: no MSI-X capability"))?;
+        ensure!(
+            msix.table_size() >= 3,
+            "{at}: {} MSI-X vectors, need data + control + config",
+            msix.table_size()
+        );
         for entry in 0..msix.table_size() {
             let original = msix.entry(entry).map_err(|e| alloc::format!("{e}"))?;
             let vector = 0x80 + entry as u8;
-            msix.set_entry(entry, my_apic, vector).map_err(|e| alloc::format!("{e}"))?;
+            msix.set_entry(entry, my_apic, vector)
+                .map_err(|e| alloc::format!("{e}"))?;
             let back = msix.entry(entry).map_err(|e| alloc::format!("{e}"))?;
             let address = apic::base() | (my_apic as u64) << 12;
             ensure!(
@@ -90,12 +138,25 @@ pub fn msix_entries_read_back() -> TestResult {
                 "{at}: entry {entry} reads back {back:?}, wrote address {address:#x} data {vector:#x}"
             );
             msix.mask(entry).map_err(|e| alloc::format!("{e}"))?;
-            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e}"))?.masked, "{at}: entry {entry} did not mask");
-            msix.write_entry(entry, original).map_err(|e| alloc::format!("{e}"))?;
-            ensure!(msix.entry(entry).map_err(|e| alloc::format!("{e}"))? == original, "{at}: entry {entry} not restored");
+            ensure!(
+                msix.entry(entry).map_err(|e| alloc::format!("{e}"))?.masked,
+                "{at}: entry {entry} did not mask"
+            );
+            msix.write_entry(entry, original)
+                .map_err(|e| alloc::format!("{e}"))?;
+            ensure!(
+                msix.entry(entry).map_err(|e| alloc::format!("{e}"))? == original,
+                "{at}: entry {entry} not restored"
+            );
         }
-        ensure!(msix.entry(msix.table_size()).is_err(), "{at}: entry past the table was accepted");
-        ensure!(msix.enabled(&device.pci), "{at}: MSI-X is not enabled after the driver came up");
+        ensure!(
+            msix.entry(msix.table_size()).is_err(),
+            "{at}: entry past the table was accepted"
+        );
+        ensure!(
+            msix.enabled(&device.pci),
+            "{at}: MSI-X is not enabled after the driver came up"
+        );
     }
     Ok(())
 }
@@ -111,7 +172,11 @@ pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
         .iter()
         .enumerate()
         .find_map(|(i, b)| match b {
-            Some(Bar::Memory { is_64bit: true, size, .. }) => Some((i, *size)),
+            Some(Bar::Memory {
+                is_64bit: true,
+                size,
+                ..
+            }) => Some((i, *size)),
             _ => None,
         })
         .ok_or("the device has no 64-bit BAR")?;
@@ -127,17 +192,34 @@ pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
     };
     move_bar(HIGH_BASE, old_low & 0xf);
     let mut moved = device.pci.clone();
-    moved.bars[index] = Some(Bar::Memory { address: HIGH_BASE, size, is_64bit: true, prefetchable: true });
-    let result = crate::virtio::pci::VirtioPciTransport::new(&moved, virtio_drivers::transport::DeviceType::Crypto)
-        .map(|t| (t.num_queues(), probe::read_config(&t)));
-    move_bar((old_high as u64) << 32 | (old_low & !0xf) as u64, old_low & 0xf);
+    moved.bars[index] = Some(Bar::Memory {
+        address: HIGH_BASE,
+        size,
+        is_64bit: true,
+        prefetchable: true,
+    });
+    let result = crate::virtio::pci::VirtioPciTransport::new(
+        &moved,
+        virtio_drivers::transport::DeviceType::Crypto,
+    )
+    .map(|t| (t.num_queues(), probe::read_config(&t)));
+    move_bar(
+        (old_high as u64) << 32 | (old_low & !0xf) as u64,
+        old_low & 0xf,
+    );
     let (queues, config) = result.map_err(|e| alloc::format!("transport on the moved BAR: {e}"))?;
     ensure!(
         queues as usize == device.queue_sizes.len(),
         "through the BAR at {HIGH_BASE:#x}: {queues} queues, expected {}",
         device.queue_sizes.len()
     );
-    ensure!(config? == device.config, "through the BAR at {HIGH_BASE:#x}: a different configuration");
-    ensure!(probe::read_config(&device.transport)? == device.config, "the BAR did not move back");
+    ensure!(
+        config? == device.config,
+        "through the BAR at {HIGH_BASE:#x}: a different configuration"
+    );
+    ensure!(
+        probe::read_config(&device.transport)? == device.config,
+        "the BAR did not move back"
+    );
     Ok(())
 }

@@ -12,7 +12,10 @@ pub fn breakpoint_is_caught_and_resumes() -> TestResult {
     // SAFETY: int3 traps into our handler, which counts it and returns to the next instruction.
     unsafe { core::arch::asm!("int3") };
     let after = idt::BREAKPOINTS.load(Ordering::SeqCst);
-    ensure!(after == before + 1, "breakpoint count went from {before} to {after}");
+    ensure!(
+        after == before + 1,
+        "breakpoint count went from {before} to {after}"
+    );
     Ok(())
 }
 

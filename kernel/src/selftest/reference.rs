@@ -3,23 +3,41 @@
 
 use alloc::vec::Vec;
 
-use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit, StreamCipher};
+use aes::cipher::{
+    BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit,
+    StreamCipher,
+};
 use aes::{Aes128, Aes192, Aes256};
 use vcrypt_drivers::crypto::{Cipher, Direction};
 
 macro_rules! with_aes {
     ($key_len:expr, $aes:ident => $body:expr) => {
         match $key_len {
-            16 => { type $aes = Aes128; $body }
-            24 => { type $aes = Aes192; $body }
-            _ => { type $aes = Aes256; $body }
+            16 => {
+                type $aes = Aes128;
+                $body
+            }
+            24 => {
+                type $aes = Aes192;
+                $body
+            }
+            _ => {
+                type $aes = Aes256;
+                $body
+            }
         }
     };
 }
 
 /// `data` encrypted or decrypted in software, as the device should do it. Inputs must be valid
 /// (key, IV and length checked by the caller).
-pub fn reference(cipher: Cipher, direction: Direction, key: &[u8], iv: &[u8], data: &[u8]) -> Vec<u8> {
+pub fn reference(
+    cipher: Cipher,
+    direction: Direction,
+    key: &[u8],
+    iv: &[u8],
+    data: &[u8],
+) -> Vec<u8> {
     let mut buf = data.to_vec();
     let encrypt = direction == Direction::Encrypt;
     match cipher {

@@ -28,10 +28,18 @@ pub fn tasks_run_on_every_cpu() -> TestResult {
         .collect::<Result<_, _>>()
         .map_err(|e| format!("spawn: {e:?}"))?;
     for (cpu, handle) in handles.into_iter().enumerate() {
-        let ran_on = handle.join_timeout(JOIN_TIMEOUT_NS).map_err(|_| format!("task for CPU {cpu} never finished"))?;
-        ensure!(ran_on == cpu, "task spawned on CPU {cpu} ran on CPU {ran_on}");
+        let ran_on = handle
+            .join_timeout(JOIN_TIMEOUT_NS)
+            .map_err(|_| format!("task for CPU {cpu} never finished"))?;
+        ensure!(
+            ran_on == cpu,
+            "task spawned on CPU {cpu} ran on CPU {ran_on}"
+        );
     }
-    ensure!(sched::spawn("nowhere", Some(percpu::MAX_CPUS), || ()).is_err(), "spawn on a CPU that does not exist succeeded");
+    ensure!(
+        sched::spawn("nowhere", Some(percpu::MAX_CPUS), || ()).is_err(),
+        "spawn on a CPU that does not exist succeeded"
+    );
     Ok(())
 }
 
@@ -49,9 +57,16 @@ pub fn spinning_task_does_not_starve_another() -> TestResult {
     let spinning3 = spinning.clone();
     let other = sched::spawn("other", Some(cpu), move || spinning3.load(Ordering::SeqCst))
         .map_err(|e| format!("{e:?}"))?;
-    let other_ran_during_spin = other.join_timeout(JOIN_TIMEOUT_NS).map_err(|_| "second task never ran")?;
-    spinner.join_timeout(JOIN_TIMEOUT_NS).map_err(|_| "spinner never finished")?;
-    ensure!(other_ran_during_spin, "the second task only ran after the spinner finished");
+    let other_ran_during_spin = other
+        .join_timeout(JOIN_TIMEOUT_NS)
+        .map_err(|_| "second task never ran")?;
+    spinner
+        .join_timeout(JOIN_TIMEOUT_NS)
+        .map_err(|_| "spinner never finished")?;
+    ensure!(
+        other_ran_during_spin,
+        "the second task only ran after the spinner finished"
+    );
     Ok(())
 }
 
@@ -61,7 +76,10 @@ pub fn busy_percent_idle_and_spinning() -> TestResult {
     sched::sleep_ns(200_000_000);
     let idle = window.busy_permille();
     for (cpu, &busy) in idle.iter().enumerate() {
-        ensure!(busy < 100, "CPU {cpu} was {busy} per mille busy while idle: {idle:?}");
+        ensure!(
+            busy < 100,
+            "CPU {cpu} was {busy} per mille busy while idle: {idle:?}"
+        );
     }
     let cpu = percpu::cpu_count() - 1;
     let window = BusyWindow::start();
@@ -70,7 +88,11 @@ pub fn busy_percent_idle_and_spinning() -> TestResult {
         .join_timeout(JOIN_TIMEOUT_NS)
         .map_err(|_| "spinner never finished")?;
     let spun = window.busy_permille();
-    ensure!(spun[cpu] > 900, "CPU {cpu} was only {} per mille busy while spinning: {spun:?}", spun[cpu]);
+    ensure!(
+        spun[cpu] > 900,
+        "CPU {cpu} was only {} per mille busy while spinning: {spun:?}",
+        spun[cpu]
+    );
     Ok(())
 }
 
@@ -91,9 +113,14 @@ pub fn sleep_waits_and_yields() -> TestResult {
     sched::sleep_ns(50_000_000);
     let slept = tsc::now_ns() - start;
     stop.store(true, Ordering::SeqCst);
-    worker.join_timeout(JOIN_TIMEOUT_NS).map_err(|_| "counter task never finished")?;
+    worker
+        .join_timeout(JOIN_TIMEOUT_NS)
+        .map_err(|_| "counter task never finished")?;
     ensure!(slept >= 50_000_000, "slept {slept} ns, asked for 50 ms");
-    ensure!(counter.load(Ordering::Relaxed) > 0, "a task on the same CPU never ran while we slept");
+    ensure!(
+        counter.load(Ordering::Relaxed) > 0,
+        "a task on the same CPU never ran while we slept"
+    );
     Ok(())
 }
 

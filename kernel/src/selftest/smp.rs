@@ -15,24 +15,38 @@ const TEST_IPI_VECTOR: u8 = 0xf0;
 /// The CPUs online are exactly the MADT's enabled processors (up to MAX_CPUS).
 pub fn cpu_count_matches_madt() -> TestResult {
     let madt = smp::madt_apic_ids();
-    ensure!(!madt.is_empty(), "no usable MADT: the processors could not be discovered");
+    ensure!(
+        !madt.is_empty(),
+        "no usable MADT: the processors could not be discovered"
+    );
     let expected = madt.len().min(MAX_CPUS);
     let online = percpu::cpu_count();
-    ensure!(online == expected, "{online} CPUs online, the MADT lists {} enabled", madt.len());
+    ensure!(
+        online == expected,
+        "{online} CPUs online, the MADT lists {} enabled",
+        madt.len()
+    );
     Ok(())
 }
 
 /// Every CPU checked in with its own index as read through its GS base and a distinct APIC id
 /// from the MADT, the one its per-CPU data records.
 pub fn every_cpu_checked_in_with_own_index_and_apic_id() -> TestResult {
-    ensure!(percpu::cpu_index() == 0, "tests run on CPU {}, not the boot CPU", percpu::cpu_index());
+    ensure!(
+        percpu::cpu_index() == 0,
+        "tests run on CPU {}, not the boot CPU",
+        percpu::cpu_index()
+    );
     let madt = smp::madt_apic_ids();
     let mut seen: Vec<u32> = Vec::new();
     for cpu in 0..percpu::cpu_count() {
         let Some((index, apic_id)) = smp::checkin(cpu) else {
             return Err(alloc::format!("CPU {cpu} never checked in"));
         };
-        ensure!(index == cpu, "CPU {cpu} read cpu_index() = {index} through its GS base");
+        ensure!(
+            index == cpu,
+            "CPU {cpu} read cpu_index() = {index} through its GS base"
+        );
         ensure!(
             apic_id == percpu::apic_id_of(cpu),
             "CPU {cpu} has APIC id {apic_id}, its per-CPU data says {}",
@@ -83,7 +97,11 @@ fn test_ipi_handler(_frame: &mut idt::TrapFrame) {
 /// An IPI from CPU 0 to each CPU (itself included) runs the handler on exactly that CPU.
 pub fn ipi_runs_handler_on_target_cpu() -> TestResult {
     ensure!(arch::irqs_enabled(), "interrupts are disabled");
-    ensure!(percpu::cpu_index() == 0, "tests run on CPU {}, not the boot CPU", percpu::cpu_index());
+    ensure!(
+        percpu::cpu_index() == 0,
+        "tests run on CPU {}, not the boot CPU",
+        percpu::cpu_index()
+    );
     for hits in &IPI_HITS {
         hits.store(0, Ordering::SeqCst);
     }

@@ -25,8 +25,11 @@ pub fn ping_pong_10000_across_cpus() -> TestResult {
     let other_cpu = percpu::cpu_count() - 1;
     let pong = sched::spawn("pong", Some(other_cpu), move || -> Result<(), u64> {
         for i in 0..ROUNDS {
-            w2.wait_until_timeout(|| (t2.load(Ordering::Acquire) == 2 * i + 1).then_some(()), STEP_TIMEOUT_NS)
-                .map_err(|_| i)?;
+            w2.wait_until_timeout(
+                || (t2.load(Ordering::Acquire) == 2 * i + 1).then_some(()),
+                STEP_TIMEOUT_NS,
+            )
+            .map_err(|_| i)?;
             t2.store(2 * i + 2, Ordering::Release);
             w2.wake_all();
         }
@@ -37,16 +40,27 @@ pub fn ping_pong_10000_across_cpus() -> TestResult {
         for i in 0..ROUNDS {
             turn.store(2 * i + 1, Ordering::Release);
             wq.wake_all();
-            wq.wait_until_timeout(|| (turn.load(Ordering::Acquire) == 2 * i + 2).then_some(()), STEP_TIMEOUT_NS)
-                .map_err(|_| i)?;
+            wq.wait_until_timeout(
+                || (turn.load(Ordering::Acquire) == 2 * i + 2).then_some(()),
+                STEP_TIMEOUT_NS,
+            )
+            .map_err(|_| i)?;
         }
         Ok(())
     })
     .map_err(|e| format!("{e:?}"))?;
     let ping = ping.join();
     let pong = pong.join();
-    ensure!(ping.is_ok(), "ping lost a wake-up in round {}", ping.unwrap_err());
-    ensure!(pong.is_ok(), "pong lost a wake-up in round {}", pong.unwrap_err());
+    ensure!(
+        ping.is_ok(),
+        "ping lost a wake-up in round {}",
+        ping.unwrap_err()
+    );
+    ensure!(
+        pong.is_ok(),
+        "pong lost a wake-up in round {}",
+        pong.unwrap_err()
+    );
     Ok(())
 }
 
@@ -66,18 +80,29 @@ pub fn wake_from_interrupt_resumes_sleeper() -> TestResult {
     IRQ_WAKE_FLAG.store(false, Ordering::SeqCst);
     let cpu = percpu::cpu_count() - 1;
     let sleeper = sched::spawn("irq-sleeper", Some(cpu), || {
-        IRQ_WAKE_QUEUE.wait_until_timeout(|| IRQ_WAKE_FLAG.load(Ordering::Acquire).then_some(()), STEP_TIMEOUT_NS)
+        IRQ_WAKE_QUEUE.wait_until_timeout(
+            || IRQ_WAKE_FLAG.load(Ordering::Acquire).then_some(()),
+            STEP_TIMEOUT_NS,
+        )
     })
     .map_err(|e| format!("{e:?}"))?;
     let start = tsc::now_ns();
     while sleeper.task().state() != TaskState::Blocked || IRQ_WAKE_QUEUE.is_empty() {
-        ensure!(tsc::now_ns() - start < STEP_TIMEOUT_NS, "the sleeper never went to sleep");
+        ensure!(
+            tsc::now_ns() - start < STEP_TIMEOUT_NS,
+            "the sleeper never went to sleep"
+        );
         sched::sleep_ns(1_000_000);
     }
     apic::send_ipi(percpu::apic_id_of(cpu), TEST_WAKE_VECTOR);
-    let result = sleeper.join_timeout(STEP_TIMEOUT_NS * 2).map_err(|_| "sleeper never finished")?;
+    let result = sleeper
+        .join_timeout(STEP_TIMEOUT_NS * 2)
+        .map_err(|_| "sleeper never finished")?;
     idt::unregister_irq(TEST_WAKE_VECTOR);
-    ensure!(result.is_ok(), "the interrupt did not wake the sleeper before its 5 s timeout");
+    ensure!(
+        result.is_ok(),
+        "the interrupt did not wake the sleeper before its 5 s timeout"
+    );
     Ok(())
 }
 
@@ -89,7 +114,10 @@ pub fn timed_wait_times_out_in_window() -> TestResult {
         let start = tsc::now_ns();
         let result: Result<(), TimedOut> = wq.wait_until_timeout(|| None, timeout_ms * 1_000_000);
         let waited_ms = (tsc::now_ns() - start) / 1_000_000;
-        ensure!(result == Err(TimedOut), "a condition that never holds returned {result:?}");
+        ensure!(
+            result == Err(TimedOut),
+            "a condition that never holds returned {result:?}"
+        );
         ensure!(
             waited_ms >= timeout_ms && waited_ms <= timeout_ms + 100,
             "a {timeout_ms} ms timed wait took {waited_ms} ms"
@@ -101,7 +129,10 @@ pub fn timed_wait_times_out_in_window() -> TestResult {
 
 static HAMMERED: IrqSpinLock<u64> = IrqSpinLock::new("hammered", 0);
 
-fn hammer(tasks: usize, spread_over_cpus: bool) -> Result<vcrypt_drivers::sync::spinlock::LockStatSnapshot, alloc::string::String> {
+fn hammer(
+    tasks: usize,
+    spread_over_cpus: bool,
+) -> Result<vcrypt_drivers::sync::spinlock::LockStatSnapshot, alloc::string::String> {
     const ITERATIONS: u64 = 20_000;
     HAMMERED.reset_stats();
     *HAMMERED.lock() = 0;
@@ -109,7 +140,11 @@ fn hammer(tasks: usize, spread_over_cpus: bool) -> Result<vcrypt_drivers::sync::
     set_stats_enabled(true);
     let handles: Vec<_> = (0..tasks)
         .map(|i| {
-            let cpu = if spread_over_cpus { i % percpu::cpu_count() } else { 0 };
+            let cpu = if spread_over_cpus {
+                i % percpu::cpu_count()
+            } else {
+                0
+            };
             sched::spawn("hammer", Some(cpu), || {
                 for _ in 0..ITERATIONS {
                     let mut value = HAMMERED.lock();
@@ -123,13 +158,22 @@ fn hammer(tasks: usize, spread_over_cpus: bool) -> Result<vcrypt_drivers::sync::
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{e:?}"))?;
     for h in handles {
-        h.join_timeout(STEP_TIMEOUT_NS * 4).map_err(|_| "a hammer task never finished")?;
+        h.join_timeout(STEP_TIMEOUT_NS * 4)
+            .map_err(|_| "a hammer task never finished")?;
     }
     set_stats_enabled(false);
     let stats = HAMMERED.stats();
     let total = *HAMMERED.lock();
-    ensure!(total == tasks as u64 * ITERATIONS, "lost updates: {total} of {}", tasks as u64 * ITERATIONS);
-    ensure!(stats.acquisitions == tasks as u64 * ITERATIONS, "{} acquisitions counted", stats.acquisitions);
+    ensure!(
+        total == tasks as u64 * ITERATIONS,
+        "lost updates: {total} of {}",
+        tasks as u64 * ITERATIONS
+    );
+    ensure!(
+        stats.acquisitions == tasks as u64 * ITERATIONS,
+        "{} acquisitions counted",
+        stats.acquisitions
+    );
     Ok(stats)
 }
 
@@ -137,12 +181,25 @@ fn hammer(tasks: usize, spread_over_cpus: bool) -> Result<vcrypt_drivers::sync::
 /// CPU on several CPUs does, and the statistics say so.
 pub fn lock_stats_show_contention_only_across_cpus() -> TestResult {
     let one_cpu = hammer(4, false)?;
-    ensure!(one_cpu.contentions == 0, "tasks on one CPU contended: {one_cpu:?}");
-    ensure!(one_cpu.hold_max >= one_cpu.hold_min && one_cpu.hold_total > 0, "hold times missing: {one_cpu:?}");
+    ensure!(
+        one_cpu.contentions == 0,
+        "tasks on one CPU contended: {one_cpu:?}"
+    );
+    ensure!(
+        one_cpu.hold_max >= one_cpu.hold_min && one_cpu.hold_total > 0,
+        "hold times missing: {one_cpu:?}"
+    );
     if percpu::cpu_count() >= 2 {
         let spread = hammer(percpu::cpu_count().min(4), true)?;
-        ensure!(spread.contentions > 0, "{} CPUs hammering one lock never contended: {spread:?}", percpu::cpu_count());
-        ensure!(spread.wait_total >= spread.wait_max && spread.wait_max > 0, "wait times missing: {spread:?}");
+        ensure!(
+            spread.contentions > 0,
+            "{} CPUs hammering one lock never contended: {spread:?}",
+            percpu::cpu_count()
+        );
+        ensure!(
+            spread.wait_total >= spread.wait_max && spread.wait_max > 0,
+            "wait times missing: {spread:?}"
+        );
     }
     Ok(())
 }

@@ -64,7 +64,10 @@ struct Region {
 
 impl Region {
     fn ptr<T>(&self, offset: usize) -> *mut T {
-        assert!(offset + size_of::<T>() <= self.len, "MMIO access past the region");
+        assert!(
+            offset + size_of::<T>() <= self.len,
+            "MMIO access past the region"
+        );
         // SAFETY: the offset is within the mapped region (checked above).
         unsafe { self.base.as_ptr().add(offset).cast() }
     }
@@ -164,7 +167,10 @@ fn map_structure(device: &PciDevice, cap_offset: u8) -> Result<Region, Transport
     }
     let vaddr = paging::map_mmio(address + offset, len).map_err(|_| TransportError::Unmappable)?;
     let base = NonNull::new(vaddr as *mut u8).ok_or(TransportError::Unmappable)?;
-    Ok(Region { base, len: len as usize })
+    Ok(Region {
+        base,
+        len: len as usize,
+    })
 }
 
 impl VirtioPciTransport {
@@ -172,7 +178,11 @@ impl VirtioPciTransport {
     pub fn new(device: &PciDevice, device_type: DeviceType) -> Result<Self, TransportError> {
         let (mut common, mut notify, mut isr, mut device_cfg) = (None, None, None, None);
         let mut notify_off_multiplier = 0;
-        for cap in device.capabilities().into_iter().filter(|c| c.id == CAP_VENDOR) {
+        for cap in device
+            .capabilities()
+            .into_iter()
+            .filter(|c| c.id == CAP_VENDOR)
+        {
             let cfg_type = device.address.read8(cap.offset + 3);
             match cfg_type {
                 CFG_COMMON if common.is_none() => common = Some(map_structure(device, cap.offset)?),
@@ -221,7 +231,10 @@ impl VirtioPciTransport {
         self.common.write(QUEUE_SELECT, queue);
         let notify_off: u16 = self.common.read(QUEUE_NOTIFY_OFF);
         let offset = notify_off as usize * self.notify_off_multiplier as usize;
-        Doorbell { register: NonNull::new(self.notify.ptr::<u16>(offset)).expect("mapped"), queue }
+        Doorbell {
+            register: NonNull::new(self.notify.ptr::<u16>(offset)).expect("mapped"),
+            queue,
+        }
     }
 
     /// A reader of the ISR status that can be kept and used without the transport.
@@ -231,7 +244,9 @@ impl VirtioPciTransport {
 
     /// A reader of the device status that can be kept and used without the transport.
     pub fn status_reader(&self) -> StatusReader {
-        StatusReader { common: self.common }
+        StatusReader {
+            common: self.common,
+        }
     }
 
     /// Resets the device and waits until the reset is complete.
@@ -265,7 +280,8 @@ impl Transport for VirtioPciTransport {
         self.common.write(DRIVER_FEATURE_SELECT, 0u32);
         self.common.write(DRIVER_FEATURE, driver_features as u32);
         self.common.write(DRIVER_FEATURE_SELECT, 1u32);
-        self.common.write(DRIVER_FEATURE, (driver_features >> 32) as u32);
+        self.common
+            .write(DRIVER_FEATURE, (driver_features >> 32) as u32);
     }
 
     fn max_queue_size(&mut self, queue: u16) -> u32 {
@@ -325,7 +341,10 @@ impl Transport for VirtioPciTransport {
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, VirtioError> {
-        let region = self.device_cfg.as_ref().ok_or(VirtioError::ConfigSpaceMissing)?;
+        let region = self
+            .device_cfg
+            .as_ref()
+            .ok_or(VirtioError::ConfigSpaceMissing)?;
         if offset + size_of::<T>() > region.len {
             return Err(VirtioError::ConfigSpaceTooSmall);
         }
@@ -342,7 +361,10 @@ impl Transport for VirtioPciTransport {
         offset: usize,
         value: T,
     ) -> Result<(), VirtioError> {
-        let region = self.device_cfg.as_ref().ok_or(VirtioError::ConfigSpaceMissing)?;
+        let region = self
+            .device_cfg
+            .as_ref()
+            .ok_or(VirtioError::ConfigSpaceMissing)?;
         if offset + size_of::<T>() > region.len {
             return Err(VirtioError::ConfigSpaceTooSmall);
         }

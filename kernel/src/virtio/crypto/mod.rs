@@ -33,9 +33,11 @@ impl Notify for Doorbell {
 
 static DEVICES: spin::Once<Vec<&'static Device>> = spin::Once::new();
 /// The queue each interrupt vector serves (null: none).
-static QUEUE_BY_VECTOR: [AtomicPtr<Queue>; 256] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
+static QUEUE_BY_VECTOR: [AtomicPtr<Queue>; 256] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
 /// The device whose configuration-change interrupt each vector is.
-static DEVICE_BY_CONFIG_VECTOR: [AtomicPtr<Device>; 256] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
+static DEVICE_BY_CONFIG_VECTOR: [AtomicPtr<Device>; 256] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
 
 /// Every device that came up.
 pub fn devices() -> &'static [&'static Device] {
@@ -56,7 +58,10 @@ fn config_interrupt(frame: &mut idt::TrapFrame) {
     // SAFETY: as in `queue_interrupt`.
     if let Some(device) = unsafe { device.as_ref() } {
         if device.fail_if_needs_reset() {
-            log::error!("{}: device needs a reset; failed every request in flight", device.name);
+            log::error!(
+                "{}: device needs a reset; failed every request in flight",
+                device.name
+            );
         }
     }
     apic::eoi();
@@ -78,7 +83,9 @@ static INTX_DEVICES: [AtomicPtr<IntxDevice>; MAX_INTX_DEVICES] =
 fn intx_interrupt(frame: &mut idt::TrapFrame) {
     for slot in &INTX_DEVICES {
         // SAFETY: slots hold null or leaked ('static) IntxDevice records, written once.
-        let Some(intx) = (unsafe { slot.load(Ordering::Acquire).as_ref() }) else { continue };
+        let Some(intx) = (unsafe { slot.load(Ordering::Acquire).as_ref() }) else {
+            continue;
+        };
         if intx.vector != frame.vector as u8 {
             continue;
         }
@@ -89,8 +96,13 @@ fn intx_interrupt(frame: &mut idt::TrapFrame) {
                 q.handle_interrupt();
             }
         }
-        if cause.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT) && intx.device.fail_if_needs_reset() {
-            log::error!("{}: device needs a reset; failed every request in flight", intx.device.name);
+        if cause.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT)
+            && intx.device.fail_if_needs_reset()
+        {
+            log::error!(
+                "{}: device needs a reset; failed every request in flight",
+                intx.device.name
+            );
         }
     }
     apic::eoi();
@@ -103,14 +115,28 @@ fn route_intx(device: &'static Device, pci: &crate::pci::PciDevice, isr: IsrRead
     if line == 0 || line == 0xff {
         return false;
     }
-    let Some(vector) = idt::alloc_vector() else { return false };
-    let Some(slot) = INTX_DEVICES.iter().find(|s| s.load(Ordering::Acquire).is_null()) else { return false };
-    let record = Box::leak(Box::new(IntxDevice { vector, device, isr }));
+    let Some(vector) = idt::alloc_vector() else {
+        return false;
+    };
+    let Some(slot) = INTX_DEVICES
+        .iter()
+        .find(|s| s.load(Ordering::Acquire).is_null())
+    else {
+        return false;
+    };
+    let record = Box::leak(Box::new(IntxDevice {
+        vector,
+        device,
+        isr,
+    }));
     slot.store(record, Ordering::Release);
     idt::register_irq(vector, intx_interrupt);
     match crate::arch::ioapic::route_pci_irq(line, vector, percpu::apic_id_of(0)) {
         Ok(gsi) => {
-            log::warn!("{}: no usable MSI-X; using INTx (IRQ {line}, GSI {gsi}, vector {vector:#x})", device.name);
+            log::warn!(
+                "{}: no usable MSI-X; using INTx (IRQ {line}, GSI {gsi}, vector {vector:#x})",
+                device.name
+            );
             true
         }
         Err(e) => {
@@ -158,11 +184,19 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
     let data_queues = probed.config.max_dataqueues.min(queues as u32 - 1) as u16;
     // MSI-X entry 0: configuration changes; entry 1 + q: queue q.
     let vectors: Option<Vec<u8>> = match &probed.msix {
-        Some(msix) if msix.table_size() > queues => (0..=queues).map(|_| idt::alloc_vector()).collect(),
+        Some(msix) if msix.table_size() > queues => {
+            (0..=queues).map(|_| idt::alloc_vector()).collect()
+        }
         _ => None,
     };
     let transport = &mut probed.transport;
-    let queue_cpu = |q: u16| if q < data_queues { (index + q as usize) % cpus } else { index % cpus };
+    let queue_cpu = |q: u16| {
+        if q < data_queues {
+            (index + q as usize) % cpus
+        } else {
+            index % cpus
+        }
+    };
     let mut built: Vec<Queue> = Vec::new();
     for q in 0..queues {
         if let (Some(vectors), Some(msix)) = (&vectors, &probed.msix) {
@@ -171,17 +205,27 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
             if accepted == NO_VECTOR {
                 return Err(format!("queue {q} refused MSI-X entry {entry}"));
             }
-            msix.set_entry(entry, percpu::apic_id_of(queue_cpu(q)), vectors[entry as usize])
-                .map_err(|e| format!("MSI-X entry {entry}: {e}"))?;
+            msix.set_entry(
+                entry,
+                percpu::apic_id_of(queue_cpu(q)),
+                vectors[entry as usize],
+            )
+            .map_err(|e| format!("MSI-X entry {entry}: {e}"))?;
         }
         let doorbell = transport.doorbell(q);
-        built.push(CryptoQueue::new(transport, q, Box::new(doorbell)).map_err(|e| format!("queue {q}: {e}"))?);
+        built.push(
+            CryptoQueue::new(transport, q, Box::new(doorbell))
+                .map_err(|e| format!("queue {q}: {e}"))?,
+        );
     }
     if let (Some(vectors), Some(msix)) = (&vectors, &probed.msix) {
         if transport.set_config_msix_vector(0) == NO_VECTOR {
-            return Err(String::from("the device refused the configuration MSI-X entry"));
+            return Err(String::from(
+                "the device refused the configuration MSI-X entry",
+            ));
         }
-        msix.set_entry(0, percpu::apic_id_of(0), vectors[0]).map_err(|e| format!("MSI-X entry 0: {e}"))?;
+        msix.set_entry(0, percpu::apic_id_of(0), vectors[0])
+            .map_err(|e| format!("MSI-X entry 0: {e}"))?;
         msix.enable(&probed.pci);
     }
     let control = built.pop().expect("at least one queue");
@@ -200,13 +244,18 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
     if let Some(vectors) = &vectors {
         for queue in device.data.iter().chain(core::iter::once(&device.control)) {
             let vector = vectors[1 + queue.index() as usize];
-            QUEUE_BY_VECTOR[vector as usize].store(queue as *const Queue as *mut Queue, Ordering::Release);
+            QUEUE_BY_VECTOR[vector as usize]
+                .store(queue as *const Queue as *mut Queue, Ordering::Release);
             idt::register_irq(vector, queue_interrupt);
         }
-        DEVICE_BY_CONFIG_VECTOR[vectors[0] as usize].store(device as *const Device as *mut Device, Ordering::Release);
+        DEVICE_BY_CONFIG_VECTOR[vectors[0] as usize]
+            .store(device as *const Device as *mut Device, Ordering::Release);
         idt::register_irq(vectors[0], config_interrupt);
     } else if !route_intx(device, &probed.pci, probed.transport.isr_reader()) {
-        log::warn!("{}: no MSI-X and no INTx; queues are polled from the timer tick", device.name);
+        log::warn!(
+            "{}: no MSI-X and no INTx; queues are polled from the timer tick",
+            device.name
+        );
         POLLED.lock().push(device);
     }
     Ok(device)
@@ -225,12 +274,20 @@ pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
     let kick = match cmdline.switch("kick") {
         None | Some("unlocked") => KickMode::Unlocked,
         Some("locked") => KickMode::Locked,
-        Some(other) => return Err(format!("kick={other}: expected kick=unlocked or kick=locked")),
+        Some(other) => {
+            return Err(format!(
+                "kick={other}: expected kick=unlocked or kick=locked"
+            ));
+        }
     };
     let unadvertised = match cmdline.switch("unadvertised") {
         None | Some("refuse") => false,
         Some("try") => true,
-        Some(other) => return Err(format!("unadvertised={other}: expected unadvertised=try or unadvertised=refuse")),
+        Some(other) => {
+            return Err(format!(
+                "unadvertised={other}: expected unadvertised=try or unadvertised=refuse"
+            ));
+        }
     };
     for device in devices() {
         device.set_ctrl_mode(ctrl);
@@ -238,7 +295,10 @@ pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
         device.set_allow_unadvertised(unadvertised);
     }
     if ctrl != CtrlMode::Sleep || kick != KickMode::Unlocked || unadvertised {
-        crate::println!("driver switches: ctrl={ctrl:?} kick={kick:?} unadvertised={}", if unadvertised { "try" } else { "refuse" });
+        crate::println!(
+            "driver switches: ctrl={ctrl:?} kick={kick:?} unadvertised={}",
+            if unadvertised { "try" } else { "refuse" }
+        );
     }
     Ok(())
 }

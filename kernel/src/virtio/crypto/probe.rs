@@ -14,8 +14,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use vcrypt_drivers::virtio_crypto::config::{self, CryptoConfig};
 use vcrypt_drivers::sync::SpinLock;
+use vcrypt_drivers::virtio_crypto::config::{self, CryptoConfig};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 
 use crate::pci::PciDevice;
@@ -56,7 +56,12 @@ pub fn read_config(transport: &VirtioPciTransport) -> Result<CryptoConfig, Strin
 
 /// Resets the device, negotiates features and reads its configuration.
 pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
-    for (i, bar) in pci.bars.iter().enumerate().filter_map(|(i, b)| Some((i, b.as_ref()?))) {
+    for (i, bar) in pci
+        .bars
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| Some((i, b.as_ref()?)))
+    {
         log::debug!("virtio-crypto {}: BAR{i} {bar:x?}", pci.address);
     }
     let msix = Msix::probe(pci).ok();
@@ -67,19 +72,30 @@ pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
     transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
     let offered = transport.read_device_features();
     if offered & FEATURE_VERSION_1 == 0 {
-        return Err(format!("device does not offer VIRTIO_F_VERSION_1 (features {offered:#x})"));
+        return Err(format!(
+            "device does not offer VIRTIO_F_VERSION_1 (features {offered:#x})"
+        ));
     }
     let features = offered & DRIVER_FEATURES;
     transport.write_driver_features(features);
-    transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+    transport
+        .set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
     if !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
         transport.set_status(DeviceStatus::FAILED);
         return Err(format!("device refused features {features:#x}"));
     }
     let config = read_config(&transport)?;
-    let queue_sizes =
-        (0..transport.num_queues()).map(|q| transport.max_queue_size(q) as u16).collect();
-    Ok(ProbedDevice { pci: pci.clone(), transport, msix, features, config, queue_sizes })
+    let queue_sizes = (0..transport.num_queues())
+        .map(|q| transport.max_queue_size(q) as u16)
+        .collect();
+    Ok(ProbedDevice {
+        pci: pci.clone(),
+        transport,
+        msix,
+        features,
+        config,
+        queue_sizes,
+    })
 }
 
 /// Prints one inventory line for a probed device.
@@ -118,7 +134,11 @@ pub fn probe_all(devices: &[PciDevice]) -> usize {
     for pci in devices.iter().filter(|d| is_virtio_crypto(d)) {
         match probe(pci) {
             Ok(device) => {
-                log::debug!("virtio-crypto {}: negotiated features {:#x}", device.pci.address, device.features);
+                log::debug!(
+                    "virtio-crypto {}: negotiated features {:#x}",
+                    device.pci.address,
+                    device.features
+                );
                 print_inventory(&device);
                 probed.push(SpinLock::new("virtio-crypto-probe", device));
             }
