@@ -26,6 +26,8 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     // First, so that per-CPU data (the timer's tick counter, locks) works from here on.
     arch::percpu::init_this_cpu(0);
     console::init();
+    // The harness names the running test in every fatal report (faults, panics).
+    arch::idt::set_fatal_reporter(selftest::fatal);
     arch::idt::load();
     let boot = match arch::pvh::read(start_info_paddr) {
         Ok(boot) => boot,

@@ -17,6 +17,7 @@ use zeroize::Zeroize;
 
 use super::config::CryptoConfig;
 use super::queue::{Buffers, CryptoQueue, Finished, KickMode};
+use super::routing::QueueRouting;
 use super::status::{RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
@@ -147,6 +148,8 @@ pub struct CryptoDevice<H: Hal> {
     live_sessions: AtomicUsize,
     timeout_ns: AtomicU64,
     needs_reset: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Set once when the device's interrupts are routed.
+    routing: spin::Once<QueueRouting>,
 }
 
 impl<H: Hal> CryptoDevice<H> {
@@ -175,6 +178,7 @@ impl<H: Hal> CryptoDevice<H> {
             live_sessions: AtomicUsize::new(0),
             timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
             needs_reset,
+            routing: spin::Once::new(),
         })
     }
 
@@ -213,9 +217,25 @@ impl<H: Hal> CryptoDevice<H> {
         self.live_sessions.load(Ordering::SeqCst)
     }
 
-    /// The data queue for CPU `cpu`: CPU i uses queue i mod n.
+    /// Records where the device's interrupts go (once; a second call is ignored). Until then
+    /// CPU i uses queue i mod n.
+    pub fn set_routing(&self, routing: QueueRouting) {
+        self.routing.call_once(|| routing);
+    }
+
+    /// Where the device's interrupts go, once they are routed.
+    pub fn routing(&self) -> Option<&QueueRouting> {
+        self.routing.get()
+    }
+
+    /// The data queue CPU `cpu` submits to: the one whose interrupt that CPU takes, where the
+    /// device has one (see [`QueueRouting`]). The only place a submitter's queue is chosen.
     pub fn data_queue_for(&self, cpu: usize) -> &CryptoQueue<H> {
-        &self.data[cpu % self.data.len()]
+        let queue = self
+            .routing
+            .get()
+            .map_or(cpu % self.data.len(), |r| r.queue_for(cpu));
+        &self.data[queue % self.data.len()]
     }
 
     /// Whether the device could take `cipher` (advertised, or opted in).

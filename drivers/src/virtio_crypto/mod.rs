@@ -17,6 +17,7 @@ mod fake;
 pub mod queue;
 #[cfg(test)]
 mod queue_tests;
+pub mod routing;
 pub mod status;
 pub mod wire;
 

@@ -34,9 +34,9 @@ const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const TIMER_DIVIDE_BY_16: u32 = 0b0011;
 
 /// Vector of the periodic timer.
-pub const TIMER_VECTOR: u8 = 0x20;
+const TIMER_VECTOR: u8 = super::irq::vectors::TIMER;
 /// Vector of the spurious interrupt (its low 4 bits must be 1s on old APICs).
-pub const SPURIOUS_VECTOR: u8 = 0xff;
+const SPURIOUS_VECTOR: u8 = super::irq::vectors::SPURIOUS;
 /// Timer frequency.
 pub const TICK_HZ: u64 = 1000;
 
@@ -85,8 +85,8 @@ pub fn id() -> u32 {
     read(REG_ID) >> 24
 }
 
-/// Signals end of interrupt.
-pub fn eoi() {
+/// Signals end of interrupt. Only the interrupt dispatcher sends it (`irq::dispatch`).
+pub(super) fn eoi() {
     write(REG_EOI, 0);
 }
 
@@ -95,13 +95,16 @@ pub fn send_ipi(apic_id: u32, vector: u8) {
     send_icr(apic_id, vector as u32);
 }
 
-/// Writes the interrupt command register and waits until it was accepted.
+/// Writes the interrupt command register and waits until it was accepted. Interrupts are off
+/// meanwhile: a handler that sent its own IPI between the two writes would redirect this one.
 pub fn send_icr(apic_id: u32, command: u32) {
+    let was_enabled = super::irq_save();
     write(REG_ICR_HIGH, apic_id << 24);
     write(REG_ICR_LOW, command);
     while read(REG_ICR_LOW) & ICR_DELIVERY_PENDING != 0 {
         core::hint::spin_loop();
     }
+    super::irq_restore(was_enabled);
 }
 
 /// Sends INIT to the CPU with APIC id `apic_id`: it resets and waits for a start-up IPI.

@@ -1,7 +1,8 @@
 //! The interrupt descriptor table: 256 assembly entry stubs that all reach [`trap_dispatch`]
 //! with a [`TrapFrame`]. Exceptions are reported (vector, error code, RIP, CR2) and fail the run;
-//! breakpoints resume; vectors 32..=255 go to handlers registered with [`register_irq`].
+//! breakpoints resume; vectors 32..=255 go to the interrupt lines of [`super::irq`].
 
+use alloc::string::String;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,8 +12,6 @@ use x86_64::structures::DescriptorTablePointer;
 
 use super::gdt::{DOUBLE_FAULT_IST, KERNEL_CODE_SELECTOR};
 
-/// First vector available for device and timer interrupts.
-pub const FIRST_IRQ_VECTOR: u8 = 32;
 pub const BREAKPOINT: u8 = 3;
 pub const DOUBLE_FAULT: u8 = 8;
 pub const PAGE_FAULT: u8 = 14;
@@ -128,9 +127,6 @@ struct Idt([Gate; 256]);
 
 static IDT: spin::Once<Idt> = spin::Once::new();
 
-/// Handlers for vectors 32..=255, as `fn(&mut TrapFrame)` addresses (0 = none).
-static IRQ_HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
-
 /// Called for every breakpoint (`int3`) before execution resumes; tests count them.
 pub static BREAKPOINTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -175,45 +171,50 @@ pub fn load() {
     unsafe { lidt(&pointer) };
 }
 
-/// Installs `handler` for `vector` (32..=255). Replaces any earlier handler.
-pub fn register_irq(vector: u8, handler: fn(&mut TrapFrame)) {
-    assert!(
-        vector >= FIRST_IRQ_VECTOR,
-        "vector {vector} is an exception"
-    );
-    IRQ_HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
+/// Explains a fault address in words of an upper layer (the scheduler names the task whose
+/// stack guard page it is), for the fatal report of a page or double fault.
+pub type FaultExplainer = fn(fault_address: u64) -> Option<String>;
+/// Reports a fatal error and stops (the test harness fails the running test and exits QEMU).
+pub type FatalReporter = fn(core::fmt::Arguments) -> !;
+
+static FAULT_EXPLAINER: spin::Once<FaultExplainer> = spin::Once::new();
+static FATAL_REPORTER: spin::Once<FatalReporter> = spin::Once::new();
+
+/// Installs the fault explainer (once; later calls are ignored and return false).
+pub fn set_fault_explainer(explain: FaultExplainer) -> bool {
+    let mut installed = false;
+    FAULT_EXPLAINER.call_once(|| {
+        installed = true;
+        explain
+    });
+    installed
 }
 
-/// First and last vector handed out to devices by `alloc_vector`.
-const DEVICE_VECTORS: core::ops::RangeInclusive<u8> = 0x40..=0xdf;
-static NEXT_DEVICE_VECTOR: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0x40);
-
-/// Reserves a vector for a device interrupt; `None` when all are taken.
-pub fn alloc_vector() -> Option<u8> {
-    let vector = NEXT_DEVICE_VECTOR.fetch_add(1, Ordering::SeqCst);
-    DEVICE_VECTORS.contains(&vector).then_some(vector)
+/// Installs the fatal-error reporter (once; later calls are ignored and return false). Until one
+/// is installed, a fatal error is printed and QEMU exits with the failure status.
+pub fn set_fatal_reporter(report: FatalReporter) -> bool {
+    let mut installed = false;
+    FATAL_REPORTER.call_once(|| {
+        installed = true;
+        report
+    });
+    installed
 }
 
-/// Removes the handler for `vector`.
-pub fn unregister_irq(vector: u8) {
-    IRQ_HANDLERS[vector as usize].store(0, Ordering::Release);
+/// Reports a fatal error through the installed reporter.
+pub fn fatal(args: core::fmt::Arguments) -> ! {
+    if let Some(report) = FATAL_REPORTER.get() {
+        report(args);
+    }
+    super::irq_save();
+    crate::console::emergency_write_fmt(format_args!("\nfatal: {args}\n"));
+    super::qemu::exit(super::qemu::ExitCode::Failure)
 }
 
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
-    if vector >= FIRST_IRQ_VECTOR {
-        crate::sched::irq_enter();
-        let handler = IRQ_HANDLERS[vector as usize].load(Ordering::Acquire);
-        if handler != 0 {
-            // SAFETY: only `register_irq` stores non-zero values, and it stores `fn` pointers of
-            // exactly this type.
-            let handler: fn(&mut TrapFrame) = unsafe { core::mem::transmute(handler) };
-            handler(frame);
-        } else {
-            log::warn!("unexpected interrupt on vector {vector}");
-            super::apic::eoi();
-        }
-        super::irq_exit(frame);
+    if vector >= super::irq::FIRST_VECTOR {
+        super::irq::dispatch(vector);
         return;
     }
     if vector == BREAKPOINT {
@@ -223,15 +224,15 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let cr2: u64;
     // SAFETY: reading CR2 has no side effects.
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
-    if matches!(vector, PAGE_FAULT | DOUBLE_FAULT) {
-        if let Some((task, id)) = crate::sched::stack_overflow_task(cr2) {
-            crate::selftest::fatal(format_args!(
-                "stack overflow in task '{task}' (#{id}): hit its guard page at {cr2:#x} (exception {vector}, RIP {:#x})",
-                frame.rip
-            ));
-        }
+    if matches!(vector, PAGE_FAULT | DOUBLE_FAULT)
+        && let Some(what) = FAULT_EXPLAINER.get().and_then(|explain| explain(cr2))
+    {
+        fatal(format_args!(
+            "{what} at {cr2:#x} (exception {vector}, RIP {:#x})",
+            frame.rip
+        ));
     }
-    crate::selftest::fatal(format_args!(
+    fatal(format_args!(
         "exception {} ({}) error code {:#x} at RIP {:#018x}, CR2 {:#018x}, RSP {:#018x}",
         vector,
         exception_name(vector),

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod gdt;
 pub mod idt;
 pub mod ioapic;
+pub mod irq;
 pub mod percpu;
 pub mod port;
 pub mod pvh;
@@ -63,23 +64,15 @@ pub fn halt_forever() -> ! {
     }
 }
 
-/// Called at the end of every device or timer interrupt, before returning to the interrupted
-/// code.
-pub fn irq_exit(_frame: &mut idt::TrapFrame) {
-    crate::sched::irq_exit();
-}
+static TIMER_LINE: spin::Once<irq::IrqLine> = spin::Once::new();
+static SPURIOUS_LINE: spin::Once<irq::IrqLine> = spin::Once::new();
 
-fn timer_interrupt(_frame: &mut idt::TrapFrame) {
-    percpu::this().ticks().fetch_add(1, Ordering::Relaxed);
-    apic::eoi();
-    crate::sched::tick();
-    if percpu::cpu_index() == 0 {
-        crate::virtio::crypto::poll_devices();
-    }
-}
-
-fn spurious_interrupt(_frame: &mut idt::TrapFrame) {
-    // No EOI for a spurious interrupt.
+/// The local APIC timer's line (every CPU's timer uses it): upper layers add their tick work
+/// with `timer_line().on_active(..)`.
+pub fn timer_line() -> &'static irq::IrqLine {
+    TIMER_LINE
+        .get()
+        .expect("arch::init_boot_cpu claims the timer line")
 }
 
 /// Loads descriptor tables and enables the local APIC on the boot CPU; calibrates time and starts
@@ -90,8 +83,15 @@ pub fn init_boot_cpu() -> (u64, u32) {
     idt::load();
     apic::init_this_cpu();
     percpu::set_apic_id(apic::id());
-    idt::register_irq(apic::TIMER_VECTOR, timer_interrupt);
-    idt::register_irq(apic::SPURIOUS_VECTOR, spurious_interrupt);
+    let timer = irq::IrqLine::claim(irq::vectors::TIMER).expect("the timer vector is free at boot");
+    timer.on_active(|| {
+        percpu::this().ticks().fetch_add(1, Ordering::Relaxed);
+    });
+    TIMER_LINE.call_once(|| timer);
+    // Owned so that nothing else takes it; it has no handlers and gets no EOI.
+    SPURIOUS_LINE.call_once(|| {
+        irq::IrqLine::claim(irq::vectors::SPURIOUS).expect("the spurious vector is free at boot")
+    });
     let tsc_hz = tsc::calibrate();
     let per_tick = apic::calibrate_timer();
     apic::start_timer();

@@ -79,15 +79,27 @@ impl PciDevice {
         self.capabilities().into_iter().find(|c| c.id == id)
     }
 
-    /// Turns on memory decoding and bus mastering (firmware leaves bus mastering off), and masks
-    /// legacy INTx when `msi` says MSI-X will be used.
-    pub fn enable(&self, msi: bool) {
-        let mut command =
+    /// Turns on memory decoding and bus mastering (firmware leaves bus mastering off).
+    pub fn enable(&self) {
+        let command =
             self.address.read16(REG_COMMAND) | COMMAND_MEMORY | COMMAND_IO | COMMAND_BUS_MASTER;
-        if msi {
-            command |= COMMAND_INTX_DISABLE;
-        }
         self.address.write16(REG_COMMAND, command);
+    }
+
+    /// Lets the function assert its legacy INTx line, or masks it (when MSI-X is used).
+    pub fn set_intx_enabled(&self, enabled: bool) {
+        let command = self.address.read16(REG_COMMAND);
+        let command = if enabled {
+            command & !COMMAND_INTX_DISABLE
+        } else {
+            command | COMMAND_INTX_DISABLE
+        };
+        self.address.write16(REG_COMMAND, command);
+    }
+
+    /// Whether legacy INTx is unmasked in the command register.
+    pub fn intx_enabled(&self) -> bool {
+        self.address.read16(REG_COMMAND) & COMMAND_INTX_DISABLE == 0
     }
 
     pub fn bus_master_enabled(&self) -> bool {

@@ -21,7 +21,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use heapless::Deque;
 use vcrypt_drivers::sync::{Completion, IrqSpinLock, SpinLock};
 
-use crate::arch::{self, apic, idt, percpu, tsc};
+use crate::arch::irq::{self, IrqLine};
+use crate::arch::{self, apic, percpu, tsc};
 use crate::mm::paging::GuardedStack;
 pub use task::{Task, TaskState};
 
@@ -31,8 +32,8 @@ pub const MAX_TASKS_PER_CPU: usize = 1024;
 const STACK_PAGES: usize = 16;
 /// Ticks a task may run before a runnable peer gets the CPU.
 const SLICE_TICKS: u64 = 10;
-/// Vector of the reschedule IPI.
-pub const RESCHED_VECTOR: u8 = 0xf0;
+/// Vector of the reschedule IPI (the scheduler owns its line).
+const RESCHED_VECTOR: u8 = irq::vectors::RESCHEDULE;
 
 struct Cpu {
     run_queue: IrqSpinLock<Deque<Arc<Task>, MAX_TASKS_PER_CPU>>,
@@ -50,6 +51,10 @@ struct Cpu {
     /// TSC when the idle task halted, 0 when not halted.
     halted_since: AtomicU64,
     idle_ns: AtomicU64,
+    /// Reschedule IPIs this CPU has taken.
+    resched_ipis: AtomicU64,
+    /// Wakes of this CPU's tasks that ran on another CPU (each may cost an IPI).
+    remote_wakes: AtomicU64,
 }
 
 impl Cpu {
@@ -67,6 +72,8 @@ impl Cpu {
             slice_start: AtomicU64::new(0),
             halted_since: AtomicU64::new(0),
             idle_ns: AtomicU64::new(0),
+            resched_ipis: AtomicU64::new(0),
+            remote_wakes: AtomicU64::new(0),
         }
     }
 }
@@ -120,7 +127,7 @@ pub fn init_this_cpu(name: &str) {
     prepare_stack(&idle);
     *cpu.idle.lock() = Some(idle);
     if index == 0 {
-        idt::register_irq(RESCHED_VECTOR, resched_ipi);
+        install_interrupt_work();
     }
     cpu.online.store(true, Ordering::SeqCst);
 }
@@ -209,6 +216,8 @@ fn enqueue(task: Arc<Task>) {
         // Cannot happen: a CPU owns at most MAX_TASKS_PER_CPU - 1 tasks, each queued at most once.
         panic!("run queue of CPU {target} overflowed");
     }
+    // Pairs with the idle loop's fence: the push above is seen, or halted_since is.
+    core::sync::atomic::fence(Ordering::SeqCst);
     kick(target);
 }
 
@@ -244,6 +253,9 @@ pub fn wake(task: &Arc<Task>) {
         )
         .is_ok()
     {
+        if task.cpu != percpu::cpu_index() {
+            CPUS[task.cpu].remote_wakes.fetch_add(1, Ordering::Relaxed);
+        }
         enqueue(task.clone());
     }
 }
@@ -411,19 +423,22 @@ fn idle_loop() -> ! {
     let cpu = this_cpu();
     loop {
         arch::irq_save();
+        // Publish "halted" before looking at the run queue: a waker enqueues, then reads
+        // halted_since (both SeqCst), so either we see its task here or it sees us halted and
+        // sends an IPI, which ends the hlt below (sti; hlt has no window in between).
+        cpu.halted_since.store(tsc::rdtsc(), Ordering::SeqCst);
+        core::sync::atomic::fence(Ordering::SeqCst);
         if !cpu.run_queue.lock().is_empty() {
+            cpu.halted_since.store(0, Ordering::SeqCst);
             schedule();
             continue;
         }
-        cpu.halted_since.store(tsc::rdtsc(), Ordering::SeqCst);
-        // A wake that enqueued after the check above finds halted_since set and sends an IPI,
-        // which ends this hlt (sti; hlt has no window in between).
         arch::enable_irqs_and_halt();
     }
 }
 
 /// Called first in every interrupt: ends an idle period.
-pub fn irq_enter() {
+fn irq_enter() {
     let cpu = this_cpu();
     let since = cpu.halted_since.swap(0, Ordering::SeqCst);
     if since != 0 {
@@ -435,7 +450,7 @@ pub fn irq_enter() {
 }
 
 /// Called last in every interrupt: preempts if the tick or a wake asked for it.
-pub fn irq_exit() {
+fn irq_exit() {
     let cpu = this_cpu();
     if cpu.online.load(Ordering::Relaxed)
         && cpu.preempt_count.load(Ordering::Relaxed) == 0
@@ -446,7 +461,7 @@ pub fn irq_exit() {
 }
 
 /// The timer tick: wakes expired sleepers and ends time slices.
-pub fn tick() {
+fn tick() {
     let cpu = this_cpu();
     if !cpu.online.load(Ordering::Relaxed) {
         return;
@@ -474,9 +489,47 @@ pub fn tick() {
     }
 }
 
-fn resched_ipi(_frame: &mut idt::TrapFrame) {
-    this_cpu().need_resched.store(true, Ordering::SeqCst);
-    apic::eoi();
+static RESCHED_LINE: spin::Once<IrqLine> = spin::Once::new();
+
+/// Registers what the lower layer calls: interrupt enter/exit, the tick, the reschedule IPI's
+/// line, and the explanation of a fault in a stack guard page.
+fn install_interrupt_work() {
+    irq::set_entry_hooks(irq::EntryHooks {
+        enter: irq_enter,
+        exit: irq_exit,
+    })
+    .unwrap_or_else(|_| panic!("interrupt entry hooks installed twice"));
+    arch::timer_line().on_active(tick);
+    RESCHED_LINE.call_once(|| {
+        let line = IrqLine::claim(RESCHED_VECTOR)
+            .unwrap_or_else(|e| panic!("the reschedule IPI's vector: {e}"));
+        line.on_active(|| {
+            let cpu = this_cpu();
+            cpu.resched_ipis.fetch_add(1, Ordering::Relaxed);
+            cpu.need_resched.store(true, Ordering::SeqCst);
+        });
+        line
+    });
+    arch::idt::set_fault_explainer(|address| {
+        stack_overflow_task(address).map(|(task, id)| {
+            alloc::format!("stack overflow in task '{task}' (#{id}): hit its guard page")
+        })
+    });
+}
+
+/// Reschedule IPIs CPU `cpu` has taken since boot.
+pub fn resched_ipis(cpu: usize) -> u64 {
+    CPUS[cpu].resched_ipis.load(Ordering::Relaxed)
+}
+
+/// Wakes of CPU `cpu`'s tasks that were done on another CPU, since boot.
+pub fn remote_wakes(cpu: usize) -> u64 {
+    CPUS[cpu].remote_wakes.load(Ordering::Relaxed)
+}
+
+/// Whether CPU `cpu` is halted in its idle task right now.
+pub fn is_halted(cpu: usize) -> bool {
+    CPUS[cpu].halted_since.load(Ordering::SeqCst) != 0
 }
 
 /// Stops preemption on this CPU (nests). Used by `SpinLock`.

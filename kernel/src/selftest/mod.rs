@@ -6,6 +6,7 @@
 mod bench;
 mod crypto;
 mod harness;
+mod irq;
 mod mm;
 mod pci;
 mod platform;
@@ -73,6 +74,14 @@ pub static TESTS: &[Test] = &[
     test(
         "smp::ipi_runs_handler_on_target_cpu",
         smp::ipi_runs_handler_on_target_cpu,
+    ),
+    test(
+        "irq::occupied_vector_is_refused",
+        irq::occupied_vector_is_refused,
+    ),
+    test(
+        "irq::every_handler_of_a_line_runs",
+        irq::every_handler_of_a_line_runs,
     ),
     test(
         "pci::finds_virtio_crypto_with_expected_ids",
@@ -144,8 +153,21 @@ pub static TESTS: &[Test] = &[
         crypto::volume_300k_data_100k_control,
     ),
     test(
+        "crypto::every_device_takes_interrupts_in_its_mode",
+        irq::every_device_takes_interrupts_in_its_mode,
+    ),
+    test(
+        "crypto::completions_wake_on_the_submitting_cpu",
+        irq::completions_wake_on_the_submitting_cpu,
+    ),
+    test(
         "bench::every_bench_runs_and_emits_parsable_json",
         bench::every_bench_runs_and_emits_parsable_json,
+    ),
+    // Last: checks what the whole run may have broken.
+    test(
+        "irq::reschedule_ipis_still_reach_the_scheduler",
+        irq::reschedule_ipis_still_reach_the_scheduler,
     ),
     Test {
         name: "sched_stack_overflow_must_fail",

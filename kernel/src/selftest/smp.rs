@@ -5,12 +5,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::TestResult;
+use crate::arch::irq::IrqLine;
 use crate::arch::percpu::{self, MAX_CPUS};
-use crate::arch::{self, apic, idt, smp, tsc};
+use crate::arch::{self, apic, smp, tsc};
 use crate::ensure;
-
-/// Vector of the test IPI (free: devices use vectors from MSI-X allocation, not this one).
-const TEST_IPI_VECTOR: u8 = 0xf0;
 
 /// The CPUs online are exactly the MADT's enabled processors (up to MAX_CPUS).
 pub fn cpu_count_matches_madt() -> TestResult {
@@ -89,11 +87,6 @@ pub fn every_cpu_takes_timer_ticks() -> TestResult {
 /// How many test IPIs each CPU handled.
 static IPI_HITS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
-fn test_ipi_handler(_frame: &mut idt::TrapFrame) {
-    IPI_HITS[percpu::cpu_index()].fetch_add(1, Ordering::SeqCst);
-    apic::eoi();
-}
-
 /// An IPI from CPU 0 to each CPU (itself included) runs the handler on exactly that CPU.
 pub fn ipi_runs_handler_on_target_cpu() -> TestResult {
     ensure!(arch::irqs_enabled(), "interrupts are disabled");
@@ -105,10 +98,15 @@ pub fn ipi_runs_handler_on_target_cpu() -> TestResult {
     for hits in &IPI_HITS {
         hits.store(0, Ordering::SeqCst);
     }
-    idt::register_irq(TEST_IPI_VECTOR, test_ipi_handler);
+    // A line of its own: the test cannot take a vector someone else owns (it once took the
+    // scheduler's reschedule vector and left it without a handler).
+    let line = IrqLine::alloc().map_err(|e| alloc::format!("{e}"))?;
+    line.on_active(|| {
+        IPI_HITS[percpu::cpu_index()].fetch_add(1, Ordering::SeqCst);
+    });
     let result = (|| {
         for target in 0..percpu::cpu_count() {
-            apic::send_ipi(percpu::apic_id_of(target), TEST_IPI_VECTOR);
+            apic::send_ipi(percpu::apic_id_of(target), line.vector());
             let start = tsc::rdtsc();
             while IPI_HITS[target].load(Ordering::SeqCst) == 0
                 && tsc::ticks_to_ns(tsc::rdtsc() - start) < 100_000_000
@@ -126,6 +124,6 @@ pub fn ipi_runs_handler_on_target_cpu() -> TestResult {
         }
         Ok(())
     })();
-    idt::unregister_irq(TEST_IPI_VECTOR);
+    drop(line);
     result
 }

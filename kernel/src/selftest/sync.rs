@@ -9,7 +9,8 @@ use vcrypt_drivers::sync::spinlock::set_stats_enabled;
 use vcrypt_drivers::sync::{IrqSpinLock, TimedOut, WaitQueue};
 
 use super::TestResult;
-use crate::arch::{apic, idt, percpu, tsc};
+use crate::arch::irq::IrqLine;
+use crate::arch::{apic, percpu, tsc};
 use crate::ensure;
 use crate::sched::{self, TaskState};
 
@@ -66,17 +67,14 @@ pub fn ping_pong_10000_across_cpus() -> TestResult {
 
 static IRQ_WAKE_QUEUE: WaitQueue = WaitQueue::new();
 static IRQ_WAKE_FLAG: AtomicBool = AtomicBool::new(false);
-const TEST_WAKE_VECTOR: u8 = 0xe0;
-
-fn test_wake_interrupt(_frame: &mut idt::TrapFrame) {
-    IRQ_WAKE_FLAG.store(true, Ordering::Release);
-    IRQ_WAKE_QUEUE.wake_all();
-    apic::eoi();
-}
 
 /// A task asleep on a wait queue is woken by an interrupt handler (an IPI to its CPU).
 pub fn wake_from_interrupt_resumes_sleeper() -> TestResult {
-    idt::register_irq(TEST_WAKE_VECTOR, test_wake_interrupt);
+    let line = IrqLine::alloc().map_err(|e| format!("{e}"))?;
+    line.on_active(|| {
+        IRQ_WAKE_FLAG.store(true, Ordering::Release);
+        IRQ_WAKE_QUEUE.wake_all();
+    });
     IRQ_WAKE_FLAG.store(false, Ordering::SeqCst);
     let cpu = percpu::cpu_count() - 1;
     let sleeper = sched::spawn("irq-sleeper", Some(cpu), || {
@@ -94,11 +92,19 @@ pub fn wake_from_interrupt_resumes_sleeper() -> TestResult {
         );
         sched::sleep_ns(1_000_000);
     }
-    apic::send_ipi(percpu::apic_id_of(cpu), TEST_WAKE_VECTOR);
+    apic::send_ipi(percpu::apic_id_of(cpu), line.vector());
+    let sent = tsc::now_ns();
     let result = sleeper
         .join_timeout(STEP_TIMEOUT_NS * 2)
         .map_err(|_| "sleeper never finished")?;
-    idt::unregister_irq(TEST_WAKE_VECTOR);
+    let woke_after_ms = (tsc::now_ns() - sent) / 1_000_000;
+    drop(line);
+    // The timed wait re-checks its condition at the timeout, so a lost wake-up would still end
+    // with the flag set: only the elapsed time tells the wake-up from the timeout.
+    ensure!(
+        woke_after_ms < 1_000,
+        "the sleeper finished {woke_after_ms} ms after the interrupt: the wake-up was lost"
+    );
     ensure!(
         result.is_ok(),
         "the interrupt did not wake the sleeper before its 5 s timeout"

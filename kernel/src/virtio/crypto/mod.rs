@@ -1,6 +1,7 @@
 //! The virtio-crypto driver in the kernel: probe (`probe`), then bring every device up with its
-//! queues, doorbells and MSI-X vectors (`init_all`), and route each queue's interrupt to
-//! `CryptoQueue::handle_interrupt`. The request logic itself is in `vcrypt_drivers`
+//! queues, doorbells and interrupt lines (`init_all`): per-queue MSI-X vectors routed by the
+//! device's [`QueueRouting`], else one shared MSI-X vector, else INTx, else the timer tick; each
+//! line's handler calls `CryptoQueue::handle_interrupt`. The request logic itself is in `vcrypt_drivers`
 //! (`virtio_crypto::{device, queue}`, `crypto`).
 
 pub mod probe;
@@ -8,17 +9,19 @@ pub mod probe;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-use vcrypt_drivers::sync::IrqSpinLock;
 use vcrypt_drivers::virtio_crypto::device::CryptoDevice;
 use vcrypt_drivers::virtio_crypto::queue::{CryptoQueue, Notify};
+use vcrypt_drivers::virtio_crypto::routing::QueueRouting;
 use virtio_drivers::transport::{DeviceStatus, InterruptStatus, Transport};
 
-use crate::arch::{apic, idt, percpu};
+use crate::arch::irq::IrqLine;
+use crate::arch::percpu;
 use crate::mm::dma::KernelHal;
-use crate::virtio::pci::{Doorbell, IsrReader, NO_VECTOR};
+use crate::virtio::pci::{Doorbell, NO_VECTOR};
 pub use probe::probe_all;
 
 /// The kernel's device type.
@@ -32,206 +35,187 @@ impl Notify for Doorbell {
 }
 
 static DEVICES: spin::Once<Vec<&'static Device>> = spin::Once::new();
-/// The queue each interrupt vector serves (null: none).
-static QUEUE_BY_VECTOR: [AtomicPtr<Queue>; 256] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
-/// The device whose configuration-change interrupt each vector is.
-static DEVICE_BY_CONFIG_VECTOR: [AtomicPtr<Device>; 256] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
+static FUNCTIONS: spin::Once<Vec<&'static CryptoFunction>> = spin::Once::new();
+/// Data queues numbered across devices so far (the routing's global queue numbers).
+static NEXT_GLOBAL_QUEUE: AtomicUsize = AtomicUsize::new(0);
+
+/// How a device's interrupts reach the CPUs, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// MSI-X: one vector for configuration changes and one per queue, each routed to the CPU
+    /// that submits to the queue.
+    PerQueueVectors,
+    /// MSI-X with fewer vectors than queues + 1: one for configuration changes, one shared by
+    /// every queue.
+    SharedVector,
+    /// No usable MSI-X: the legacy INTx pin through the I/O APIC (possibly shared with other
+    /// devices), enabled in the command register.
+    Intx,
+    /// Neither: the queues are drained from the boot CPU's timer tick.
+    Polled,
+}
+
+/// A device that came up and the interrupt lines it owns (they live as long as it does).
+pub struct CryptoFunction {
+    pub device: &'static Device,
+    pub mode: InterruptMode,
+    pub pci: crate::pci::PciDevice,
+    lines: Vec<Arc<IrqLine>>,
+}
+
+impl CryptoFunction {
+    /// The vectors of the device's lines (configuration first where it has one).
+    pub fn vectors(&self) -> Vec<u8> {
+        self.lines.iter().map(|l| l.vector()).collect()
+    }
+
+    /// Interrupts taken on the device's lines (on a shared INTx line, also other devices').
+    pub fn interrupts_taken(&self) -> u64 {
+        self.lines.iter().map(|l| l.interrupts_taken()).sum()
+    }
+}
 
 /// Every device that came up.
 pub fn devices() -> &'static [&'static Device] {
     DEVICES.get().map_or(&[], |d| d.as_slice())
 }
 
-fn queue_interrupt(frame: &mut idt::TrapFrame) {
-    let queue = QUEUE_BY_VECTOR[frame.vector as usize].load(Ordering::Acquire);
-    // SAFETY: only `init_device` stores here, pointers to queues of leaked ('static) devices.
-    if let Some(queue) = unsafe { queue.as_ref() } {
+/// Every device that came up, with its interrupt set-up.
+pub fn functions() -> &'static [&'static CryptoFunction] {
+    FUNCTIONS.get().map_or(&[], |d| d.as_slice())
+}
+
+fn report_needs_reset(device: &Device) {
+    if device.fail_if_needs_reset() {
+        log::error!(
+            "{}: device needs a reset; failed every request in flight",
+            device.name
+        );
+    }
+}
+
+fn drain_all_queues(device: &Device) {
+    device.control.handle_interrupt();
+    for queue in &device.data {
         queue.handle_interrupt();
     }
-    apic::eoi();
 }
 
-fn config_interrupt(frame: &mut idt::TrapFrame) {
-    let device = DEVICE_BY_CONFIG_VECTOR[frame.vector as usize].load(Ordering::Acquire);
-    // SAFETY: as in `queue_interrupt`.
-    if let Some(device) = unsafe { device.as_ref() } {
-        if device.fail_if_needs_reset() {
-            log::error!(
-                "{}: device needs a reset; failed every request in flight",
-                device.name
-            );
-        }
-    }
-    apic::eoi();
-}
-
-/// A device on a legacy INTx line (no usable MSI-X), found by the shared INTx handler.
-struct IntxDevice {
-    vector: u8,
-    device: &'static Device,
-    isr: IsrReader,
-}
-
-const MAX_INTX_DEVICES: usize = 16;
-static INTX_DEVICES: [AtomicPtr<IntxDevice>; MAX_INTX_DEVICES] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_INTX_DEVICES];
-
-/// INTx lines are level-triggered and may be shared: every device on this vector reads its ISR
-/// (which deasserts its line) and drains its queues if it was the cause.
-fn intx_interrupt(frame: &mut idt::TrapFrame) {
-    for slot in &INTX_DEVICES {
-        // SAFETY: slots hold null or leaked ('static) IntxDevice records, written once.
-        let Some(intx) = (unsafe { slot.load(Ordering::Acquire).as_ref() }) else {
-            continue;
-        };
-        if intx.vector != frame.vector as u8 {
-            continue;
-        }
-        let cause = intx.isr.read_and_clear();
-        if cause.contains(InterruptStatus::QUEUE_INTERRUPT) {
-            intx.device.control.handle_interrupt();
-            for q in &intx.device.data {
-                q.handle_interrupt();
-            }
-        }
-        if cause.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT)
-            && intx.device.fail_if_needs_reset()
-        {
-            log::error!(
-                "{}: device needs a reset; failed every request in flight",
-                intx.device.name
-            );
-        }
-    }
-    apic::eoi();
-}
-
-/// Routes a device without MSI-X to an INTx vector through the I/O APIC. Returns false when
-/// that is impossible (no interrupt line, no I/O APIC).
-fn route_intx(device: &'static Device, pci: &crate::pci::PciDevice, isr: IsrReader) -> bool {
-    let line = pci.address.read8(0x3c);
-    if line == 0 || line == 0xff {
-        return false;
-    }
-    let Some(vector) = idt::alloc_vector() else {
-        return false;
-    };
-    let Some(slot) = INTX_DEVICES
-        .iter()
-        .find(|s| s.load(Ordering::Acquire).is_null())
-    else {
-        return false;
-    };
-    let record = Box::leak(Box::new(IntxDevice {
-        vector,
-        device,
-        isr,
-    }));
-    slot.store(record, Ordering::Release);
-    idt::register_irq(vector, intx_interrupt);
-    match crate::arch::ioapic::route_pci_irq(line, vector, percpu::apic_id_of(0)) {
-        Ok(gsi) => {
-            log::warn!(
-                "{}: no usable MSI-X; using INTx (IRQ {line}, GSI {gsi}, vector {vector:#x})",
-                device.name
-            );
-            true
-        }
-        Err(e) => {
-            log::warn!("{}: INTx routing failed: {e}", device.name);
-            slot.store(core::ptr::null_mut(), Ordering::Release);
-            false
-        }
-    }
-}
-
-/// Devices with neither MSI-X nor INTx: drained from the boot CPU's timer tick.
-static POLLED: IrqSpinLock<Vec<&'static Device>> = IrqSpinLock::new("crypto-polled", Vec::new());
-
-/// Drains the queues of devices that have no interrupts (called from the timer tick).
-pub fn poll_devices() {
-    let polled = POLLED.lock();
-    for device in polled.iter() {
-        device.control.handle_interrupt();
-        for q in &device.data {
-            q.handle_interrupt();
-        }
-    }
-}
-
-/// Brings up every probed device: queues, MSI-X routing, DRIVER_OK. Returns how many are up.
+/// Brings up every probed device: queues, interrupt lines, DRIVER_OK. Returns how many are up.
 pub fn init_all() -> usize {
     let mut up = Vec::new();
-    for (index, probed) in probe::probed().iter().enumerate() {
+    for probed in probe::probed() {
         let mut probed = probed.lock();
         let name = format!("{}", probed.pci.address);
-        match init_device(index, &mut probed) {
-            Ok(device) => up.push(device),
+        match init_device(&mut probed) {
+            Ok(function) => up.push(function),
             Err(e) => {
                 probed.transport.set_status(DeviceStatus::FAILED);
                 crate::println!("virtio-crypto {name}: set-up failed: {e}");
             }
         }
     }
-    DEVICES.call_once(|| up).len()
+    DEVICES.call_once(|| up.iter().map(|f| f.device).collect());
+    FUNCTIONS.call_once(|| up).len()
 }
 
-fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'static Device, String> {
+fn alloc_line() -> Result<Arc<IrqLine>, String> {
+    IrqLine::alloc()
+        .map(Arc::new)
+        .map_err(|e| format!("interrupt line: {e}"))
+}
+
+fn init_device(probed: &mut probe::ProbedDevice) -> Result<&'static CryptoFunction, String> {
     let cpus = percpu::cpu_count();
-    let queues = probed.queue_sizes.len() as u16;
-    let data_queues = probed.config.max_dataqueues.min(queues as u32 - 1) as u16;
-    // MSI-X entry 0: configuration changes; entry 1 + q: queue q.
-    let vectors: Option<Vec<u8>> = match &probed.msix {
-        Some(msix) if msix.table_size() > queues => {
-            (0..=queues).map(|_| idt::alloc_vector()).collect()
-        }
-        _ => None,
+    let queues = probed.queue_sizes.len();
+    if queues < 2 {
+        return Err(format!(
+            "the device has {queues} virtqueue(s); it needs at least a data and a control queue"
+        ));
+    }
+    // The control queue is number max_dataqueues; a device with fewer queues than it claims
+    // gets the ones it has.
+    let data_queues = (probed.config.max_dataqueues as usize).clamp(1, queues - 1);
+    let control_index = data_queues as u16;
+    let table_size = probed.msix.as_ref().map_or(0, |m| m.table_size() as usize);
+    let mode = if table_size >= data_queues + 2 {
+        InterruptMode::PerQueueVectors
+    } else if table_size >= 2 {
+        InterruptMode::SharedVector
+    } else {
+        InterruptMode::Intx
     };
+    let first_global_queue = NEXT_GLOBAL_QUEUE.fetch_add(data_queues, Ordering::Relaxed);
+    let routing = match mode {
+        InterruptMode::PerQueueVectors => QueueRouting::new(first_global_queue, data_queues, cpus),
+        // Everything on one line: to the CPU the device's first queue would have had.
+        InterruptMode::SharedVector => {
+            QueueRouting::all_on(first_global_queue % cpus, data_queues, cpus)
+        }
+        // The pin may be shared with devices routed before: it goes to the boot CPU.
+        InterruptMode::Intx | InterruptMode::Polled => QueueRouting::all_on(0, data_queues, cpus),
+    };
+
+    // MSI-X entries: 0 = configuration; per queue: 1 + queue index (control = 1 + data_queues);
+    // shared: 1 for every queue.
+    let mut lines = Vec::new();
     let transport = &mut probed.transport;
-    let queue_cpu = |q: u16| {
-        if q < data_queues {
-            (index + q as usize) % cpus
-        } else {
-            index % cpus
-        }
-    };
     let mut built: Vec<Queue> = Vec::new();
-    for q in 0..queues {
-        if let (Some(vectors), Some(msix)) = (&vectors, &probed.msix) {
-            let entry = 1 + q;
-            let accepted = transport.set_queue_msix_vector(q, entry);
-            if accepted == NO_VECTOR {
+    let mut queue_lines: Vec<Option<Arc<IrqLine>>> = Vec::new();
+    if mode != InterruptMode::Intx {
+        lines.push(alloc_line()?);
+    }
+    if mode == InterruptMode::SharedVector {
+        lines.push(alloc_line()?);
+    }
+    let msix = probed.msix.as_ref();
+    for q in (0..control_index).chain(core::iter::once(control_index)) {
+        let (entry, cpu, line) = match mode {
+            InterruptMode::PerQueueVectors => {
+                let cpu = if q == control_index {
+                    routing.control_cpu()
+                } else {
+                    routing.irq_cpu(q as usize)
+                };
+                let line = alloc_line()?;
+                lines.push(line.clone());
+                (Some(1 + q), cpu, Some(line))
+            }
+            InterruptMode::SharedVector => (Some(1), routing.control_cpu(), None),
+            InterruptMode::Intx | InterruptMode::Polled => (None, 0, None),
+        };
+        if let (Some(entry), Some(msix)) = (entry, msix) {
+            if transport.set_queue_msix_vector(q, entry) == NO_VECTOR {
                 return Err(format!("queue {q} refused MSI-X entry {entry}"));
             }
-            msix.set_entry(
-                entry,
-                percpu::apic_id_of(queue_cpu(q)),
-                vectors[entry as usize],
-            )
-            .map_err(|e| format!("MSI-X entry {entry}: {e}"))?;
+            let vector = line.as_ref().unwrap_or(&lines[1]).vector();
+            msix.set_entry(entry, percpu::apic_id_of(cpu), vector)
+                .map_err(|e| format!("MSI-X entry {entry}: {e}"))?;
         }
+        queue_lines.push(line);
         let doorbell = transport.doorbell(q);
         built.push(
             CryptoQueue::new(transport, q, Box::new(doorbell))
                 .map_err(|e| format!("queue {q}: {e}"))?,
         );
     }
-    if let (Some(vectors), Some(msix)) = (&vectors, &probed.msix) {
+    if let (InterruptMode::PerQueueVectors | InterruptMode::SharedVector, Some(msix)) = (mode, msix)
+    {
         if transport.set_config_msix_vector(0) == NO_VECTOR {
             return Err(String::from(
                 "the device refused the configuration MSI-X entry",
             ));
         }
-        msix.set_entry(0, percpu::apic_id_of(0), vectors[0])
-            .map_err(|e| format!("MSI-X entry 0: {e}"))?;
-        msix.enable(&probed.pci);
+        msix.set_entry(
+            0,
+            percpu::apic_id_of(routing.control_cpu()),
+            lines[0].vector(),
+        )
+        .map_err(|e| format!("MSI-X entry 0: {e}"))?;
     }
-    let control = built.pop().expect("at least one queue");
-    built.truncate(data_queues as usize);
-    transport.finish_init();
+    let control = built.pop().expect("the control queue was built last");
     let status = transport.status_reader();
+    let isr = transport.isr_reader();
     let device = CryptoDevice::new(
         format!("{}", probed.pci.address),
         probed.config,
@@ -241,24 +225,95 @@ fn init_device(index: usize, probed: &mut probe::ProbedDevice) -> Result<&'stati
     )
     .map_err(|e| format!("{e}"))?;
     let device: &'static Device = Box::leak(Box::new(device));
-    if let Some(vectors) = &vectors {
-        for queue in device.data.iter().chain(core::iter::once(&device.control)) {
-            let vector = vectors[1 + queue.index() as usize];
-            QUEUE_BY_VECTOR[vector as usize]
-                .store(queue as *const Queue as *mut Queue, Ordering::Release);
-            idt::register_irq(vector, queue_interrupt);
+    device.set_routing(routing);
+
+    // Handlers, now that they have a device to look at; then let the interrupts flow.
+    let mut mode = mode;
+    match mode {
+        InterruptMode::PerQueueVectors => {
+            lines[0].on_active(move || report_needs_reset(device));
+            let control_line = queue_lines.pop().flatten().expect("a line per queue");
+            control_line.on_active(move || {
+                device.control.handle_interrupt();
+            });
+            for (queue, line) in device.data.iter().zip(queue_lines) {
+                line.expect("a line per queue").on_active(move || {
+                    queue.handle_interrupt();
+                });
+            }
         }
-        DEVICE_BY_CONFIG_VECTOR[vectors[0] as usize]
-            .store(device as *const Device as *mut Device, Ordering::Release);
-        idt::register_irq(vectors[0], config_interrupt);
-    } else if !route_intx(device, &probed.pci, probed.transport.isr_reader()) {
-        log::warn!(
-            "{}: no MSI-X and no INTx; queues are polled from the timer tick",
-            device.name
-        );
-        POLLED.lock().push(device);
+        InterruptMode::SharedVector => {
+            lines[0].on_active(move || report_needs_reset(device));
+            lines[1].on_active(move || drain_all_queues(device));
+        }
+        InterruptMode::Intx | InterruptMode::Polled => {
+            match route_intx(device, &probed.pci) {
+                Ok(line) => {
+                    line.on_active(move || {
+                        // Reading the ISR deasserts this device's line; other devices on the
+                        // same pin answer their own ISR in their own handlers.
+                        let cause = isr.read_and_clear();
+                        if cause.contains(InterruptStatus::QUEUE_INTERRUPT) {
+                            drain_all_queues(device);
+                        }
+                        if cause.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT) {
+                            report_needs_reset(device);
+                        }
+                    });
+                    lines.push(line);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}: no MSI-X and no INTx ({e}); queues are polled from the timer tick",
+                        device.name
+                    );
+                    mode = InterruptMode::Polled;
+                    crate::arch::timer_line().on_active(move || {
+                        if percpu::cpu_index() == 0 {
+                            drain_all_queues(device);
+                        }
+                    });
+                }
+            }
+        }
     }
-    Ok(device)
+    match (mode, msix) {
+        (InterruptMode::PerQueueVectors | InterruptMode::SharedVector, Some(msix)) => {
+            msix.enable(&probed.pci);
+            probed.pci.set_intx_enabled(false);
+        }
+        (InterruptMode::Intx, _) => probed.pci.set_intx_enabled(true),
+        _ => {}
+    }
+    probed.transport.finish_init();
+    log::info!(
+        "{}: interrupts {:?}, vectors {:x?}",
+        device.name,
+        mode,
+        lines.iter().map(|l| l.vector()).collect::<Vec<_>>()
+    );
+    Ok(Box::leak(Box::new(CryptoFunction {
+        device,
+        mode,
+        pci: probed.pci.clone(),
+        lines,
+    })))
+}
+
+/// The (possibly shared) INTx line of a device without usable MSI-X.
+fn route_intx(device: &Device, pci: &crate::pci::PciDevice) -> Result<Arc<IrqLine>, String> {
+    let irq = pci.address.read8(0x3c);
+    if irq == 0 || irq == 0xff {
+        return Err(String::from("no interrupt line"));
+    }
+    let (line, gsi) = crate::arch::ioapic::pci_irq_line(irq, percpu::apic_id_of(0))
+        .map_err(|e| format!("INTx routing: {e}"))?;
+    log::warn!(
+        "{}: no usable MSI-X; using INTx (IRQ {irq}, GSI {gsi}, vector {:#x})",
+        device.name,
+        line.vector()
+    );
+    Ok(line)
 }
 
 /// Applies the command-line switches to every device: `ctrl=poll|sleep`, `kick=locked|unlocked`,

@@ -65,7 +65,7 @@ pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
         log::debug!("virtio-crypto {}: BAR{i} {bar:x?}", pci.address);
     }
     let msix = Msix::probe(pci).ok();
-    pci.enable(msix.is_some());
+    pci.enable();
     let mut transport = VirtioPciTransport::new(pci, DeviceType::Crypto)
         .map_err(|e| format!("virtio PCI capabilities: {e}"))?;
     transport.reset();

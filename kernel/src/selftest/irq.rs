@@ -1,0 +1,238 @@
+//! Interrupt lines: owned vectors, several handlers per line, the scheduler's reschedule IPI
+//! still reaching it after everything else ran, and completions on the submitting CPU.
+
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use vcrypt_drivers::crypto::{Cipher, Direction, Session};
+
+use super::TestResult;
+use crate::arch::irq::{self, IrqError, IrqLine, vectors};
+use crate::arch::{apic, percpu, tsc};
+use crate::ensure;
+use crate::sched;
+
+const WAIT_NS: u64 = 1_000_000_000;
+
+/// Spins until `done` holds or a second has passed; returns whether it held.
+fn wait_for(done: impl Fn() -> bool) -> bool {
+    let start = tsc::now_ns();
+    while !done() {
+        if tsc::now_ns() - start > WAIT_NS {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// A vector has one owner: the kernel's fixed vectors and an allocated one are refused to a
+/// second claimant, exceptions are refused, and a dropped line's vector can be had again.
+pub fn occupied_vector_is_refused() -> TestResult {
+    for fixed in [vectors::TIMER, vectors::RESCHEDULE, vectors::SPURIOUS] {
+        let claim = IrqLine::claim(fixed);
+        ensure!(
+            claim.as_ref().err() == Some(&IrqError::Occupied { vector: fixed }),
+            "claiming the kernel's vector {fixed:#x} was not refused: {:?}",
+            claim.map(|l| l.vector())
+        );
+    }
+    ensure!(
+        IrqLine::claim(14).err() == Some(IrqError::Exception { vector: 14 }),
+        "an exception vector was handed out"
+    );
+    let line = IrqLine::alloc().map_err(|e| format!("{e}"))?;
+    let vector = line.vector();
+    ensure!(
+        irq::DEVICE_VECTORS.contains(&vector),
+        "allocated vector {vector:#x} is outside the device range"
+    );
+    ensure!(
+        IrqLine::claim(vector).err() == Some(IrqError::Occupied { vector }),
+        "an allocated vector was handed out twice"
+    );
+    let other = IrqLine::alloc().map_err(|e| format!("{e}"))?;
+    ensure!(other.vector() != vector, "alloc returned a vector in use");
+    drop(line);
+    let again = IrqLine::claim(vector).map_err(|e| format!("after the drop: {e}"))?;
+    ensure!(again.vector() == vector, "claimed the wrong vector");
+    Ok(())
+}
+
+/// Every handler of a line runs on each interrupt (a shared INTx line relies on it), a removed
+/// one no longer does, and the line counts what it took.
+pub fn every_handler_of_a_line_runs() -> TestResult {
+    let hits: Arc<[AtomicU32; 2]> = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+    let line = IrqLine::alloc().map_err(|e| format!("{e}"))?;
+    let ids: Vec<_> = (0..2)
+        .map(|i| {
+            let hits = hits.clone();
+            line.on_active(move || {
+                hits[i].fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    let me = percpu::apic_id_of(percpu::cpu_index());
+    apic::send_ipi(me, line.vector());
+    ensure!(
+        wait_for(|| hits.iter().all(|h| h.load(Ordering::SeqCst) == 1)),
+        "after one interrupt the handlers ran {:?} times, expected [1, 1]",
+        hits.iter()
+            .map(|h| h.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    );
+    line.remove(ids[0]);
+    apic::send_ipi(me, line.vector());
+    ensure!(
+        wait_for(|| hits[1].load(Ordering::SeqCst) == 2),
+        "the remaining handler did not run on the second interrupt"
+    );
+    ensure!(
+        hits[0].load(Ordering::SeqCst) == 1,
+        "a removed handler still ran"
+    );
+    ensure!(
+        line.interrupts_taken() == 2,
+        "the line counted {} interrupts, expected 2",
+        line.interrupts_taken()
+    );
+    Ok(())
+}
+
+/// With two devices and enough queues, every CPU has a device whose queue interrupts it, and the
+/// completions of requests a CPU submits there wake its task without any cross-CPU wake-up.
+pub fn completions_wake_on_the_submitting_cpu() -> TestResult {
+    let devices = crate::virtio::crypto::devices();
+    ensure!(!devices.is_empty(), "no virtio-crypto device");
+    let cpus = percpu::cpu_count();
+    let per_queue_vectors = crate::virtio::crypto::functions()
+        .iter()
+        .all(|f| f.mode == crate::virtio::crypto::InterruptMode::PerQueueVectors);
+    let total_queues: usize = devices.iter().map(|d| d.data.len()).sum();
+    let mut checked = 0;
+    for cpu in 0..cpus {
+        let home = devices
+            .iter()
+            .find(|d| d.routing().is_some_and(|r| r.is_local(cpu)));
+        let Some(&device) = home else {
+            ensure!(
+                !per_queue_vectors || total_queues < cpus,
+                "CPU {cpu} has no device queue of its own although there are {total_queues} queues for {cpus} CPUs"
+            );
+            continue;
+        };
+        let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[7u8; 16])
+            .map_err(|e| format!("session: {e}"))?;
+        let session = Arc::new(session);
+        let worker = sched::spawn("local-completions", Some(cpu), {
+            let session = session.clone();
+            move || -> Result<u64, alloc::string::String> {
+                let before = sched::remote_wakes(cpu);
+                let src = [0x5au8; 64];
+                let mut dst = [0u8; 64];
+                for i in 0..500u32 {
+                    let mut iv = [0u8; 16];
+                    iv[..4].copy_from_slice(&i.to_le_bytes());
+                    session
+                        .encrypt(&iv, &src, &mut dst)
+                        .map_err(|e| format!("request {i}: {e}"))?;
+                }
+                Ok(sched::remote_wakes(cpu) - before)
+            }
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        let remote = worker
+            .join_timeout(30 * WAIT_NS)
+            .map_err(|_| format!("the worker on CPU {cpu} did not finish"))??;
+        ensure!(
+            remote == 0,
+            "500 requests from CPU {cpu} on {}: {remote} wake-ups came from another CPU",
+            device.name
+        );
+        checked += 1;
+    }
+    ensure!(checked > 0, "no CPU has a queue of its own on any device");
+    Ok(())
+}
+
+/// Runs last: after every other test, reschedule IPIs still reach the scheduler on every CPU
+/// (counted by its handler), remote wakes of a halted CPU come with one, and no interrupt arrived
+/// on a vector without a handler during the whole run.
+pub fn reschedule_ipis_still_reach_the_scheduler() -> TestResult {
+    let me = percpu::cpu_index();
+    for cpu in 0..percpu::cpu_count() {
+        let before = sched::resched_ipis(cpu);
+        apic::send_ipi(percpu::apic_id_of(cpu), vectors::RESCHEDULE);
+        ensure!(
+            wait_for(|| sched::resched_ipis(cpu) > before),
+            "a reschedule IPI sent to CPU {cpu} did not reach the scheduler"
+        );
+        if cpu == me {
+            continue;
+        }
+        // Spawning onto a halted CPU must wake it with an IPI, not wait for its next tick.
+        ensure!(
+            wait_for(|| sched::is_halted(cpu)),
+            "CPU {cpu} never went idle"
+        );
+        let before = sched::resched_ipis(cpu);
+        let task = sched::spawn("wake-halted", Some(cpu), || ()).map_err(|e| format!("{e:?}"))?;
+        task.join_timeout(WAIT_NS)
+            .map_err(|_| format!("a task spawned on halted CPU {cpu} did not run"))?;
+        ensure!(
+            sched::resched_ipis(cpu) > before,
+            "waking halted CPU {cpu} took no reschedule IPI"
+        );
+    }
+    ensure!(
+        irq::unexpected_interrupts() == 0,
+        "{} interrupts arrived on vectors without a handler",
+        irq::unexpected_interrupts()
+    );
+    Ok(())
+}
+
+/// Whatever interrupt mode each device got (per-queue vectors, one shared vector, INTx), its
+/// completions arrive as interrupts on its own lines, and INTx is unmasked exactly when it is
+/// the mode.
+pub fn every_device_takes_interrupts_in_its_mode() -> TestResult {
+    use crate::virtio::crypto::InterruptMode;
+    let functions = crate::virtio::crypto::functions();
+    ensure!(!functions.is_empty(), "no virtio-crypto device");
+    for function in functions {
+        let device = function.device;
+        ensure!(
+            function.pci.intx_enabled() == (function.mode == InterruptMode::Intx),
+            "{}: mode {:?} but INTx is {} in the command register",
+            device.name,
+            function.mode,
+            if function.pci.intx_enabled() {
+                "enabled"
+            } else {
+                "masked"
+            }
+        );
+        if function.mode == InterruptMode::Polled {
+            continue;
+        }
+        let before = function.interrupts_taken();
+        let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[9u8; 16])
+            .map_err(|e| format!("{}: session: {e}", device.name))?;
+        let mut dst = [0u8; 32];
+        session
+            .encrypt(&[0u8; 16], &[1u8; 32], &mut dst)
+            .map_err(|e| format!("{}: {e}", device.name))?;
+        drop(session);
+        ensure!(
+            function.interrupts_taken() >= before + 2,
+            "{} ({:?}, vectors {:x?}): {} interrupts for a session create, a request and a destroy",
+            device.name,
+            function.mode,
+            function.vectors(),
+            function.interrupts_taken() - before
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The kernel's layers only look down: each top-level module of kernel/src may name (crate::X)
+# only the modules of its own layer and the layers below it. Upper layers register what lower
+# ones call (interrupt entry hooks, timer and line handlers, the fatal reporter). Prints every
+# upward reference and exits non-zero if there is one.
+set -uo pipefail
+cd "$(dirname "$0")/../kernel/src"
+
+# module: the modules it may name besides itself (console's macros println/print count as console).
+declare -A allowed=(
+    [arch]="mm console"
+    [mm]="arch console"
+    [console]="arch"
+    [cmdline]="console"
+    [pci]="arch mm console"
+    [sched]="arch mm console"
+    [sync]="arch mm console sched"
+    [virtio]="arch mm console pci sched sync cmdline"
+)
+
+violations=0
+for module in "${!allowed[@]}"; do
+    files=$( { [ -d "$module" ] && find "$module" -name '*.rs'; [ -f "$module.rs" ] && echo "$module.rs"; } )
+    for file in $files; do
+        # crate::X, $crate::X and the names inside use crate::{X, Y::Z}
+        names=$( { grep -oE '(\$)?crate::[a-z_]+' "$file" | sed -E 's/.*crate:://';
+                   grep -oE 'crate::\{[^}]*' "$file" | sed -E 's/crate::\{//' | tr ',' '\n' |
+                       sed -E 's/^[[:space:]]*//; s/::.*//; s/[^a-z_].*//'; } | sort -u)
+        for name in $names; do
+            case $name in println | print) name=console ;; esac
+            [ -z "$name" ] || [ "$name" = "$module" ] && continue
+            if ! [[ " ${allowed[$module]} " == *" $name "* ]]; then
+                echo "layering: kernel/src/$file ($module) names crate::$name, a layer above it"
+                violations=$((violations + 1))
+            fi
+        done
+    done
+done
+if [ "$violations" -ne 0 ]; then
+    echo "layering: $violations upward reference(s); register a hook instead (see docs/ARCHITECTURE.md, Layers)"
+    exit 1
+fi
+echo "layering: no upward references"
