@@ -15,9 +15,13 @@ use crate::ensure;
 use crate::sched::{self, TaskState};
 
 const STEP_TIMEOUT_NS: u64 = 5_000_000_000;
+/// A wait that took this long was ended by its timeout, not by a wake-up (a round trip takes
+/// microseconds; a busy host can stall a vCPU for milliseconds, not a second).
+const LOST_WAKE_NS: u64 = 1_000_000_000;
 
 /// 10,000 round trips between two tasks on different CPUs (the same one with 1 CPU) through one
-/// wait queue; any lost wake-up shows as a 5 s timeout instead of a hang.
+/// wait queue. A lost wake-up would end at the 5 s timeout with the condition true (the timed
+/// wait re-checks it), so every step is also timed: one slower than `LOST_WAKE_NS` fails.
 pub fn ping_pong_10000_across_cpus() -> TestResult {
     const ROUNDS: u64 = 10_000;
     let turn = Arc::new(AtomicU64::new(0));
@@ -26,11 +30,15 @@ pub fn ping_pong_10000_across_cpus() -> TestResult {
     let other_cpu = percpu::cpu_count() - 1;
     let pong = sched::spawn("pong", Some(other_cpu), move || -> Result<(), u64> {
         for i in 0..ROUNDS {
+            let start = tsc::now_ns();
             w2.wait_until_timeout(
                 || (t2.load(Ordering::Acquire) == 2 * i + 1).then_some(()),
                 STEP_TIMEOUT_NS,
             )
             .map_err(|_| i)?;
+            if tsc::now_ns() - start > LOST_WAKE_NS {
+                return Err(i);
+            }
             t2.store(2 * i + 2, Ordering::Release);
             w2.wake_all();
         }
@@ -41,11 +49,15 @@ pub fn ping_pong_10000_across_cpus() -> TestResult {
         for i in 0..ROUNDS {
             turn.store(2 * i + 1, Ordering::Release);
             wq.wake_all();
+            let start = tsc::now_ns();
             wq.wait_until_timeout(
                 || (turn.load(Ordering::Acquire) == 2 * i + 2).then_some(()),
                 STEP_TIMEOUT_NS,
             )
             .map_err(|_| i)?;
+            if tsc::now_ns() - start > LOST_WAKE_NS {
+                return Err(i);
+            }
         }
         Ok(())
     })
