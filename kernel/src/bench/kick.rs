@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::sync::LockStatSnapshot;
-use vcrypt_drivers::sync::spinlock::set_stats_enabled;
+use vcrypt_drivers::sync::spinlock::{set_stats_enabled, stats_enabled};
 use vcrypt_drivers::virtio_crypto::queue::KickMode;
 
 use super::BenchConfig;
@@ -47,6 +47,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             for q in &device.data {
                 q.reset_lock_stats();
             }
+            let stats_were_enabled = stats_enabled();
             set_stats_enabled(true);
             let result = run_workers(workers, config.point_ns, move |_, deadline| {
                 let session =
@@ -63,7 +64,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 }
                 Ok(ops)
             });
-            set_stats_enabled(false);
+            set_stats_enabled(stats_were_enabled);
             device.set_kick_mode(original);
             let (ops, busy, elapsed) = result?;
             let mut lock = LockStatSnapshot::default();

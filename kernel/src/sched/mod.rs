@@ -468,18 +468,34 @@ fn tick() {
     }
     let ticks = arch::this_cpu_ticks();
     let now = tsc::now_ns();
-    let mut expired: heapless::Vec<Arc<Task>, 16> = heapless::Vec::new();
-    {
-        let sleepers = cpu.sleepers.lock();
-        for task in sleepers.iter() {
-            let deadline = task.deadline_ns.load(Ordering::SeqCst);
-            if deadline != 0 && deadline <= now && expired.push(task.clone()).is_err() {
-                break; // the rest wake on the next tick
+    // Wakes in batches (a wake must not run under the sleepers lock, and the batch lives on the
+    // stack): a claimed deadline is set to 0, so the next batch finds only the ones not yet woken.
+    loop {
+        let mut expired: heapless::Vec<Arc<Task>, 16> = heapless::Vec::new();
+        {
+            let sleepers = cpu.sleepers.lock();
+            for task in sleepers.iter() {
+                if expired.is_full() {
+                    break;
+                }
+                let deadline = task.deadline_ns.load(Ordering::SeqCst);
+                if deadline != 0
+                    && deadline <= now
+                    && task
+                        .deadline_ns
+                        .compare_exchange(deadline, 0, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    let _ = expired.push(task.clone());
+                }
             }
         }
-    }
-    for task in &expired {
-        wake(task);
+        for task in &expired {
+            wake(task);
+        }
+        if !expired.is_full() {
+            break;
+        }
     }
     let queued = !cpu.run_queue.lock().is_empty();
     if queued

@@ -5,7 +5,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use vcrypt_drivers::sync::spinlock::set_stats_enabled;
+use vcrypt_drivers::sync::spinlock::{set_stats_enabled, stats_enabled};
 use vcrypt_drivers::sync::{IrqSpinLock, TimedOut, WaitQueue};
 
 use super::TestResult;
@@ -155,6 +155,8 @@ fn hammer(
     HAMMERED.reset_stats();
     *HAMMERED.lock() = 0;
     HAMMERED.reset_stats();
+    // Restored at the end: the command line may have switched statistics on for the whole run.
+    let stats_were_enabled = stats_enabled();
     set_stats_enabled(true);
     let handles: Vec<_> = (0..tasks)
         .map(|i| {
@@ -174,12 +176,15 @@ fn hammer(
             })
         })
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{e:?}"))?;
-    for h in handles {
-        h.join_timeout(STEP_TIMEOUT_NS * 4)
-            .map_err(|_| "a hammer task never finished")?;
-    }
-    set_stats_enabled(false);
+        .map_err(|e| {
+            set_stats_enabled(stats_were_enabled);
+            format!("{e:?}")
+        })?;
+    let finished = handles
+        .into_iter()
+        .all(|h| h.join_timeout(STEP_TIMEOUT_NS * 4).is_ok());
+    set_stats_enabled(stats_were_enabled);
+    ensure!(finished, "a hammer task never finished");
     let stats = HAMMERED.stats();
     let total = *HAMMERED.lock();
     ensure!(
