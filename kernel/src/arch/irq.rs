@@ -230,6 +230,9 @@ pub(super) fn dispatch(vector: u8) {
     if let Some(hooks) = hooks {
         (hooks.enter)();
     }
+    if vector != vectors::SPURIOUS {
+        super::trips::count(super::trips::Trip::Interrupt);
+    }
     let slot = &SLOTS[vector as usize];
     slot.active.fetch_add(1, Ordering::SeqCst);
     let list = slot.handlers.load(Ordering::SeqCst);

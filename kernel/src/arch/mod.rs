@@ -12,6 +12,7 @@ pub mod port;
 pub mod pvh;
 pub mod qemu;
 pub mod smp;
+pub mod trips;
 pub mod tsc;
 
 use core::sync::atomic::Ordering;

@@ -10,7 +10,7 @@ use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 
 use super::TestResult;
 use crate::arch::irq::{self, IrqError, IrqLine, vectors};
-use crate::arch::{apic, percpu, tsc};
+use crate::arch::{apic, percpu, trips, tsc};
 use crate::ensure;
 use crate::sched;
 
@@ -218,6 +218,7 @@ pub fn every_device_takes_interrupts_in_its_mode() -> TestResult {
             continue;
         }
         let before = function.interrupts_taken();
+        let trips_before = trips::all_cpus();
         let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[9u8; 16])
             .map_err(|e| format!("{}: session: {e}", device.name))?;
         let mut dst = [0u8; 32];
@@ -232,6 +233,14 @@ pub fn every_device_takes_interrupts_in_its_mode() -> TestResult {
             function.mode,
             function.vectors(),
             function.interrupts_taken() - before
+        );
+        // The trip counters saw the same: a doorbell per request, and each interrupt taken
+        // and acknowledged (INTx and MSI-X alike).
+        let trips = trips::all_cpus().since(&trips_before);
+        ensure!(
+            trips.doorbells >= 3 && trips.interrupts >= 3 && trips.eois >= 3,
+            "{}: create + request + destroy counted {trips:?}",
+            device.name
         );
     }
     Ok(())

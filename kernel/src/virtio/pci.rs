@@ -8,6 +8,7 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{Error as VirtioError, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use crate::arch::trips::{self, Trip};
 use crate::mm::paging;
 use crate::pci::{Bar, CAP_VENDOR, PciDevice};
 
@@ -72,6 +73,7 @@ impl Region {
         unsafe { self.base.as_ptr().add(offset).cast() }
     }
     fn read<T: Copy>(&self, offset: usize) -> T {
+        trips::count(Trip::MmioRead);
         // SAFETY: `ptr` checked bounds; the region is device MMIO mapped for the kernel's life.
         unsafe { core::ptr::read_volatile(self.ptr(offset)) }
     }
@@ -97,6 +99,7 @@ unsafe impl Sync for Doorbell {}
 impl Doorbell {
     /// Tells the device that `queue` has new available buffers (a VM exit).
     pub fn ring(&self) {
+        trips::count(Trip::Doorbell);
         // SAFETY: `register` is this queue's notify address inside the mapped notify region.
         unsafe { core::ptr::write_volatile(self.register.as_ptr(), self.queue) }
     }
