@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use virtio_drivers::Hal;
+use zerocopy::IntoBytes;
 use zeroize::Zeroize;
 
 use super::config::CryptoConfig;
@@ -326,13 +327,10 @@ impl<H: Hal> CryptoDevice<H> {
             self.live_sessions.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::SessionsExhausted);
         }
-        let request = wire::CipherCreateSession {
-            algo: cipher.algo(),
-            key_len: key.len() as u32,
-            op: direction.op(),
-        };
+        let request =
+            wire::CipherCreateSession::new(cipher.algo(), key.len() as u32, direction.op());
         let mut readable = heapless::Vec::new();
-        let _ = readable.push(request.to_bytes().to_vec());
+        let _ = readable.push(request.as_bytes().to_vec());
         let _ = readable.push(key.to_vec());
         let mut writable = heapless::Vec::new();
         let _ = writable.push(vec![0u8; wire::SESSION_INPUT_LEN]);
@@ -366,7 +364,7 @@ impl<H: Hal> CryptoDevice<H> {
     pub fn destroy_cipher_session(&self, session_id: u64) -> Result<(), Error> {
         self.ready()?;
         let mut readable = heapless::Vec::new();
-        let _ = readable.push(wire::DestroySession::cipher(session_id).to_bytes().to_vec());
+        let _ = readable.push(wire::DestroySession::cipher(session_id).as_bytes().to_vec());
         let mut writable = heapless::Vec::new();
         let _ = writable.push(vec![0xffu8; wire::INHDR_LEN]);
         let buffers = self.round_trip(
@@ -447,16 +445,15 @@ impl<H: Hal> CryptoDevice<H> {
     ) -> Result<PendingRequest<'d, H>, Error> {
         self.ready()?;
         self.check_request(cipher, iv, src.len(), src.len())?;
-        let header = wire::CipherDataHeader {
-            opcode: direction.opcode(),
-            algo: cipher.algo(),
+        let header = wire::CipherDataHeader::new(
+            direction.opcode(),
+            cipher.algo(),
             session_id,
-            iv_len: iv.len() as u32,
-            src_len: src.len() as u32,
-            dst_len: src.len() as u32,
-        };
+            iv.len() as u32,
+            src.len() as u32,
+        );
         let mut readable = heapless::Vec::new();
-        let _ = readable.push(header.to_bytes().to_vec());
+        let _ = readable.push(header.as_bytes().to_vec());
         if !iv.is_empty() {
             let _ = readable.push(iv.to_vec());
         }
