@@ -480,14 +480,14 @@ mod tests {
         let req = CipherCreateSession::new(CIPHER_AES_CBC, 32, OP_DECRYPT);
         let b = req.as_bytes();
         assert_eq!(b.len(), 72);
-        assert_eq!(u32_at(&b, 0), CIPHER_CREATE_SESSION);
-        assert_eq!(u32_at(&b, 4), CIPHER_AES_CBC);
-        assert_eq!(u32_at(&b, 8), 0, "flag");
-        assert_eq!(u32_at(&b, 12), 0, "queue_id");
-        assert_eq!(u32_at(&b, 16), CIPHER_AES_CBC);
-        assert_eq!(u32_at(&b, 20), 32);
-        assert_eq!(u32_at(&b, 24), OP_DECRYPT);
-        assert_eq!(u32_at(&b, 64), SYM_OP_CIPHER);
+        assert_eq!(u32_at(b, 0), CIPHER_CREATE_SESSION);
+        assert_eq!(u32_at(b, 4), CIPHER_AES_CBC);
+        assert_eq!(u32_at(b, 8), 0, "flag");
+        assert_eq!(u32_at(b, 12), 0, "queue_id");
+        assert_eq!(u32_at(b, 16), CIPHER_AES_CBC);
+        assert_eq!(u32_at(b, 20), 32);
+        assert_eq!(u32_at(b, 24), OP_DECRYPT);
+        assert_eq!(u32_at(b, 64), SYM_OP_CIPHER);
     }
 
     #[test]
@@ -495,24 +495,24 @@ mod tests {
         let req = CipherCreateSession::new(u32::MAX, u32::MAX, u32::MAX);
         let b = req.as_bytes();
         let fields = [(0, 4), (4, 4), (16, 4), (20, 4), (24, 4), (64, 4)];
-        assert_zero_outside(&b, &fields);
+        assert_zero_outside(b, &fields);
         for (o, _) in &fields[1..5] {
-            assert_eq!(u32_at(&b, *o), u32::MAX, "field at {o}");
+            assert_eq!(u32_at(b, *o), u32::MAX, "field at {o}");
         }
-        assert_eq!(u32_at(&b, 64), 1);
+        assert_eq!(u32_at(b, 64), 1);
     }
 
     #[test]
     fn destroy_session_layout() {
         let req = DestroySession::cipher(0x0102_0304_0506_0708);
         let b = req.as_bytes();
-        assert_eq!(u32_at(&b, 0), CIPHER_DESTROY_SESSION);
-        assert_eq!(u64_at(&b, 16), 0x0102_0304_0506_0708);
+        assert_eq!(u32_at(b, 0), CIPHER_DESTROY_SESSION);
+        assert_eq!(u64_at(b, 16), 0x0102_0304_0506_0708);
         assert_eq!(b[16], 0x08, "little endian");
         let req = DestroySession::new(u32::MAX, u64::MAX);
         let b = req.as_bytes();
-        assert_zero_outside(&b, &[(0, 4), (16, 8)]);
-        assert_eq!(u64_at(&b, 16), u64::MAX);
+        assert_zero_outside(b, &[(0, 4), (16, 8)]);
+        assert_eq!(u64_at(b, 16), u64::MAX);
     }
 
     #[test]
@@ -526,14 +526,14 @@ mod tests {
         );
         let b = h.as_bytes();
         assert_eq!(b.len(), 72);
-        assert_eq!(u32_at(&b, 0), CIPHER_DECRYPT);
-        assert_eq!(u32_at(&b, 4), CIPHER_AES_CTR);
-        assert_eq!(u64_at(&b, 8), 0xdead_beef_0000_0007);
-        assert_eq!(u32_at(&b, 16), 0, "flag");
-        assert_eq!(u32_at(&b, 24), 16);
-        assert_eq!(u32_at(&b, 28), 4096);
-        assert_eq!(u32_at(&b, 32), 4096);
-        assert_eq!(u32_at(&b, 64), SYM_OP_CIPHER);
+        assert_eq!(u32_at(b, 0), CIPHER_DECRYPT);
+        assert_eq!(u32_at(b, 4), CIPHER_AES_CTR);
+        assert_eq!(u64_at(b, 8), 0xdead_beef_0000_0007);
+        assert_eq!(u32_at(b, 16), 0, "flag");
+        assert_eq!(u32_at(b, 24), 16);
+        assert_eq!(u32_at(b, 28), 4096);
+        assert_eq!(u32_at(b, 32), 4096);
+        assert_eq!(u32_at(b, 64), SYM_OP_CIPHER);
     }
 
     #[test]
@@ -541,12 +541,12 @@ mod tests {
         let h = CipherDataHeader::new(u32::MAX, u32::MAX, u64::MAX, u32::MAX, u32::MAX);
         let b = h.as_bytes();
         assert_zero_outside(
-            &b,
+            b,
             &[(0, 4), (4, 4), (8, 8), (24, 4), (28, 4), (32, 4), (64, 4)],
         );
-        assert_eq!(u64_at(&b, 8), u64::MAX);
+        assert_eq!(u64_at(b, 8), u64::MAX);
         assert_eq!(
-            (u32_at(&b, 24), u32_at(&b, 28), u32_at(&b, 32)),
+            (u32_at(b, 24), u32_at(b, 28), u32_at(b, 32)),
             (u32::MAX, u32::MAX, u32::MAX)
         );
     }
