@@ -663,3 +663,143 @@ fn concurrent_sessions_get_their_own_results() {
         .sum();
     assert_eq!(completed, 4 * 50 * 8);
 }
+
+// --- the request engine: slots and completion handlers ---------------------------------------
+
+/// A finished request's slot (and so its memory) is reused by the next request; a request dropped
+/// while in flight keeps its slot until the device gives it back; a failed-while-posted one
+/// stays quarantined until `reclaim_after_reset`.
+#[test]
+fn slots_are_reused_and_held_while_the_device_owns_them() {
+    let mut rig = rig();
+    let mut addresses = Vec::new();
+    for round in 0..3u8 {
+        let r = submit(&rig.queue, bufs(&[&[round; 8]], &[4])).unwrap();
+        let chain = rig.ring.pending().pop().unwrap();
+        addresses.push(chain.descs[0].addr);
+        rig.ring.complete(chain.id as u32, 4);
+        rig.queue.handle_interrupt();
+        assert_eq!(finished(&r).result, Ok(4));
+        drop(r);
+        assert_eq!(rig.queue.slots_in_use(), 0, "round {round}");
+    }
+    assert!(
+        addresses.windows(2).all(|w| w[0] == w[1]),
+        "the same slot memory serves each request: {addresses:x?}"
+    );
+
+    // Dropped in flight (a timed-out waiter): the slot stays with the queue.
+    let r = submit(&rig.queue, bufs(&[b"abandoned"], &[4])).unwrap();
+    assert_eq!(r.wait(1_000_000), Err(Error::Timeout));
+    drop(r);
+    assert_eq!(rig.queue.slots_in_use(), 1, "held while the device owns it");
+    let chain = rig.ring.pending().pop().unwrap();
+    rig.ring.complete(chain.id as u32, 4);
+    assert_eq!(rig.queue.handle_interrupt(), 1);
+    assert_eq!(
+        rig.queue.slots_in_use(),
+        0,
+        "released when the device returned it"
+    );
+
+    // Failed while posted (device needs a reset): quarantined until the reset.
+    let r = submit(&rig.queue, bufs(&[b"failed"], &[4])).unwrap();
+    rig.queue.fail_all(Error::DeviceNeedsReset);
+    assert_eq!(finished(&r).result, Err(Error::DeviceNeedsReset));
+    drop(r);
+    assert_eq!(rig.queue.slots_in_use(), 1, "quarantined");
+    assert_eq!(rig.queue.reclaim_after_reset(), 1);
+    assert_eq!(rig.queue.slots_in_use(), 0);
+}
+
+/// A completion handler gets the finished request by value after the queue lock is dropped (it
+/// takes the queue lock itself), and can submit the next request from there: a chained stream.
+#[test]
+fn completion_handler_runs_unlocked_and_chains_the_next_request() {
+    use super::slots::OnComplete;
+    use std::sync::Mutex;
+
+    struct Chain {
+        queue: Arc<CryptoQueue<FakeHal>>,
+        me: Mutex<Option<Arc<Chain>>>,
+        seen: Mutex<Vec<(Result<u32, Error>, Vec<u8>)>>,
+    }
+    impl OnComplete<FakeHal> for Chain {
+        fn on_complete(&self, request: Request<FakeHal>) {
+            // Takes the queue lock: would spin forever if the drain still held it.
+            let _ = self.queue.in_flight();
+            let next = request.writable()[0];
+            self.seen
+                .lock()
+                .unwrap()
+                .push((request.outcome().unwrap(), request.writable().to_vec()));
+            drop(request);
+            if next < 3 {
+                let me = self.me.lock().unwrap().clone().unwrap();
+                let mut b = self.queue.reserve(1, 1).unwrap();
+                b.push(&[next]).unwrap();
+                b.submit_with(me).unwrap();
+            }
+        }
+    }
+
+    host::install();
+    let mut transport = FakeTransport::new(1);
+    let queue =
+        Arc::new(CryptoQueue::new(&mut transport, 0, Box::new(CountingNotify::new())).unwrap());
+    let mut ring = transport.ring(0);
+    let chain = Arc::new(Chain {
+        queue: queue.clone(),
+        me: Mutex::new(None),
+        seen: Mutex::new(Vec::new()),
+    });
+    *chain.me.lock().unwrap() = Some(chain.clone());
+    let mut b = queue.reserve(1, 1).unwrap();
+    b.push(&[0]).unwrap();
+    b.submit_with(chain.clone()).unwrap();
+    for step in 0..3u8 {
+        let c = ring
+            .pending()
+            .pop()
+            .expect("the handler posted the next request");
+        assert_eq!(c.readable(), [vec![step]]);
+        c.write(&[step + 1]);
+        ring.complete(c.id as u32, 1);
+        assert_eq!(queue.handle_interrupt(), 1);
+    }
+    assert!(ring.pending().is_empty());
+    let seen = chain.seen.lock().unwrap().clone();
+    assert_eq!(seen, [(Ok(1), vec![1]), (Ok(1), vec![2]), (Ok(1), vec![3])]);
+    assert_eq!(
+        queue.slots_in_use(),
+        0,
+        "every handled request released its slot"
+    );
+    *chain.me.lock().unwrap() = None;
+}
+
+/// Requests above the preallocated sizes still work (a heap spill), and the builder refuses
+/// more readable bytes than reserved.
+#[test]
+fn oversized_requests_spill_and_builders_check_sizes() {
+    let mut rig = rig();
+    let big = vec![0xabu8; 1000]; // the rig's slots hold 128 bytes
+    let r = submit(&rig.queue, bufs(&[&big], &[600])).unwrap();
+    let chain = rig.ring.pending().pop().unwrap();
+    assert_eq!(chain.readable(), [big.clone()]);
+    chain.write(&[7; 600]);
+    rig.ring.complete(chain.id as u32, 600);
+    rig.queue.handle_interrupt();
+    let f = finished(&r);
+    assert_eq!((f.result, &f.writable[..]), (Ok(600), &[7u8; 600][..]));
+    drop(r);
+    let mut b = rig.queue.reserve(4, 1).unwrap();
+    assert!(matches!(
+        b.push(&[1; 5]),
+        Err(Error::RequestTooLarge { .. })
+    ));
+    b.push(&[1; 3]).unwrap();
+    assert!(b.submit().is_err(), "a partly filled request is not posted");
+    assert!(rig.ring.pending().is_empty());
+    assert_eq!(rig.queue.slots_in_use(), 0);
+}
