@@ -2,16 +2,16 @@
 //! calls. Dropping a session destroys it on the device. The key is never kept: the driver's
 //! copy in the request buffer is zeroized as soon as the device has it.
 //!
-//! A request goes: `Session::encrypt` -> `CryptoDevice::cipher_request` (validation, buffers) ->
-//! `CryptoQueue::submit` (queue lock: add + kick prepare; doorbell after unlock) -> the task
-//! sleeps on the request's completion -> the queue's MSI-X interrupt runs
-//! `CryptoQueue::handle_interrupt` (queue lock: pop used; then complete + wake) -> the task
-//! wakes with the output.
+//! A request goes: `Session::encrypt` -> `CryptoDevice::cipher_into` (validation; header, IV and
+//! source copied into a request slot of the CPU's data queue) -> `RequestBuilder::submit` (queue
+//! lock: add + kick prepare; doorbell after unlock) -> the task sleeps in `Request::wait_until`
+//! -> the queue's MSI-X interrupt runs `CryptoQueue::handle_interrupt` (queue lock: pop used;
+//! then wake) -> the task copies the output to `dst` and the slot is released. No heap
+//! allocation on this path for requests that fit the queue's preallocated memory.
 
 use virtio_drivers::Hal;
 
 use crate::error::Error;
-use crate::sync::platform;
 pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction};
 
 /// A cipher session on one device.
@@ -91,15 +91,9 @@ impl<'d, H: Hal> Session<'d, H> {
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
         // The rest of the request is validated once, by the device layer.
-        if src.len() != dst.len() {
-            return Err(Error::LengthMismatch {
-                src: src.len(),
-                dst: dst.len(),
-            });
-        }
-        let out = self.run(direction, iv, src)?;
-        dst.copy_from_slice(&out);
-        Ok(())
+        let queue = self.device.current_data_queue();
+        self.device
+            .cipher_into(queue, self.id, self.cipher, direction, iv, src, dst)
     }
 
     fn apply_in_place(
@@ -109,27 +103,13 @@ impl<'d, H: Hal> Session<'d, H> {
         data: &mut [u8],
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
-        let out = self.run(direction, iv, data)?;
-        data.copy_from_slice(&out);
-        Ok(())
-    }
-
-    fn run(
-        &self,
-        direction: Direction,
-        iv: &[u8],
-        src: &[u8],
-    ) -> Result<alloc::vec::Vec<u8>, Error> {
-        let queue = self.device.data_queue_for(platform::get().current_cpu());
+        let queue = self.device.current_data_queue();
         let out = self
             .device
-            .cipher_request(queue, self.id, self.cipher, direction, iv, src)?;
-        if out.len() != src.len() {
-            return Err(Error::MalformedCompletion {
-                what: "output length differs from input",
-            });
-        }
-        Ok(out)
+            .start_cipher_request(queue, self.id, self.cipher, direction, iv, data)?
+            .wait()?;
+        data.copy_from_slice(&out);
+        Ok(())
     }
 
     /// Destroys the session, reporting the device's answer (dropping does the same silently).
@@ -141,10 +121,10 @@ impl<'d, H: Hal> Session<'d, H> {
 
 impl<H: Hal> Drop for Session<'_, H> {
     fn drop(&mut self) {
-        if self.open {
-            if let Err(e) = self.device.destroy_cipher_session(self.id) {
-                log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
-            }
+        if self.open
+            && let Err(e) = self.device.destroy_cipher_session(self.id)
+        {
+            log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
         }
     }
 }

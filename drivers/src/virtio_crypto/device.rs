@@ -1,32 +1,33 @@
-//! A virtio-crypto device: one control queue, one or more data queues, and the request logic on
-//! top — validation before anything reaches the device, session create/destroy on the control
-//! queue with any number in flight, cipher requests on the data queues.
+//! A virtio-crypto device: one control queue, one or more data queues, the run-time switches of
+//! the experiments (`ctrl=poll|sleep`, `kick=locked|unlocked`), readiness and the
+//! DEVICE_NEEDS_RESET handling shared by every request.
+//!
+//! Per-service request building and validation live in `session.rs` (control requests, generic
+//! over services) and `cipher.rs` (cipher data requests); the request engine in `request.rs`,
+//! `slots.rs` and `queue.rs`.
 //!
 //! Every public call returns `Result<_, Error>`; nothing a caller or the device does panics.
-//! Requests that QEMU would answer by breaking the device (short headers, missing IV or data,
-//! src_len != dst_len, more than `max_size`) are refused here before they are built.
 
 use alloc::boxed::Box;
 use alloc::string::String;
-use alloc::vec;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use virtio_drivers::Hal;
-use zeroize::Zeroize;
 
 use super::config::CryptoConfig;
-use super::queue::{Buffers, CryptoQueue, Finished, KickMode};
+use super::queue::{CryptoQueue, KickMode, QueueCore};
+use super::request::{Request, RequestBuilder};
 use super::routing::QueueRouting;
-use super::status::{RequestKind, status_to_result};
-use super::wire;
+use super::session::SessionCounter;
+use super::slots::StorageConfig;
 use crate::error::Error;
 use crate::sync::{SpinLock, platform};
 
-/// Sessions QEMU's builtin backend holds at once (not advertised in the config space).
-pub const MAX_SESSIONS: usize = 256;
-/// Largest request payload this driver builds (one heap buffer each for src and dst).
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+pub use super::cipher::{Cipher, CipherOutput, CipherRequest, Direction, MAX_REQUEST_BYTES};
+pub use super::session::{MAX_SESSIONS, Service};
+
 /// How long a request may take before the caller gets `Timeout`.
 pub const DEFAULT_TIMEOUT_NS: u64 = 10_000_000_000;
 
@@ -41,96 +42,39 @@ pub enum CtrlMode {
     Poll = 1,
 }
 
-/// AES modes the driver knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cipher {
-    AesEcb,
-    AesCbc,
-    AesCtr,
-    AesXts,
+/// What every request of a device needs after it was posted, shared by `Arc` so owned requests
+/// need no borrow of the device: the DEVICE_NEEDS_RESET reader, the queues to fail when it is
+/// set, and the timeout.
+pub struct DeviceHealth<H: Hal> {
+    needs_reset: Box<dyn Fn() -> bool + Send + Sync>,
+    queues: Vec<Arc<QueueCore<H>>>,
+    timeout_ns: AtomicU64,
 }
 
-impl Cipher {
-    pub const ALL: [Cipher; 4] = [
-        Cipher::AesEcb,
-        Cipher::AesCbc,
-        Cipher::AesCtr,
-        Cipher::AesXts,
-    ];
+impl<H: Hal> DeviceHealth<H> {
+    pub fn timeout_ns(&self) -> u64 {
+        self.timeout_ns.load(Ordering::Relaxed)
+    }
 
-    pub fn algo(self) -> u32 {
-        match self {
-            Cipher::AesEcb => wire::CIPHER_AES_ECB,
-            Cipher::AesCbc => wire::CIPHER_AES_CBC,
-            Cipher::AesCtr => wire::CIPHER_AES_CTR,
-            Cipher::AesXts => wire::CIPHER_AES_XTS,
+    /// If the device has flagged DEVICE_NEEDS_RESET, fails every request in flight on every
+    /// queue (they get `DeviceNeedsReset`) and returns true.
+    pub fn fail_if_needs_reset(&self) -> bool {
+        if !(self.needs_reset)() {
+            return false;
         }
-    }
-
-    /// The kernel crypto API name (`cbc(aes)`), as kcapi takes it.
-    pub fn kcapi_name(self) -> &'static str {
-        match self {
-            Cipher::AesEcb => "ecb(aes)",
-            Cipher::AesCbc => "cbc(aes)",
-            Cipher::AesCtr => "ctr(aes)",
-            Cipher::AesXts => "xts(aes)",
+        for q in &self.queues {
+            q.fail_all(Error::DeviceNeedsReset);
         }
+        true
     }
 
-    pub fn from_kcapi_name(name: &str) -> Option<Cipher> {
-        Cipher::ALL.into_iter().find(|c| c.kcapi_name() == name)
-    }
-
-    /// Legal key lengths in bytes.
-    pub fn key_lengths(self) -> &'static [usize] {
-        match self {
-            Cipher::AesXts => &[32, 64],
-            _ => &[16, 24, 32],
-        }
-    }
-
-    fn key_lengths_text(self) -> &'static str {
-        match self {
-            Cipher::AesXts => "32 or 64",
-            _ => "16, 24 or 32",
-        }
-    }
-
-    /// IV length in bytes (ECB has none).
-    pub fn iv_len(self) -> usize {
-        if self == Cipher::AesEcb { 0 } else { 16 }
-    }
-
-    /// Data must be a multiple of this.
-    pub fn block_len(self) -> usize {
-        if self == Cipher::AesCtr { 1 } else { 16 }
-    }
-
-    /// Implemented by QEMU's builtin backend although it advertises only AES-CBC.
-    fn implemented_unadvertised(self) -> bool {
-        self != Cipher::AesCbc
-    }
-}
-
-/// Direction fixed when a session is created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Encrypt,
-    Decrypt,
-}
-
-impl Direction {
-    fn op(self) -> u32 {
-        match self {
-            Direction::Encrypt => wire::OP_ENCRYPT,
-            Direction::Decrypt => wire::OP_DECRYPT,
-        }
-    }
-
-    fn opcode(self) -> u32 {
-        match self {
-            Direction::Encrypt => wire::CIPHER_ENCRYPT,
-            Direction::Decrypt => wire::CIPHER_DECRYPT,
+    /// A request timed out: if the device needs a reset, that is the error, and every request
+    /// in flight on every queue fails with it.
+    pub fn timed_out(&self) -> Error {
+        if self.fail_if_needs_reset() {
+            Error::DeviceNeedsReset
+        } else {
+            Error::Timeout
         }
     }
 }
@@ -145,16 +89,15 @@ pub struct CryptoDevice<H: Hal> {
     /// The `Poll` baseline's control lock: one control request at a time, polled.
     poll_lock: SpinLock<()>,
     unadvertised: AtomicBool,
-    live_sessions: AtomicUsize,
-    timeout_ns: AtomicU64,
-    needs_reset: Box<dyn Fn() -> bool + Send + Sync>,
+    pub(crate) sessions: SessionCounter,
+    health: Arc<DeviceHealth<H>>,
     /// Set once when the device's interrupts are routed.
     routing: spin::Once<QueueRouting>,
 }
 
 impl<H: Hal> CryptoDevice<H> {
-    /// Assembles a device from queues already set up on its transport. `needs_reset` reads the
-    /// transport's DEVICE_NEEDS_RESET bit.
+    /// Assembles a device from queues already set up on its transport, and preallocates their
+    /// request memory. `needs_reset` reads the transport's DEVICE_NEEDS_RESET bit.
     pub fn new(
         name: String,
         config: CryptoConfig,
@@ -167,6 +110,14 @@ impl<H: Hal> CryptoDevice<H> {
                 what: "a device without data queues",
             });
         }
+        control.provision(StorageConfig::CONTROL)?;
+        for q in &data {
+            q.provision(StorageConfig::DATA)?;
+        }
+        let queues = core::iter::once(&control)
+            .chain(&data)
+            .map(|q| q.core().clone())
+            .collect();
         Ok(CryptoDevice {
             name,
             config,
@@ -175,9 +126,12 @@ impl<H: Hal> CryptoDevice<H> {
             ctrl_mode: AtomicU8::new(CtrlMode::Sleep as u8),
             poll_lock: SpinLock::new("ctrl-poll", ()),
             unadvertised: AtomicBool::new(false),
-            live_sessions: AtomicUsize::new(0),
-            timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
-            needs_reset,
+            sessions: SessionCounter::new(),
+            health: Arc::new(DeviceHealth {
+                needs_reset,
+                queues,
+                timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
+            }),
             routing: spin::Once::new(),
         })
     }
@@ -208,13 +162,17 @@ impl<H: Hal> CryptoDevice<H> {
         self.unadvertised.store(allow, Ordering::Relaxed);
     }
 
-    pub fn set_timeout_ns(&self, ns: u64) {
-        self.timeout_ns.store(ns, Ordering::Relaxed);
+    pub(crate) fn allows_unadvertised(&self) -> bool {
+        self.unadvertised.load(Ordering::Relaxed)
     }
 
-    /// Sessions this driver created on the device and has not destroyed.
-    pub fn live_sessions(&self) -> usize {
-        self.live_sessions.load(Ordering::SeqCst)
+    pub fn set_timeout_ns(&self, ns: u64) {
+        self.health.timeout_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The shared health record requests keep (timeouts, needs-reset handling).
+    pub fn health(&self) -> &Arc<DeviceHealth<H>> {
+        &self.health
     }
 
     /// Records where the device's interrupts go (once; a second call is ignored). Until then
@@ -238,26 +196,13 @@ impl<H: Hal> CryptoDevice<H> {
         &self.data[queue % self.data.len()]
     }
 
-    /// Whether the device could take `cipher` (advertised, or opted in).
-    pub fn check_cipher(&self, cipher: Cipher) -> Result<(), Error> {
-        if !self.config.advertises_service(wire::SERVICE_CIPHER) {
-            return Err(Error::NotSupported {
-                what: "the cipher service",
-            });
-        }
-        if self.config.advertises_cipher(cipher.algo())
-            || (cipher.implemented_unadvertised() && self.unadvertised.load(Ordering::Relaxed))
-        {
-            Ok(())
-        } else {
-            Err(Error::NotSupported {
-                what: cipher.kcapi_name(),
-            })
-        }
+    /// The data queue of the CPU running the caller.
+    pub fn current_data_queue(&self) -> &CryptoQueue<H> {
+        self.data_queue_for(platform::get().current_cpu())
     }
 
-    fn ready(&self) -> Result<(), Error> {
-        if (self.needs_reset)() {
+    pub(crate) fn ready(&self) -> Result<(), Error> {
+        if (self.health.needs_reset)() {
             return Err(Error::DeviceNeedsReset);
         }
         if !self.config.hw_ready() {
@@ -266,251 +211,36 @@ impl<H: Hal> CryptoDevice<H> {
         Ok(())
     }
 
-    /// Submits on `queue` and waits for the result, sleeping or (control queue in `Poll` mode)
-    /// polling. On timeout the request's buffers stay with the queue until the device returns
-    /// them; if the device needs a reset, every request in flight fails.
-    fn round_trip(
-        &self,
-        queue: &CryptoQueue<H>,
-        buffers: Buffers,
-        poll: bool,
-    ) -> Result<Buffers, Error> {
-        let timeout = self.timeout_ns.load(Ordering::Relaxed);
-        let finished = if poll {
-            let _one_at_a_time = self.poll_lock.lock();
-            let completion = queue.submit(buffers)?;
-            let deadline = platform::get().now_ns().saturating_add(timeout);
-            loop {
-                queue.handle_interrupt();
-                if completion.is_done() {
-                    break completion.wait();
-                }
-                if platform::get().now_ns() >= deadline {
-                    return Err(self.timed_out());
-                }
-                core::hint::spin_loop();
-            }
-        } else {
-            let completion = queue.submit(buffers)?;
-            match completion.wait_timeout(timeout) {
-                Ok(finished) => finished,
-                Err(_) => return Err(self.timed_out()),
-            }
-        };
-        let Finished { buffers, result } = finished;
-        result?;
-        Ok(buffers)
-    }
-
     /// If the device has flagged DEVICE_NEEDS_RESET, fails every request in flight on every
     /// queue (they get `DeviceNeedsReset`) and returns true.
     pub fn fail_if_needs_reset(&self) -> bool {
-        if !(self.needs_reset)() {
-            return false;
-        }
-        self.control.fail_all(Error::DeviceNeedsReset);
-        for q in &self.data {
-            q.fail_all(Error::DeviceNeedsReset);
-        }
-        true
+        self.health.fail_if_needs_reset()
     }
 
-    /// A request timed out: if the device needs a reset, that is the error, and every request
-    /// in flight on every queue fails with it.
-    fn timed_out(&self) -> Error {
-        if self.fail_if_needs_reset() {
-            Error::DeviceNeedsReset
+    /// Posts a control request and waits for it, sleeping or (in `Poll` mode, one at a time
+    /// under the control lock) polling. On timeout the request's memory stays with the queue
+    /// until the device returns it; if the device needs a reset, every request in flight fails.
+    pub(crate) fn control_round_trip(
+        &self,
+        builder: RequestBuilder<H>,
+    ) -> Result<Request<H>, Error> {
+        let deadline = platform::get()
+            .now_ns()
+            .saturating_add(self.health.timeout_ns());
+        let (request, result) = if self.ctrl_mode() == CtrlMode::Poll {
+            let _one_at_a_time = self.poll_lock.lock();
+            let request = builder.submit()?;
+            let result = request.poll_until(deadline);
+            (request, result)
         } else {
-            Error::Timeout
-        }
-    }
-
-    /// Creates a cipher session; returns the device's session id.
-    pub fn create_cipher_session(
-        &self,
-        cipher: Cipher,
-        direction: Direction,
-        key: &[u8],
-    ) -> Result<u64, Error> {
-        self.ready()?;
-        self.check_cipher(cipher)?;
-        if !cipher.key_lengths().contains(&key.len())
-            || key.len() > self.config.max_cipher_key_len as usize
-        {
-            return Err(Error::InvalidKeyLength {
-                got: key.len(),
-                allowed: cipher.key_lengths_text(),
-            });
-        }
-        if self.live_sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
-            self.live_sessions.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::SessionsExhausted);
-        }
-        let request = wire::CipherCreateSession {
-            algo: cipher.algo(),
-            key_len: key.len() as u32,
-            op: direction.op(),
+            let request = builder.submit()?;
+            let result = request.wait_until(Some(deadline));
+            (request, result)
         };
-        let mut readable = heapless::Vec::new();
-        let _ = readable.push(request.to_bytes().to_vec());
-        let _ = readable.push(key.to_vec());
-        let mut writable = heapless::Vec::new();
-        let _ = writable.push(vec![0u8; wire::SESSION_INPUT_LEN]);
-        let result = self
-            .round_trip(
-                &self.control,
-                Buffers { readable, writable },
-                self.ctrl_mode() == CtrlMode::Poll,
-            )
-            .and_then(|mut buffers| {
-                // The key has reached the device; wipe our copy in the DMA buffer.
-                if let Some(key_copy) = buffers.readable.get_mut(1) {
-                    key_copy.zeroize();
-                }
-                let reply: &[u8; wire::SESSION_INPUT_LEN] = buffers.writable[0]
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::MalformedCompletion {
-                        what: "session input of the wrong size",
-                    })?;
-                let (id, status) = wire::SessionInput::parse(reply);
-                status_to_result(status, RequestKind::CreateSession).map(|()| id)
-            });
-        if result.is_err() {
-            self.live_sessions.fetch_sub(1, Ordering::SeqCst);
+        match result {
+            Ok(_) => Ok(request),
+            Err(Error::Timeout) => Err(self.health.timed_out()),
+            Err(e) => Err(e),
         }
-        result
-    }
-
-    /// Destroys a cipher session.
-    pub fn destroy_cipher_session(&self, session_id: u64) -> Result<(), Error> {
-        self.ready()?;
-        let mut readable = heapless::Vec::new();
-        let _ = readable.push(wire::DestroySession::cipher(session_id).to_bytes().to_vec());
-        let mut writable = heapless::Vec::new();
-        let _ = writable.push(vec![0xffu8; wire::INHDR_LEN]);
-        let buffers = self.round_trip(
-            &self.control,
-            Buffers { readable, writable },
-            self.ctrl_mode() == CtrlMode::Poll,
-        )?;
-        status_to_result(buffers.writable[0][0], RequestKind::DestroySession)?;
-        self.live_sessions.fetch_sub(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Checks a cipher request against the algorithm and the device limits.
-    pub fn check_request(
-        &self,
-        cipher: Cipher,
-        iv: &[u8],
-        src_len: usize,
-        dst_len: usize,
-    ) -> Result<(), Error> {
-        if iv.len() != cipher.iv_len() {
-            return Err(Error::InvalidIvLength {
-                got: iv.len(),
-                expected: cipher.iv_len(),
-            });
-        }
-        if src_len == 0 {
-            return Err(Error::EmptyRequest);
-        }
-        if src_len != dst_len {
-            return Err(Error::LengthMismatch {
-                src: src_len,
-                dst: dst_len,
-            });
-        }
-        if src_len % cipher.block_len() != 0 {
-            return Err(Error::InvalidDataLength {
-                got: src_len,
-                block: cipher.block_len(),
-            });
-        }
-        let total = (iv.len() + src_len + dst_len) as u64;
-        let max = self.config.max_size.min(2 * MAX_REQUEST_BYTES as u64 + 16);
-        if total > max || src_len > MAX_REQUEST_BYTES {
-            return Err(Error::RequestTooLarge {
-                got: src_len as u64,
-                max: (MAX_REQUEST_BYTES as u64).min(max / 2),
-            });
-        }
-        Ok(())
-    }
-
-    /// Runs one cipher request of session `session_id` on `queue`: `src` in, the same number of
-    /// bytes out.
-    pub fn cipher_request(
-        &self,
-        queue: &CryptoQueue<H>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
-        iv: &[u8],
-        src: &[u8],
-    ) -> Result<Vec<u8>, Error> {
-        self.start_cipher_request(queue, session_id, cipher, direction, iv, src)?
-            .wait()
-    }
-
-    /// Validates and posts a cipher request without waiting for it: the caller may keep many in
-    /// flight and collect each with [`PendingRequest::wait`].
-    pub fn start_cipher_request<'d>(
-        &'d self,
-        queue: &'d CryptoQueue<H>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
-        iv: &[u8],
-        src: &[u8],
-    ) -> Result<PendingRequest<'d, H>, Error> {
-        self.ready()?;
-        self.check_request(cipher, iv, src.len(), src.len())?;
-        let header = wire::CipherDataHeader {
-            opcode: direction.opcode(),
-            algo: cipher.algo(),
-            session_id,
-            iv_len: iv.len() as u32,
-            src_len: src.len() as u32,
-            dst_len: src.len() as u32,
-        };
-        let mut readable = heapless::Vec::new();
-        let _ = readable.push(header.to_bytes().to_vec());
-        if !iv.is_empty() {
-            let _ = readable.push(iv.to_vec());
-        }
-        let _ = readable.push(src.to_vec());
-        let mut writable = heapless::Vec::new();
-        let _ = writable.push(vec![0u8; src.len()]);
-        let _ = writable.push(vec![0xffu8; wire::INHDR_LEN]);
-        let completion = queue.submit(Buffers { readable, writable })?;
-        Ok(PendingRequest {
-            device: self,
-            completion,
-        })
-    }
-}
-
-/// A cipher request in flight.
-pub struct PendingRequest<'d, H: Hal> {
-    device: &'d CryptoDevice<H>,
-    completion: alloc::sync::Arc<super::queue::RequestCompletion>,
-}
-
-impl<H: Hal> PendingRequest<'_, H> {
-    /// Sleeps until the device answers; returns the output bytes.
-    pub fn wait(self) -> Result<Vec<u8>, Error> {
-        let timeout = self.device.timeout_ns.load(Ordering::Relaxed);
-        let Finished {
-            mut buffers,
-            result,
-        } = match self.completion.wait_timeout(timeout) {
-            Ok(finished) => finished,
-            Err(_) => return Err(self.device.timed_out()),
-        };
-        result?;
-        status_to_result(buffers.writable[1][0], RequestKind::Data)?;
-        Ok(core::mem::take(&mut buffers.writable[0]))
     }
 }

@@ -511,16 +511,17 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 
 /// Answers a control request; returns the used length.
 fn control_request(chain: &Chain, sessions: &mut HashSet<u64>, next_id: &mut u64) -> u32 {
-    let readable = chain.readable();
-    let req = &readable[0];
-    assert_eq!(req.len(), wire::CTRL_REQ_LEN, "control request header");
+    // The device reads the readable descriptors as one stream (the driver may split it anyhow).
+    let stream = chain.readable().concat();
+    assert!(stream.len() >= wire::CTRL_REQ_LEN, "control request header");
+    let (req, rest) = stream.split_at(wire::CTRL_REQ_LEN);
     match u32_at(req, 0) {
         wire::CIPHER_CREATE_SESSION => {
             let (algo, key_len) = (
                 u32_at(req, wire::CTRL_HDR_LEN),
                 u32_at(req, wire::CTRL_HDR_LEN + 4),
             );
-            let key = &readable[1];
+            let key = rest;
             assert_eq!(
                 key.len(),
                 key_len as usize,
@@ -555,10 +556,20 @@ fn control_request(chain: &Chain, sessions: &mut HashSet<u64>, next_id: &mut u64
 
 /// Answers a cipher data request (header, [iv], src | dst, status); returns the used length.
 fn data_request(chain: &Chain, sessions: &HashSet<u64>) -> u32 {
-    let readable = chain.readable();
-    let hdr = &readable[0];
-    let (session, dst_len) = (u64_at(hdr, 8), u32_at(hdr, wire::OP_HDR_LEN + 8) as usize);
-    let src = readable.last().unwrap();
+    let stream = chain.readable().concat();
+    let hdr = &stream[..wire::DATA_HDR_LEN];
+    let (session, iv_len, src_len, dst_len) = (
+        u64_at(hdr, 8),
+        u32_at(hdr, wire::OP_HDR_LEN) as usize,
+        u32_at(hdr, wire::OP_HDR_LEN + 4) as usize,
+        u32_at(hdr, wire::OP_HDR_LEN + 8) as usize,
+    );
+    assert_eq!(
+        stream.len(),
+        wire::DATA_HDR_LEN + iv_len + src_len,
+        "header, iv and src"
+    );
+    let src = &stream[wire::DATA_HDR_LEN + iv_len..];
     let mut out: Vec<u8> = vec![0; dst_len + 1];
     out[dst_len] = if sessions.contains(&session) {
         for (o, s) in out.iter_mut().zip(src.iter()) {

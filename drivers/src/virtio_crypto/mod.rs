@@ -1,5 +1,12 @@
-//! virtio-crypto (device id 20): the parts of the driver that are pure logic.
+//! virtio-crypto (device id 20): the driver's logic, host-testable.
 //!
+//! By role:
+//! - [`device`]: a device and its queues, run-time switches, readiness and needs-reset handling.
+//! - [`queue`]: one virtqueue (ring, lock discipline, in-flight table by token, drain).
+//! - [`slots`]: each queue's preallocated request memory, by slot.
+//! - [`request`]: the request engine's builder and owned request, waiting and callbacks.
+//! - [`session`]: sessions on the control queue, generic over services.
+//! - [`cipher`]: the cipher service's API (validation, request layout, output).
 //! - [`wire`]: numbers from the spec and builders for the exact bytes put on the virtqueues.
 //! - [`config`]: the device configuration space and capability masks, printable without
 //!   allocation.
@@ -7,9 +14,10 @@
 //!
 //! Invariants shared by the submodules: only the legacy (no `VIRTIO_CRYPTO_F_REVISION_1`)
 //! request layout is produced, every field is little endian, and every byte not named by a
-//! field is zero. Nothing here touches memory the device owns; the caller copies the built
-//! arrays into DMA buffers.
+//! field is zero. Request memory is the queues' own preallocated DMA memory (`slots`), touched by
+//! the CPU only while the device does not own it.
 
+pub mod cipher;
 pub mod config;
 pub mod device;
 #[cfg(test)]
@@ -17,7 +25,10 @@ mod fake;
 pub mod queue;
 #[cfg(test)]
 mod queue_tests;
+pub mod request;
 pub mod routing;
+pub mod session;
+pub mod slots;
 pub mod status;
 pub mod wire;
 

@@ -18,7 +18,12 @@
 //! request. Neither can crash or corrupt memory.
 //!
 //! Requests are found by token (the head descriptor index), never by comparing ring indices, so
-//! nothing depends on the 16-bit indices not wrapping.
+//! nothing depends on the 16-bit indices not wrapping. The in-flight table (indexed by token)
+//! names the request's slot in the queue's preallocated [`Storage`]; a request is posted as at
+//! most two descriptors (its readable bytes, its writable bytes), both inside the slot's memory.
+//!
+//! The queue's state lives in a [`QueueCore`] behind an `Arc`, so a [`Request`] can hold its
+//! queue without borrowing it; [`CryptoQueue`] is the owner's handle.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -26,13 +31,17 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
+use spin::Once;
+
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use super::request::{Request, RequestBuilder};
+use super::slots::{OnComplete, Phase, Storage, StorageConfig};
 use crate::error::Error;
-use crate::sync::{Completion, IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
+use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
 
 /// Entries per virtqueue (QEMU's virtio-crypto offers 1024).
 pub const QUEUE_SIZE: usize = 1024;
@@ -52,57 +61,23 @@ pub enum KickMode {
     Locked = 1,
 }
 
-/// The buffers of one request: device-readable parts first, then device-writable ones. Owned by
-/// the queue while the device has them, handed back through the completion.
-pub struct Buffers {
-    pub readable: heapless::Vec<Vec<u8>, 3>,
-    pub writable: heapless::Vec<Vec<u8>, 2>,
+/// One posted request, by token: its slot and the two regions given to `add` (`pop_used` must
+/// get the same ones back).
+#[derive(Clone, Copy)]
+struct Posted {
+    slot: u16,
+    readable: (usize, usize),
+    writable: (usize, usize),
 }
 
-impl Buffers {
-    /// Pointers to the buffers' heap storage (writable ones derived from mutable borrows).
-    fn pointers(
-        &mut self,
-    ) -> (
-        heapless::Vec<NonNull<[u8]>, 3>,
-        heapless::Vec<NonNull<[u8]>, 2>,
-    ) {
-        let readable = self
-            .readable
-            .iter()
-            .map(|b| NonNull::from(b.as_slice()))
-            .collect();
-        let writable = self
-            .writable
-            .iter_mut()
-            .map(|b| NonNull::from(b.as_mut_slice()))
-            .collect();
-        (readable, writable)
-    }
-
-    fn writable_len(&self) -> usize {
-        self.writable.iter().map(|b| b.len()).sum()
-    }
-}
-
-/// What a finished request gives back: its buffers, and the used length or why it failed.
-pub struct Finished {
-    pub buffers: Buffers,
-    pub result: Result<u32, Error>,
-}
-
-/// The completion a submitter waits on.
-pub type RequestCompletion = Completion<Finished>;
-
-struct InFlight {
-    buffers: Buffers,
-    completion: Arc<RequestCompletion>,
-}
+/// A popped used entry with its used length, or the protocol error (with the entry if it was
+/// already detached).
+type PopResult = Result<(Posted, u32), (Option<Posted>, Error)>;
 
 /// The state behind the queue lock.
 struct Ring<H: Hal> {
     vq: Box<VirtQueue<H, QUEUE_SIZE>>,
-    in_flight: Vec<Option<InFlight>>,
+    in_flight: Vec<Option<Posted>>,
     used: UsedRing,
     /// Entries popped so far, mod 2^16: the used-ring slot of the next entry is this mod SIZE
     /// (it moves in step with virtio-drivers' private `last_used_idx`).
@@ -223,12 +198,20 @@ pub struct QueueCounters {
     pub full_waits: AtomicU64,
 }
 
-/// One virtqueue of the crypto device.
+/// One virtqueue of the crypto device: the owner's handle (the kernel keeps it in the device;
+/// requests hold the [`QueueCore`] it shares).
 pub struct CryptoQueue<H: Hal> {
+    core: Arc<QueueCore<H>>,
+}
+
+/// A queue's state: ring, doorbell, request memory, counters.
+pub struct QueueCore<H: Hal> {
     index: u16,
     ring: IrqSpinLock<Ring<H>>,
     doorbell: Box<dyn Notify>,
+    /// Tasks waiting for free descriptors.
     space: WaitQueue,
+    storage: Once<Storage<H>>,
     kick_mode: AtomicU8,
     broken: AtomicBool,
     pub counters: QueueCounters,
@@ -239,60 +222,46 @@ pub struct QueueGuard<'a, H: Hal> {
     ring: SpinGuard<'a, Ring<H>, IrqsOff>,
 }
 
-/// Turns the request's buffer pointers into the slice arrays virtio-drivers takes (fixed arrays:
-/// no allocation, usable in interrupt context).
+/// Rebuilds the slices `add` was given from a posted request's regions (fixed arrays: no
+/// allocation, usable in interrupt context).
 ///
 /// # Safety
-/// The pointers must be valid for the returned lifetime and not otherwise accessed meanwhile.
-unsafe fn as_slices<'a>(
-    readable: &[NonNull<[u8]>],
-    writable: &[NonNull<[u8]>],
-) -> ([&'a [u8]; 3], [&'a mut [u8]; 2]) {
-    let mut inputs: [&[u8]; 3] = [&[], &[], &[]];
-    let mut outputs: [&mut [u8]; 2] = [&mut [], &mut []];
-    for (slot, p) in inputs.iter_mut().zip(readable) {
-        // SAFETY: guaranteed by the caller.
-        *slot = unsafe { p.as_ref() };
-    }
-    for (slot, p) in outputs.iter_mut().zip(writable) {
-        // SAFETY: guaranteed by the caller.
-        *slot = unsafe { &mut *p.as_ptr() };
-    }
-    (inputs, outputs)
+/// The regions must be valid memory for the returned lifetime and not otherwise accessed
+/// meanwhile (they are a slot's memory, owned by the device between `add` and `pop_used`).
+unsafe fn as_slices<'a>(posted: &Posted) -> ([&'a [u8]; 1], [&'a mut [u8]; 1], usize, usize) {
+    let (r_addr, r_len) = posted.readable;
+    let (w_addr, w_len) = posted.writable;
+    // SAFETY: guaranteed by the caller.
+    let readable = unsafe { core::slice::from_raw_parts(r_addr as *const u8, r_len) };
+    // SAFETY: guaranteed by the caller.
+    let writable = unsafe { core::slice::from_raw_parts_mut(w_addr as *mut u8, w_len) };
+    (
+        [readable],
+        [writable],
+        usize::from(r_len > 0),
+        usize::from(w_len > 0),
+    )
 }
 
 impl<H: Hal> QueueGuard<'_, H> {
     /// Adds the request's descriptors and records it as in flight under its token.
-    fn add(
-        &mut self,
-        mut buffers: Buffers,
-        completion: Arc<RequestCompletion>,
-    ) -> Result<u16, (Buffers, Error)> {
-        let (readable, writable) = buffers.pointers();
-        // SAFETY: the slices point into heap buffers that `buffers` owns. Moving `buffers` into
-        // the in-flight table does not move their heap storage, and the table keeps them alive
-        // and untouched until `pop` hands them back after the device used them.
+    fn add(&mut self, posted: Posted) -> Result<u16, Error> {
+        // SAFETY: the regions are the slot's memory, which stays allocated (the queue owns it)
+        // and untouched by the CPU while the slot is `InFlight`/`Abandoned`, until `pop` hands
+        // it back after the device used it (module invariants of `slots`).
         let token = unsafe {
-            let (inputs, mut outputs) = as_slices(&readable, &writable);
-            self.ring
-                .vq
-                .add(&inputs[..readable.len()], &mut outputs[..writable.len()])
+            let (inputs, mut outputs, r, w) = as_slices(&posted);
+            self.ring.vq.add(&inputs[..r], &mut outputs[..w])
         };
         match token {
             Ok(token) => {
-                self.ring.in_flight[token as usize] = Some(InFlight {
-                    buffers,
-                    completion,
-                });
+                self.ring.in_flight[token as usize] = Some(posted);
                 Ok(token)
             }
-            Err(virtio_drivers::Error::QueueFull) => Err((buffers, Error::QueueFull)),
-            Err(_) => Err((
-                buffers,
-                Error::MalformedCompletion {
-                    what: "virtqueue refused the request",
-                },
-            )),
+            Err(virtio_drivers::Error::QueueFull) => Err(Error::QueueFull),
+            Err(_) => Err(Error::MalformedCompletion {
+                what: "virtqueue refused the request",
+            }),
         }
     }
 
@@ -304,7 +273,7 @@ impl<H: Hal> QueueGuard<'_, H> {
     /// Pops the next used entry, if any, with its request. `Err` means the device broke the
     /// protocol (an id that is not a request in flight, or an entry that cannot be popped): the
     /// ring can no longer be trusted; a request already detached comes back with the error.
-    fn pop(&mut self) -> Option<Result<(InFlight, u32), (Option<InFlight>, Error)>> {
+    fn pop(&mut self) -> Option<PopResult> {
         let token = self.ring.vq.peek_used()?;
         // virtio-drivers returns the 32-bit id cut to 16 bits: check the full id ourselves.
         let raw_id = self.ring.used.raw_id(self.ring.popped);
@@ -316,7 +285,7 @@ impl<H: Hal> QueueGuard<'_, H> {
                     .and_then(Option::take)
             })
             .flatten();
-        let Some(mut entry) = entry else {
+        let Some(entry) = entry else {
             return Some(Err((
                 None,
                 Error::MalformedCompletion {
@@ -324,16 +293,13 @@ impl<H: Hal> QueueGuard<'_, H> {
                 },
             )));
         };
-        let (readable, writable) = entry.buffers.pointers();
-        // SAFETY: these are the buffers `add` posted under this token (the in-flight table is
-        // indexed by token), still owned by `entry`.
+        // SAFETY: these are the regions `add` posted under this token (the in-flight table is
+        // indexed by token), still owned by the queue.
         let used = unsafe {
-            let (inputs, mut outputs) = as_slices(&readable, &writable);
-            self.ring.vq.pop_used(
-                token,
-                &inputs[..readable.len()],
-                &mut outputs[..writable.len()],
-            )
+            let (inputs, mut outputs, r, w) = as_slices(&entry);
+            self.ring
+                .vq
+                .pop_used(token, &inputs[..r], &mut outputs[..w])
         };
         Some(match used {
             Ok(len) => {
@@ -354,8 +320,15 @@ impl<H: Hal> QueueGuard<'_, H> {
     }
 
     /// Detaches one request still in flight, if any (the queue is broken).
-    fn take_any(&mut self) -> Option<InFlight> {
+    fn take_any(&mut self) -> Option<Posted> {
         self.ring.in_flight.iter_mut().find_map(Option::take)
+    }
+}
+
+impl<H: Hal> core::ops::Deref for CryptoQueue<H> {
+    type Target = QueueCore<H>;
+    fn deref(&self) -> &QueueCore<H> {
+        &self.core
     }
 }
 
@@ -391,26 +364,83 @@ impl<H: Hal> CryptoQueue<H> {
         };
         let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
         Ok(CryptoQueue {
-            index,
-            ring: IrqSpinLock::new(
-                "virtqueue",
-                Ring {
-                    vq: Box::new(vq),
-                    in_flight,
-                    used,
-                    popped: 0,
-                },
-            ),
-            doorbell,
-            space: WaitQueue::new(),
-            kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
-            broken: AtomicBool::new(false),
-            counters: QueueCounters::default(),
+            core: Arc::new(QueueCore {
+                index,
+                ring: IrqSpinLock::new(
+                    "virtqueue",
+                    Ring {
+                        vq: Box::new(vq),
+                        in_flight,
+                        used,
+                        popped: 0,
+                    },
+                ),
+                doorbell,
+                space: WaitQueue::new(),
+                storage: Once::new(),
+                kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
+                broken: AtomicBool::new(false),
+                counters: QueueCounters::default(),
+            }),
         })
     }
 
+    pub(crate) fn core(&self) -> &Arc<QueueCore<H>> {
+        &self.core
+    }
+
+    /// Preallocates the queue's request memory (the device does this for its control and data
+    /// queues; a queue used without it gets [`StorageConfig::DATA`] on first use). Only the first
+    /// call has an effect.
+    pub fn provision(&self, config: StorageConfig) -> Result<(), Error> {
+        if self.core.storage.get().is_none() {
+            let storage = Storage::new(config)?;
+            self.core.storage.call_once(|| storage);
+        }
+        Ok(())
+    }
+
+    /// Takes a slot for a request of `readable + writable` bytes (sleeping while every slot is
+    /// in use) and returns its builder. No allocation for requests that fit the queue's
+    /// preallocated memory.
+    pub fn reserve(&self, readable: usize, writable: usize) -> Result<RequestBuilder<H>, Error> {
+        if readable + writable == 0 {
+            return Err(Error::EmptyRequest);
+        }
+        if self.is_broken() {
+            return Err(Error::DeviceNeedsReset);
+        }
+        let slot = self
+            .core
+            .storage()
+            .reserve(readable, writable, &|| self.is_broken())?;
+        Ok(RequestBuilder::new(self.core.clone(), slot))
+    }
+
+    /// Drains the used ring: the interrupt handler's work, also used by pollers. Completes each
+    /// finished request after the lock is dropped (waking its task or running its handler).
+    /// Returns how many completed. Never allocates.
+    pub fn handle_interrupt(&self) -> usize {
+        self.core.drain()
+    }
+
+    /// Marks the queue broken and fails every request in flight with `error` (device reset
+    /// needed, or it broke the protocol). Their memory stays with the queue (quarantined) until
+    /// the device is reset. Callable from interrupt context.
+    pub fn fail_all(&self, error: Error) {
+        self.core.fail_all(error)
+    }
+}
+
+impl<H: Hal> QueueCore<H> {
     pub fn index(&self) -> u16 {
         self.index
+    }
+
+    pub(crate) fn storage(&self) -> &Storage<H> {
+        self.storage.call_once(|| {
+            Storage::new(StorageConfig::DATA).expect("memory for a queue's request slots")
+        })
     }
 
     pub fn set_kick_mode(&self, mode: KickMode) {
@@ -439,7 +469,7 @@ impl<H: Hal> CryptoQueue<H> {
         self.broken.load(Ordering::Acquire)
     }
 
-    /// Requests currently in flight.
+    /// Requests currently in flight (posted and not yet returned).
     pub fn in_flight(&self) -> usize {
         self.ring
             .lock()
@@ -449,29 +479,52 @@ impl<H: Hal> CryptoQueue<H> {
             .count()
     }
 
-    /// Posts a request and returns the completion to wait on. Sleeps while the ring is full.
-    pub fn submit(&self, mut buffers: Buffers) -> Result<Arc<RequestCompletion>, Error> {
-        let descriptors = buffers.readable.len() + buffers.writable.len();
-        if descriptors == 0
-            || buffers
-                .readable
-                .iter()
-                .chain(buffers.writable.iter())
-                .any(|b| b.is_empty())
-        {
-            return Err(Error::EmptyRequest);
-        }
-        let completion = Arc::new(RequestCompletion::new());
+    /// Request slots not free (being built, in flight, finished but not dropped, or kept for
+    /// the device).
+    pub fn slots_in_use(&self) -> usize {
+        self.storage().slots_in_use()
+    }
+
+    /// After a device reset: memory of requests failed while the device had them is reusable.
+    pub fn reclaim_after_reset(&self) -> usize {
+        self.storage().reclaim_after_reset()
+    }
+
+    /// Posts a built request (slot in `Building`): marks it in flight, adds its descriptors under
+    /// the queue lock, rings the doorbell after it. Sleeps while the ring is full. On error the
+    /// slot is back in `Building`, owned by the caller.
+    pub(crate) fn post(
+        &self,
+        slot: u16,
+        handler: Option<Arc<dyn OnComplete<H>>>,
+    ) -> Result<(), Error> {
+        let storage = self.storage();
+        let posted = {
+            let mut st = storage.slots[slot as usize].state.lock();
+            let (base, _) = storage.region(slot, &st);
+            let posted = Posted {
+                slot,
+                readable: (base, st.readable),
+                writable: (base + st.readable, st.writable),
+            };
+            // In flight before the add: the device may answer before `add` returns.
+            st.phase = Phase::InFlight;
+            st.on_complete = handler;
+            posted
+        };
+        let descriptors = usize::from(posted.readable.1 > 0) + usize::from(posted.writable.1 > 0);
         loop {
             let mut guard = QueueGuard {
                 ring: self.ring.lock(),
             };
             // Checked under the lock: `fail_all` sets `broken` before draining under the same
             // lock, so a request is either drained by it or refused here, never stranded.
-            if self.is_broken() {
-                return Err(Error::DeviceNeedsReset);
-            }
-            match guard.add(buffers, completion.clone()) {
+            let added = if self.is_broken() {
+                Err(Error::DeviceNeedsReset)
+            } else {
+                guard.add(posted)
+            };
+            match added {
                 Ok(_token) => {
                     self.counters.submitted.fetch_add(1, Ordering::Relaxed);
                     let notify = guard.kick_prepare();
@@ -484,18 +537,26 @@ impl<H: Hal> CryptoQueue<H> {
                             self.ring_doorbell();
                         }
                     }
-                    return Ok(completion);
+                    return Ok(());
                 }
-                Err((returned, Error::QueueFull)) => {
+                Err(Error::QueueFull) => {
                     drop(guard);
-                    buffers = returned;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     self.space.wait_until(|| {
                         (self.is_broken() || self.ring.lock().vq.available_desc() >= descriptors)
                             .then_some(())
                     });
                 }
-                Err((_, e)) => return Err(e),
+                Err(e) => {
+                    drop(guard);
+                    let handler = {
+                        let mut st = storage.slots[slot as usize].state.lock();
+                        st.phase = Phase::Building;
+                        st.on_complete.take()
+                    };
+                    drop(handler);
+                    return Err(e);
+                }
             }
         }
     }
@@ -505,9 +566,40 @@ impl<H: Hal> CryptoQueue<H> {
         self.doorbell.notify();
     }
 
-    /// Drains the used ring: the interrupt handler's work, also used by pollers. Completes each
-    /// finished request after the lock is dropped. Returns how many completed. Never allocates.
-    pub fn handle_interrupt(&self) -> usize {
+    /// Delivers `result` to the request in `slot` (after the queue lock is dropped): wakes its
+    /// waiter or runs its handler, or releases an abandoned slot. `device_may_own`: failed
+    /// without the device having returned it.
+    fn complete(self: &Arc<Self>, slot: u16, result: Result<u32, Error>, device_may_own: bool) {
+        let storage = self.storage();
+        let mut st = storage.slots[slot as usize].state.lock();
+        match st.phase {
+            Phase::InFlight => {
+                st.outcome = Some(result);
+                st.device_may_own = device_may_own;
+                st.phase = Phase::Done;
+                if let Some(handler) = st.on_complete.take() {
+                    drop(st);
+                    handler.on_complete(Request::for_handler(self.clone(), slot));
+                } else if let Some(waiter) = &st.waiter {
+                    // Woken under the slot lock: the waiter removes its own registration under
+                    // the same lock, so the `Arc` is never dropped here.
+                    waiter.wake();
+                }
+            }
+            Phase::Abandoned if device_may_own => st.phase = Phase::Quarantined,
+            Phase::Abandoned => {
+                drop(st);
+                let _none = storage.release(slot, false);
+            }
+            _ => {
+                // The in-flight table only names InFlight/Abandoned slots.
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Arc-taking twin of `CryptoQueue::handle_interrupt`.
+    pub(crate) fn drain(self: &Arc<Self>) -> usize {
         const BATCH: usize = 32;
         if self.is_broken() {
             // The bad entry stays at the head of the used ring; it was counted and reported once.
@@ -515,8 +607,7 @@ impl<H: Hal> CryptoQueue<H> {
         }
         let mut total = 0;
         loop {
-            let mut done: heapless::Vec<(InFlight, Result<u32, Error>), BATCH> =
-                heapless::Vec::new();
+            let mut done: heapless::Vec<(u16, Result<u32, Error>), BATCH> = heapless::Vec::new();
             let mut broken = false;
             {
                 let mut guard = QueueGuard {
@@ -526,7 +617,7 @@ impl<H: Hal> CryptoQueue<H> {
                     match guard.pop() {
                         None => break,
                         Some(Ok((entry, len))) => {
-                            let result = if len as usize > entry.buffers.writable_len() {
+                            let result = if len as usize > entry.writable.1 {
                                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                                 Err(Error::MalformedCompletion {
                                     what: "used length longer than the buffers posted",
@@ -534,12 +625,12 @@ impl<H: Hal> CryptoQueue<H> {
                             } else {
                                 Ok(len)
                             };
-                            let _ = done.push((entry, result));
+                            let _ = done.push((entry.slot, result));
                         }
                         Some(Err((entry, error))) => {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                             if let Some(entry) = entry {
-                                let _ = done.push((entry, Err(error)));
+                                let _ = done.push((entry.slot, Err(error)));
                             }
                             broken = true;
                             break;
@@ -551,11 +642,8 @@ impl<H: Hal> CryptoQueue<H> {
                 }
             }
             let finished = done.len();
-            for (entry, result) in done {
-                let _ = entry.completion.complete(Finished {
-                    buffers: entry.buffers,
-                    result,
-                });
+            for (slot, result) in done {
+                self.complete(slot, result, false);
             }
             total += finished;
             self.counters
@@ -577,22 +665,21 @@ impl<H: Hal> CryptoQueue<H> {
         total
     }
 
-    /// Marks the queue broken and fails every request in flight with `error` (device reset
-    /// needed, or it broke the protocol). Their buffers stay with the completions.
-    pub fn fail_all(&self, error: Error) {
+    /// See [`CryptoQueue::fail_all`].
+    pub(crate) fn fail_all(self: &Arc<Self>, error: Error) {
         self.broken.store(true, Ordering::Release);
         // One at a time, completing outside the lock: no allocation, usable from interrupts.
         while let Some(entry) = self.detach_one() {
-            let _ = entry.completion.complete(Finished {
-                buffers: entry.buffers,
-                result: Err(error),
-            });
+            self.complete(entry.slot, Err(error), true);
         }
         self.space.wake_all();
+        if let Some(storage) = self.storage.get() {
+            storage.wake_all();
+        }
     }
 
     /// Takes one in-flight request off the ring (the guard is dropped before returning).
-    fn detach_one(&self) -> Option<InFlight> {
+    fn detach_one(&self) -> Option<Posted> {
         QueueGuard {
             ring: self.ring.lock(),
         }

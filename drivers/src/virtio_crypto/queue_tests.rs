@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::device::{Cipher, CryptoDevice, CtrlMode, Direction};
 use super::fake::*;
-use super::queue::{Buffers, CryptoQueue, Finished, KickMode, QUEUE_SIZE, RequestCompletion};
+use super::queue::{CryptoQueue, KickMode, QUEUE_SIZE};
+use super::request::Request;
+use super::slots::StorageConfig;
 use super::wire;
 use crate::crypto::Session;
 use crate::error::Error;
@@ -31,6 +33,15 @@ fn rig() -> Rig {
     let mut transport = FakeTransport::new(1);
     let bell = CountingNotify::new();
     let queue = CryptoQueue::new(&mut transport, 0, Box::new(bell.clone())).unwrap();
+    // One slot per descriptor, so the ring (not the slots) is what fills up.
+    queue
+        .provision(StorageConfig {
+            slots: QUEUE_SIZE,
+            inline_bytes: 128,
+            large_blocks: 0,
+            large_bytes: 0,
+        })
+        .unwrap();
     Rig {
         queue,
         ring: transport.ring(0),
@@ -38,11 +49,31 @@ fn rig() -> Rig {
     }
 }
 
-fn bufs(readable: &[&[u8]], writable: &[usize]) -> Buffers {
-    Buffers {
-        readable: readable.iter().map(|b| b.to_vec()).collect(),
-        writable: writable.iter().map(|&n| vec![0u8; n]).collect(),
+/// A request's shape: readable parts (concatenated, as the engine posts them) and writable sizes.
+struct Bufs {
+    readable: Vec<u8>,
+    writable: usize,
+}
+
+fn bufs(readable: &[&[u8]], writable: &[usize]) -> Bufs {
+    Bufs {
+        readable: readable.concat(),
+        writable: writable.iter().sum(),
     }
+}
+
+/// Builds and posts a request of shape `b` on `queue`.
+fn submit(queue: &CryptoQueue<FakeHal>, b: Bufs) -> Result<Request<FakeHal>, Error> {
+    let mut builder = queue.reserve(b.readable.len(), b.writable)?;
+    builder.push(&b.readable)?;
+    builder.submit()
+}
+
+/// What a finished request gives back: the used length or error, and its bytes.
+struct Finished {
+    result: Result<u32, Error>,
+    readable: Vec<u8>,
+    writable: Vec<u8>,
 }
 
 /// Polls `cond` for up to 5 s (for states another thread reaches).
@@ -58,9 +89,14 @@ fn eventually(what: &str, cond: impl Fn() -> bool) {
 }
 
 /// Waits for a request, failing the test instead of hanging if it never completes.
-fn finished(c: &RequestCompletion) -> Finished {
-    c.wait_timeout(5_000_000_000)
-        .unwrap_or_else(|_| panic!("request never completed"))
+fn finished(c: &Request<FakeHal>) -> Finished {
+    let result = c.wait(5_000_000_000);
+    assert_ne!(result, Err(Error::Timeout), "request never completed");
+    Finished {
+        result,
+        readable: c.readable().to_vec(),
+        writable: c.writable().to_vec(),
+    }
 }
 
 /// Fails every request of the queue, and so wakes its sleepers, when dropped during a panic.
@@ -110,10 +146,12 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
     let chain = &chains[0];
     let shape: Vec<(u32, u16)> = chain.descs.iter().map(|d| (d.len, d.flags)).collect();
     let (n, w) = (VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE);
-    assert_eq!(shape, [(72, n), (16, n), (32, n), (32, n | w), (1, w)]);
+    // Contiguous in the request's slot: header|iv|src in one readable descriptor, dst|status in
+    // one writable one.
+    assert_eq!(shape, [(72 + 16 + 32, n), (32 + 1, w)]);
 
     let readable = chain.readable();
-    let hdr = &readable[0];
+    let hdr = &readable[0][..wire::DATA_HDR_LEN];
     let mut expected = [0u8; wire::DATA_HDR_LEN];
     expected[0..4].copy_from_slice(&wire::CIPHER_ENCRYPT.to_le_bytes());
     expected[4..8].copy_from_slice(&wire::CIPHER_AES_CBC.to_le_bytes());
@@ -123,8 +161,8 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
     expected[32..36].copy_from_slice(&32u32.to_le_bytes()); // dst_len
     expected[64..68].copy_from_slice(&wire::SYM_OP_CIPHER.to_le_bytes());
     assert_eq!(hdr[..], expected[..]);
-    assert_eq!(readable[1], iv);
-    assert_eq!(readable[2], src);
+    assert_eq!(readable[0][72..88], iv[..]);
+    assert_eq!(readable[0][88..], src[..]);
 
     let answer: Vec<u8> = src
         .iter()
@@ -134,7 +172,7 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
     assert_eq!(chain.write(&answer), 33);
     rings[1].complete(chain.id as u32, 33);
     assert_eq!(dev.data[0].handle_interrupt(), 1);
-    assert_eq!(pending.wait().unwrap(), answer[..32]);
+    assert_eq!(pending.wait().unwrap()[..], answer[..32]);
 
     // ECB has no IV: no IV descriptor either.
     let pending = dev
@@ -149,14 +187,14 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
         .unwrap();
     let chain = rings[1].pending().pop().unwrap();
     let lens: Vec<u32> = chain.descs.iter().map(|d| d.len).collect();
-    assert_eq!(lens, [72, 16, 16, 1]);
+    assert_eq!(lens, [72 + 16, 16 + 1]);
     let hdr = &chain.readable()[0];
     assert_eq!(hdr[0..4], wire::CIPHER_DECRYPT.to_le_bytes());
     assert_eq!(hdr[24..28], 0u32.to_le_bytes());
     chain.write(&[0; 17]);
     rings[1].complete(chain.id as u32, 17);
     dev.data[0].handle_interrupt();
-    assert_eq!(pending.wait().unwrap(), [0; 16]);
+    assert_eq!(pending.wait().unwrap()[..], [0; 16]);
 }
 
 // --- completion by token --------------------------------------------------------------------
@@ -167,11 +205,7 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
 fn out_of_order_completions_reach_their_own_waiters() {
     let mut rig = rig();
     let completions: Vec<_> = (0..4u8)
-        .map(|i| {
-            rig.queue
-                .submit(bufs(&[&[i; 8]], &[4 + i as usize]))
-                .unwrap()
-        })
+        .map(|i| submit(&rig.queue, bufs(&[&[i; 8]], &[4 + i as usize])).unwrap())
         .collect();
     let chains = rig.ring.pending();
     assert_eq!(chains.len(), 4);
@@ -194,12 +228,16 @@ fn out_of_order_completions_reach_their_own_waiters() {
         }
     }
     for (i, c) in completions.into_iter().enumerate() {
-        let Finished { buffers, result } = finished(&c);
+        let Finished {
+            result,
+            readable,
+            writable,
+        } = finished(&c);
         assert_eq!(result, Ok(2 + i as u32));
-        assert_eq!(buffers.readable[0], [i as u8; 8]);
+        assert_eq!(readable, [i as u8; 8]);
         let mut out = vec![0u8; 4 + i];
         out[..2].fill(0xa0 | i as u8);
-        assert_eq!(buffers.writable[0], out);
+        assert_eq!(writable, out);
     }
     assert_eq!(rig.queue.in_flight(), 0);
     assert_eq!(rig.queue.free_descriptors(), QUEUE_SIZE);
@@ -226,10 +264,10 @@ fn used_id_not_in_flight_breaks_the_queue() {
     ];
     for (what, bad_id) in cases {
         let mut rig = rig();
-        let a = rig.queue.submit(bufs(&[b"a"], &[1])).unwrap();
-        let b = rig.queue.submit(bufs(&[b"b"], &[1])).unwrap();
-        let c = rig.queue.submit(bufs(&[b"c"], &[1])).unwrap();
-        let d = rig.queue.submit(bufs(&[b"d"], &[1])).unwrap();
+        let a = submit(&rig.queue, bufs(&[b"a"], &[1])).unwrap();
+        let b = submit(&rig.queue, bufs(&[b"b"], &[1])).unwrap();
+        let c = submit(&rig.queue, bufs(&[b"c"], &[1])).unwrap();
+        let d = submit(&rig.queue, bufs(&[b"d"], &[1])).unwrap();
         let chains = rig.ring.pending();
         rig.ring.complete(chains[0].id as u32, 1);
         assert_eq!(rig.queue.handle_interrupt(), 1, "{what}");
@@ -250,10 +288,12 @@ fn used_id_not_in_flight_breaks_the_queue() {
             "{what}: B was used before the bad entry"
         );
         for (name, x) in [("C", c), ("D", d)] {
-            let Finished { buffers, result } = finished(&x);
+            let Finished {
+                result, readable, ..
+            } = finished(&x);
             assert!(is_malformed(&result), "{what}: {name} got {result:?}");
             assert_eq!(
-                buffers.readable[0],
+                readable,
                 name.to_lowercase().as_bytes(),
                 "{what}: buffers come back"
             );
@@ -261,7 +301,7 @@ fn used_id_not_in_flight_breaks_the_queue() {
         assert_eq!(rig.queue.in_flight(), 0, "{what}");
         assert!(
             matches!(
-                rig.queue.submit(bufs(&[b"e"], &[1])),
+                submit(&rig.queue, bufs(&[b"e"], &[1])),
                 Err(Error::DeviceNeedsReset)
             ),
             "{what}"
@@ -273,17 +313,19 @@ fn used_id_not_in_flight_breaks_the_queue() {
 #[test]
 fn used_length_beyond_writable_buffers_fails_only_that_request() {
     let mut rig = rig();
-    let long = rig.queue.submit(bufs(&[&[1; 72]], &[16, 1])).unwrap();
-    let exact = rig.queue.submit(bufs(&[&[2; 72]], &[16, 1])).unwrap();
-    let other = rig.queue.submit(bufs(&[&[3; 72]], &[4])).unwrap();
+    let long = submit(&rig.queue, bufs(&[&[1; 72]], &[16, 1])).unwrap();
+    let exact = submit(&rig.queue, bufs(&[&[2; 72]], &[16, 1])).unwrap();
+    let other = submit(&rig.queue, bufs(&[&[3; 72]], &[4])).unwrap();
     let chains = rig.ring.pending();
     rig.ring.complete(chains[0].id as u32, 18);
     rig.ring.complete(chains[1].id as u32, 17);
     rig.ring.complete(chains[2].id as u32, 0);
     assert_eq!(rig.queue.handle_interrupt(), 3);
-    let Finished { buffers, result } = finished(&long);
+    let Finished {
+        result, readable, ..
+    } = finished(&long);
     assert!(is_malformed(&result), "{result:?}");
-    assert_eq!(buffers.readable[0], [1; 72]);
+    assert_eq!(readable, [1; 72]);
     assert_eq!(finished(&exact).result, Ok(17));
     assert_eq!(finished(&other).result, Ok(0));
     assert_eq!(rig.queue.counters.malformed.load(Ordering::Relaxed), 1);
@@ -293,9 +335,7 @@ fn used_length_beyond_writable_buffers_fails_only_that_request() {
         QUEUE_SIZE,
         "the bad request's descriptors are recycled"
     );
-    rig.queue
-        .submit(bufs(&[b"x"], &[1]))
-        .expect("queue still usable");
+    submit(&rig.queue, bufs(&[b"x"], &[1])).expect("queue still usable");
 }
 
 /// The used element's id is a le32, but virtio-drivers' `peek_used` returns `id as u16`: id
@@ -303,7 +343,7 @@ fn used_length_beyond_writable_buffers_fails_only_that_request() {
 #[test]
 fn used_id_above_u16_range_breaks_the_queue() {
     let mut rig = rig();
-    let a = rig.queue.submit(bufs(&[b"a"], &[1])).unwrap();
+    let a = submit(&rig.queue, bufs(&[b"a"], &[1])).unwrap();
     let chain = rig.ring.pending().pop().unwrap();
     rig.ring.complete(0x1_0000 | chain.id as u32, 1);
     rig.queue.handle_interrupt();
@@ -318,16 +358,18 @@ fn used_id_above_u16_range_breaks_the_queue() {
 #[test]
 fn full_ring_submitter_sleeps_until_enough_space() {
     let mut rig = rig();
-    let posted: Vec<_> = (0..QUEUE_SIZE / 2)
-        .map(|_| rig.queue.submit(bufs(&[&[0; 8]], &[8])).unwrap())
+    // Two one-descriptor requests (writable only), then two-descriptor ones up to a full ring.
+    let posted: Vec<_> = (0..2)
+        .map(|_| submit(&rig.queue, bufs(&[], &[8])).unwrap())
+        .chain((0..QUEUE_SIZE / 2 - 1).map(|_| submit(&rig.queue, bufs(&[&[0; 8]], &[8])).unwrap()))
         .collect();
     assert_eq!(rig.queue.free_descriptors(), 0);
     let chains = rig.ring.pending();
     thread::scope(|s| {
         // If an assertion fails, release the sleeper so the scope's join cannot hang.
         let _release = FailOnPanic(&rig.queue);
-        // Needs three descriptors.
-        let late = s.spawn(|| rig.queue.submit(bufs(&[b"late", b"!"], &[4])));
+        // Needs two descriptors.
+        let late = s.spawn(|| submit(&rig.queue, bufs(&[b"late", b"!"], &[4])));
         eventually("the submitter to find the ring full", || {
             rig.queue.counters.full_waits.load(Ordering::Relaxed) == 1
         });
@@ -337,10 +379,7 @@ fn full_ring_submitter_sleeps_until_enough_space() {
         rig.ring.complete(chains[0].id as u32, 8);
         assert_eq!(rig.queue.handle_interrupt(), 1);
         thread::sleep(Duration::from_millis(20));
-        assert!(
-            !late.is_finished(),
-            "2 free descriptors are not enough for 3"
-        );
+        assert!(!late.is_finished(), "1 free descriptor is not enough for 2");
         assert!(rig.ring.pending().is_empty());
 
         rig.ring.complete(chains[1].id as u32, 8);
@@ -352,7 +391,7 @@ fn full_ring_submitter_sleeps_until_enough_space() {
             .pending()
             .pop()
             .expect("the late request reached the ring");
-        assert_eq!(chain.readable(), [b"late".to_vec(), b"!".to_vec()]);
+        assert_eq!(chain.readable(), [b"late!".to_vec()]);
         assert_eq!(rig.queue.counters.full_waits.load(Ordering::Relaxed), 1);
         rig.ring.complete(chain.id as u32, 4);
         rig.queue.handle_interrupt();
@@ -376,7 +415,7 @@ fn three_wraps_of_16_bit_indices_lose_and_duplicate_nothing() {
             .map(|k| {
                 (
                     k,
-                    rig.queue.submit(bufs(&[&k.to_le_bytes()], &[8])).unwrap(),
+                    submit(&rig.queue, bufs(&[&k.to_le_bytes()], &[8])).unwrap(),
                 )
             })
             .collect();
@@ -389,9 +428,11 @@ fn three_wraps_of_16_bit_indices_lose_and_duplicate_nothing() {
         }
         assert_eq!(rig.queue.handle_interrupt() as u64, n);
         for (k, completion) in posted {
-            let Finished { buffers, result } = finished(&completion);
+            let Finished {
+                result, writable, ..
+            } = finished(&completion);
             assert_eq!(result, Ok(8));
-            assert_eq!(buffers.writable[0], (!k).to_le_bytes(), "request {k}");
+            assert_eq!(writable, (!k).to_le_bytes(), "request {k}");
         }
         next += n;
     }
@@ -416,7 +457,7 @@ fn kick_modes_respect_used_no_notify() {
             assert_eq!(rig.queue.kick_mode(), mode);
             rig.ring.set_no_notify(suppressed);
             for _ in 0..3 {
-                rig.queue.submit(bufs(&[b"x"], &[1])).unwrap();
+                submit(&rig.queue, bufs(&[b"x"], &[1])).unwrap();
             }
             let expected = if suppressed { 0 } else { 3 };
             assert_eq!(
@@ -453,10 +494,10 @@ fn submit_racing_fail_all_is_refused_or_failed() {
                     entered_tx.send(()).unwrap();
                     release_rx.recv().unwrap();
                 });
-                rig.queue.submit(bufs(&[b"holder"], &[1]))
+                submit(&rig.queue, bufs(&[b"holder"], &[1]))
             });
             entered_rx.recv().unwrap(); // `holder` is inside submit with the queue lock held
-            let racer = s.spawn(|| rig.queue.submit(bufs(&[b"racer"], &[1])));
+            let racer = s.spawn(|| submit(&rig.queue, bufs(&[b"racer"], &[1])));
             thread::sleep(Duration::from_millis(5)); // racer passed the broken check, spins
             let failer = s.spawn(|| rig.queue.fail_all(Error::DeviceNeedsReset));
             thread::sleep(Duration::from_millis(5)); // broken is set, failer spins
@@ -621,4 +662,145 @@ fn concurrent_sessions_get_their_own_results() {
         .map(|q| q.counters.completed.load(Ordering::Relaxed))
         .sum();
     assert_eq!(completed, 4 * 50 * 8);
+}
+
+// --- the request engine: slots and completion handlers ---------------------------------------
+
+/// A finished request's slot (and so its memory) is reused by the next request; a request dropped
+/// while in flight keeps its slot until the device gives it back; a failed-while-posted one
+/// stays quarantined until `reclaim_after_reset`.
+#[test]
+fn slots_are_reused_and_held_while_the_device_owns_them() {
+    let mut rig = rig();
+    let mut addresses = Vec::new();
+    for round in 0..3u8 {
+        let r = submit(&rig.queue, bufs(&[&[round; 8]], &[4])).unwrap();
+        let chain = rig.ring.pending().pop().unwrap();
+        addresses.push(chain.descs[0].addr);
+        rig.ring.complete(chain.id as u32, 4);
+        rig.queue.handle_interrupt();
+        assert_eq!(finished(&r).result, Ok(4));
+        drop(r);
+        assert_eq!(rig.queue.slots_in_use(), 0, "round {round}");
+    }
+    assert!(
+        addresses.windows(2).all(|w| w[0] == w[1]),
+        "the same slot memory serves each request: {addresses:x?}"
+    );
+
+    // Dropped in flight (a timed-out waiter): the slot stays with the queue.
+    let r = submit(&rig.queue, bufs(&[b"abandoned"], &[4])).unwrap();
+    assert_eq!(r.wait(1_000_000), Err(Error::Timeout));
+    drop(r);
+    assert_eq!(rig.queue.slots_in_use(), 1, "held while the device owns it");
+    let chain = rig.ring.pending().pop().unwrap();
+    rig.ring.complete(chain.id as u32, 4);
+    assert_eq!(rig.queue.handle_interrupt(), 1);
+    assert_eq!(
+        rig.queue.slots_in_use(),
+        0,
+        "released when the device returned it"
+    );
+
+    // Failed while posted (device needs a reset): quarantined until the reset.
+    let r = submit(&rig.queue, bufs(&[b"failed"], &[4])).unwrap();
+    rig.queue.fail_all(Error::DeviceNeedsReset);
+    assert_eq!(finished(&r).result, Err(Error::DeviceNeedsReset));
+    drop(r);
+    assert_eq!(rig.queue.slots_in_use(), 1, "quarantined");
+    assert_eq!(rig.queue.reclaim_after_reset(), 1);
+    assert_eq!(rig.queue.slots_in_use(), 0);
+}
+
+/// A completion handler gets the finished request by value after the queue lock is dropped (it
+/// takes the queue lock itself), and can submit the next request from there: a chained stream.
+#[test]
+fn completion_handler_runs_unlocked_and_chains_the_next_request() {
+    use super::slots::OnComplete;
+    use std::sync::Mutex;
+
+    type Seen = Vec<(Result<u32, Error>, Vec<u8>)>;
+    struct Chain {
+        queue: Arc<CryptoQueue<FakeHal>>,
+        me: Mutex<Option<Arc<Chain>>>,
+        seen: Mutex<Seen>,
+    }
+    impl OnComplete<FakeHal> for Chain {
+        fn on_complete(&self, request: Request<FakeHal>) {
+            // Takes the queue lock: would spin forever if the drain still held it.
+            let _ = self.queue.in_flight();
+            let next = request.writable()[0];
+            self.seen
+                .lock()
+                .unwrap()
+                .push((request.outcome().unwrap(), request.writable().to_vec()));
+            drop(request);
+            if next < 3 {
+                let me = self.me.lock().unwrap().clone().unwrap();
+                let mut b = self.queue.reserve(1, 1).unwrap();
+                b.push(&[next]).unwrap();
+                b.submit_with(me).unwrap();
+            }
+        }
+    }
+
+    host::install();
+    let mut transport = FakeTransport::new(1);
+    let queue =
+        Arc::new(CryptoQueue::new(&mut transport, 0, Box::new(CountingNotify::new())).unwrap());
+    let mut ring = transport.ring(0);
+    let chain = Arc::new(Chain {
+        queue: queue.clone(),
+        me: Mutex::new(None),
+        seen: Mutex::new(Vec::new()),
+    });
+    *chain.me.lock().unwrap() = Some(chain.clone());
+    let mut b = queue.reserve(1, 1).unwrap();
+    b.push(&[0]).unwrap();
+    b.submit_with(chain.clone()).unwrap();
+    for step in 0..3u8 {
+        let c = ring
+            .pending()
+            .pop()
+            .expect("the handler posted the next request");
+        assert_eq!(c.readable(), [vec![step]]);
+        c.write(&[step + 1]);
+        ring.complete(c.id as u32, 1);
+        assert_eq!(queue.handle_interrupt(), 1);
+    }
+    assert!(ring.pending().is_empty());
+    let seen = chain.seen.lock().unwrap().clone();
+    assert_eq!(seen, [(Ok(1), vec![1]), (Ok(1), vec![2]), (Ok(1), vec![3])]);
+    assert_eq!(
+        queue.slots_in_use(),
+        0,
+        "every handled request released its slot"
+    );
+    *chain.me.lock().unwrap() = None;
+}
+
+/// Requests above the preallocated sizes still work (a heap spill), and the builder refuses
+/// more readable bytes than reserved.
+#[test]
+fn oversized_requests_spill_and_builders_check_sizes() {
+    let mut rig = rig();
+    let big = vec![0xabu8; 1000]; // the rig's slots hold 128 bytes
+    let r = submit(&rig.queue, bufs(&[&big], &[600])).unwrap();
+    let chain = rig.ring.pending().pop().unwrap();
+    assert_eq!(chain.readable(), core::slice::from_ref(&big));
+    chain.write(&[7; 600]);
+    rig.ring.complete(chain.id as u32, 600);
+    rig.queue.handle_interrupt();
+    let f = finished(&r);
+    assert_eq!((f.result, &f.writable[..]), (Ok(600), &[7u8; 600][..]));
+    drop(r);
+    let mut b = rig.queue.reserve(4, 1).unwrap();
+    assert!(matches!(
+        b.push(&[1; 5]),
+        Err(Error::RequestTooLarge { .. })
+    ));
+    b.push(&[1; 3]).unwrap();
+    assert!(b.submit().is_err(), "a partly filled request is not posted");
+    assert!(rig.ring.pending().is_empty());
+    assert_eq!(rig.queue.slots_in_use(), 0);
 }

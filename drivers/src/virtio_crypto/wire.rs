@@ -9,11 +9,15 @@
 //!   [`CTRL_REQ_LEN`] = 72 bytes (16-byte header + 56-byte union) and every data request header
 //!   is [`DATA_HDR_LEN`] = 72 bytes (24-byte header + 48-byte union). QEMU reads exactly these
 //!   sizes whatever the features.
-//! - All multi-byte fields are little endian, written with `to_le_bytes` into a zeroed array:
-//!   every byte a builder does not name is zero, so no stale memory reaches the device.
+//! - Every request header is a `#[repr(C)]` [`zerocopy`] struct of little-endian fields whose
+//!   size is checked at compile time; every padding byte is an explicit zeroed field, so no stale
+//!   memory reaches the device.
 //! - Data request descriptor order: device-readable `header(72), iv, src`, then
 //!   device-writable `dst, status(1)`. The device writes the status into the last byte of the
 //!   last writable buffer and requires `src_len == dst_len` for ciphers.
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Service numbers: bit positions in `crypto_services` and the high byte of every opcode.
 pub const SERVICE_CIPHER: u32 = 0;
@@ -234,127 +238,190 @@ pub const fn akcipher_name(id: u32) -> Option<&'static str> {
     })
 }
 
-/// Writes `v` little endian at `off`.
-fn put_u32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+/// Control request header (`virtio_crypto_ctrl_header`): `opcode`, `algo` (the Linux driver
+/// duplicates the body's algorithm here; QEMU reads it from the body), `flag` = 0 and
+/// `queue_id` = 0 (reserved; QEMU's builtin backend has one data queue and ignores it).
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct CtrlHeader {
+    pub opcode: U32,
+    pub algo: U32,
+    pub flag: U32,
+    pub queue_id: U32,
 }
 
-/// Writes `v` little endian at `off`.
-fn put_u64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// Control header: opcode, algo, flag = 0, queue_id = 0 (the spec calls it reserved; QEMU's
-/// builtin backend has one queue and ignores it).
-fn ctrl_header(opcode: u32, algo: u32) -> [u8; CTRL_REQ_LEN] {
-    let mut b = [0u8; CTRL_REQ_LEN];
-    put_u32(&mut b, 0, opcode);
-    put_u32(&mut b, 4, algo);
-    b
-}
-
-/// `VIRTIO_CRYPTO_CIPHER_CREATE_SESSION` for a plain cipher (`op_type = SYM_OP_CIPHER`).
-///
-/// Layout: header (algo duplicated at 4, as Linux does) | body at 16:
-/// `para.algo`@16, `para.keylen`@20, `para.op`@24, padding to 64, `op_type`@64, padding@68.
-/// The key itself follows in its own device-readable buffer; the reply is a
-/// [`SESSION_INPUT_LEN`]-byte [`SessionInput`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CipherCreateSession {
+/// `virtio_crypto_cipher_session_para`.
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct CipherSessionPara {
     /// A cipher id (`CIPHER_*`).
-    pub algo: u32,
+    pub algo: U32,
     /// Length in bytes of the key buffer that follows the request.
-    pub key_len: u32,
+    pub key_len: U32,
     /// [`OP_ENCRYPT`] or [`OP_DECRYPT`].
-    pub op: u32,
+    pub op: U32,
+    pub padding: U32,
+}
+
+/// `VIRTIO_CRYPTO_CIPHER_CREATE_SESSION` for a plain cipher (`op_type = SYM_OP_CIPHER`): the
+/// legacy 72-byte request. The key follows in the device-readable part; the reply is a
+/// [`SessionInput`].
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct CipherCreateSession {
+    pub header: CtrlHeader,
+    pub para: CipherSessionPara,
+    /// The rest of `virtio_crypto_cipher_session_para`'s 48-byte slot in the sym union.
+    pub padding: [u8; 32],
+    pub op_type: U32,
+    pub padding2: U32,
 }
 
 impl CipherCreateSession {
-    pub fn to_bytes(&self) -> [u8; CTRL_REQ_LEN] {
-        let mut b = ctrl_header(CIPHER_CREATE_SESSION, self.algo);
-        put_u32(&mut b, CTRL_HDR_LEN, self.algo);
-        put_u32(&mut b, CTRL_HDR_LEN + 4, self.key_len);
-        put_u32(&mut b, CTRL_HDR_LEN + 8, self.op);
-        put_u32(&mut b, CTRL_HDR_LEN + 48, SYM_OP_CIPHER);
-        b
+    pub fn new(algo: u32, key_len: u32, op: u32) -> Self {
+        CipherCreateSession {
+            header: CtrlHeader {
+                opcode: CIPHER_CREATE_SESSION.into(),
+                algo: algo.into(),
+                ..CtrlHeader::default()
+            },
+            para: CipherSessionPara {
+                algo: algo.into(),
+                key_len: key_len.into(),
+                op: op.into(),
+                padding: U32::ZERO,
+            },
+            padding: [0; 32],
+            op_type: SYM_OP_CIPHER.into(),
+            padding2: U32::ZERO,
+        }
     }
 }
 
-/// A destroy-session request: header (algo 0) | `session_id`@16 | zero padding.
-/// The device-writable reply is a single [`INHDR_LEN`] status byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A destroy-session request: header (algo 0) | `session_id` | zero padding. The reply is one
+/// [`INHDR_LEN`] status byte.
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
 pub struct DestroySession {
-    /// One of the `*_DESTROY_SESSION` opcodes, matching the service the session was made for.
-    pub opcode: u32,
-    pub session_id: u64,
+    pub header: CtrlHeader,
+    pub session_id: U64,
+    pub padding: [u8; 48],
 }
 
 impl DestroySession {
-    /// Destroys a cipher session.
-    pub const fn cipher(session_id: u64) -> Self {
-        Self {
-            opcode: CIPHER_DESTROY_SESSION,
-            session_id,
+    /// `opcode` is one of the `*_DESTROY_SESSION` opcodes, matching the session's service.
+    pub fn new(opcode: u32, session_id: u64) -> Self {
+        DestroySession {
+            header: CtrlHeader {
+                opcode: opcode.into(),
+                ..CtrlHeader::default()
+            },
+            session_id: session_id.into(),
+            padding: [0; 48],
         }
     }
 
-    pub fn to_bytes(&self) -> [u8; CTRL_REQ_LEN] {
-        let mut b = ctrl_header(self.opcode, 0);
-        put_u64(&mut b, CTRL_HDR_LEN, self.session_id);
-        b
+    /// Destroys a cipher session.
+    pub fn cipher(session_id: u64) -> Self {
+        Self::new(CIPHER_DESTROY_SESSION, session_id)
     }
+}
+
+/// Data request header (`virtio_crypto_op_header`). `flag` is ignored without REVISION_1.
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct OpHeader {
+    pub opcode: U32,
+    pub algo: U32,
+    pub session_id: U64,
+    pub flag: U32,
+    pub padding: U32,
 }
 
 /// The 72-byte header of a session-mode cipher data request (`op_type = SYM_OP_CIPHER`).
-///
-/// Layout: `opcode`@0, `algo`@4, `session_id`@8, `flag`@16 (0: ignored without
-/// REVISION_1), padding@20 | body at 24: `iv_len`@24, `src_data_len`@28, `dst_data_len`@32,
-/// padding to 64, `op_type`@64, padding@68.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
 pub struct CipherDataHeader {
-    /// [`CIPHER_ENCRYPT`] or [`CIPHER_DECRYPT`] (QEMU takes the direction from the session).
-    pub opcode: u32,
-    /// A cipher id (`CIPHER_*`).
-    pub algo: u32,
-    pub session_id: u64,
-    pub iv_len: u32,
-    pub src_len: u32,
+    pub header: OpHeader,
+    pub iv_len: U32,
+    pub src_len: U32,
     /// Must equal `src_len`: QEMU flags the device broken (needs reset) otherwise.
-    pub dst_len: u32,
+    pub dst_len: U32,
+    /// The rest of `virtio_crypto_cipher_para`'s 40-byte slot in the sym union.
+    pub padding: [u8; 28],
+    pub op_type: U32,
+    pub padding2: U32,
 }
 
 impl CipherDataHeader {
-    pub fn to_bytes(&self) -> [u8; DATA_HDR_LEN] {
-        let mut b = [0u8; DATA_HDR_LEN];
-        put_u32(&mut b, 0, self.opcode);
-        put_u32(&mut b, 4, self.algo);
-        put_u64(&mut b, 8, self.session_id);
-        put_u32(&mut b, OP_HDR_LEN, self.iv_len);
-        put_u32(&mut b, OP_HDR_LEN + 4, self.src_len);
-        put_u32(&mut b, OP_HDR_LEN + 8, self.dst_len);
-        put_u32(&mut b, OP_HDR_LEN + 40, SYM_OP_CIPHER);
-        b
+    /// `opcode` is [`CIPHER_ENCRYPT`] or [`CIPHER_DECRYPT`] (QEMU takes the direction from the
+    /// session); `algo` a cipher id.
+    pub fn new(opcode: u32, algo: u32, session_id: u64, iv_len: u32, len: u32) -> Self {
+        CipherDataHeader {
+            header: OpHeader {
+                opcode: opcode.into(),
+                algo: algo.into(),
+                session_id: session_id.into(),
+                ..OpHeader::default()
+            },
+            iv_len: iv_len.into(),
+            src_len: len.into(),
+            dst_len: len.into(),
+            padding: [0; 28],
+            op_type: SYM_OP_CIPHER.into(),
+            padding2: U32::ZERO,
+        }
     }
 }
 
-/// The device's reply to a create-session request: `le64 session_id`, `le32 status`,
-/// `le32 padding` (ignored). `session_id` is meaningful only when status is [`STATUS_OK`].
-pub struct SessionInput;
+/// The device's reply to a create-session request (`virtio_crypto_session_input`).
+/// `session_id` is meaningful only when `status` is [`STATUS_OK`].
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct SessionInput {
+    pub session_id: U64,
+    pub status: U32,
+    pub padding: U32,
+}
 
 impl SessionInput {
     /// Returns `(session_id, status)`.
     pub fn parse(b: &[u8; SESSION_INPUT_LEN]) -> (u64, u32) {
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&b[0..8]);
-        let mut st = [0u8; 4];
-        st.copy_from_slice(&b[8..12]);
-        (u64::from_le_bytes(id), u32::from_le_bytes(st))
+        let input = SessionInput::read_from_bytes(b).unwrap_or_default();
+        (input.session_id.get(), input.status.get())
     }
 }
+
+// The sizes QEMU reads, checked when compiling.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<CtrlHeader>() == CTRL_HDR_LEN);
+    assert!(size_of::<CipherCreateSession>() == CTRL_REQ_LEN);
+    assert!(size_of::<DestroySession>() == CTRL_REQ_LEN);
+    assert!(size_of::<OpHeader>() == OP_HDR_LEN);
+    assert!(size_of::<CipherDataHeader>() == DATA_HDR_LEN);
+    assert!(size_of::<SessionInput>() == SESSION_INPUT_LEN);
+    assert!(core::mem::offset_of!(CipherCreateSession, op_type) == CTRL_HDR_LEN + 48);
+    assert!(core::mem::offset_of!(CipherDataHeader, op_type) == OP_HDR_LEN + 40);
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn struct_sizes_are_the_legacy_layout() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<CipherCreateSession>(), 72);
+        assert_eq!(size_of::<DestroySession>(), 72);
+        assert_eq!(size_of::<CipherDataHeader>(), 72);
+        assert_eq!(size_of::<SessionInput>(), 16);
+        assert_eq!(
+            core::mem::align_of::<CipherDataHeader>(),
+            1,
+            "unaligned: any offset in a slot"
+        );
+    }
 
     fn u32_at(b: &[u8], off: usize) -> u32 {
         u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
@@ -410,94 +477,76 @@ mod tests {
 
     #[test]
     fn create_session_offsets() {
-        let b = CipherCreateSession {
-            algo: CIPHER_AES_CBC,
-            key_len: 32,
-            op: OP_DECRYPT,
-        }
-        .to_bytes();
+        let req = CipherCreateSession::new(CIPHER_AES_CBC, 32, OP_DECRYPT);
+        let b = req.as_bytes();
         assert_eq!(b.len(), 72);
-        assert_eq!(u32_at(&b, 0), CIPHER_CREATE_SESSION);
-        assert_eq!(u32_at(&b, 4), CIPHER_AES_CBC);
-        assert_eq!(u32_at(&b, 8), 0, "flag");
-        assert_eq!(u32_at(&b, 12), 0, "queue_id");
-        assert_eq!(u32_at(&b, 16), CIPHER_AES_CBC);
-        assert_eq!(u32_at(&b, 20), 32);
-        assert_eq!(u32_at(&b, 24), OP_DECRYPT);
-        assert_eq!(u32_at(&b, 64), SYM_OP_CIPHER);
+        assert_eq!(u32_at(b, 0), CIPHER_CREATE_SESSION);
+        assert_eq!(u32_at(b, 4), CIPHER_AES_CBC);
+        assert_eq!(u32_at(b, 8), 0, "flag");
+        assert_eq!(u32_at(b, 12), 0, "queue_id");
+        assert_eq!(u32_at(b, 16), CIPHER_AES_CBC);
+        assert_eq!(u32_at(b, 20), 32);
+        assert_eq!(u32_at(b, 24), OP_DECRYPT);
+        assert_eq!(u32_at(b, 64), SYM_OP_CIPHER);
     }
 
     #[test]
     fn create_session_padding_is_zero() {
-        let b = CipherCreateSession {
-            algo: u32::MAX,
-            key_len: u32::MAX,
-            op: u32::MAX,
-        }
-        .to_bytes();
+        let req = CipherCreateSession::new(u32::MAX, u32::MAX, u32::MAX);
+        let b = req.as_bytes();
         let fields = [(0, 4), (4, 4), (16, 4), (20, 4), (24, 4), (64, 4)];
-        assert_zero_outside(&b, &fields);
+        assert_zero_outside(b, &fields);
         for (o, _) in &fields[1..5] {
-            assert_eq!(u32_at(&b, *o), u32::MAX, "field at {o}");
+            assert_eq!(u32_at(b, *o), u32::MAX, "field at {o}");
         }
-        assert_eq!(u32_at(&b, 64), 1);
+        assert_eq!(u32_at(b, 64), 1);
     }
 
     #[test]
     fn destroy_session_layout() {
-        let b = DestroySession::cipher(0x0102_0304_0506_0708).to_bytes();
-        assert_eq!(u32_at(&b, 0), CIPHER_DESTROY_SESSION);
-        assert_eq!(u64_at(&b, 16), 0x0102_0304_0506_0708);
+        let req = DestroySession::cipher(0x0102_0304_0506_0708);
+        let b = req.as_bytes();
+        assert_eq!(u32_at(b, 0), CIPHER_DESTROY_SESSION);
+        assert_eq!(u64_at(b, 16), 0x0102_0304_0506_0708);
         assert_eq!(b[16], 0x08, "little endian");
-        let b = DestroySession {
-            opcode: u32::MAX,
-            session_id: u64::MAX,
-        }
-        .to_bytes();
-        assert_zero_outside(&b, &[(0, 4), (16, 8)]);
-        assert_eq!(u64_at(&b, 16), u64::MAX);
+        let req = DestroySession::new(u32::MAX, u64::MAX);
+        let b = req.as_bytes();
+        assert_zero_outside(b, &[(0, 4), (16, 8)]);
+        assert_eq!(u64_at(b, 16), u64::MAX);
     }
 
     #[test]
     fn data_header_offsets() {
-        let h = CipherDataHeader {
-            opcode: CIPHER_DECRYPT,
-            algo: CIPHER_AES_CTR,
-            session_id: 0xdead_beef_0000_0007,
-            iv_len: 16,
-            src_len: 4096,
-            dst_len: 4096,
-        };
-        let b = h.to_bytes();
+        let h = CipherDataHeader::new(
+            CIPHER_DECRYPT,
+            CIPHER_AES_CTR,
+            0xdead_beef_0000_0007,
+            16,
+            4096,
+        );
+        let b = h.as_bytes();
         assert_eq!(b.len(), 72);
-        assert_eq!(u32_at(&b, 0), CIPHER_DECRYPT);
-        assert_eq!(u32_at(&b, 4), CIPHER_AES_CTR);
-        assert_eq!(u64_at(&b, 8), 0xdead_beef_0000_0007);
-        assert_eq!(u32_at(&b, 16), 0, "flag");
-        assert_eq!(u32_at(&b, 24), 16);
-        assert_eq!(u32_at(&b, 28), 4096);
-        assert_eq!(u32_at(&b, 32), 4096);
-        assert_eq!(u32_at(&b, 64), SYM_OP_CIPHER);
+        assert_eq!(u32_at(b, 0), CIPHER_DECRYPT);
+        assert_eq!(u32_at(b, 4), CIPHER_AES_CTR);
+        assert_eq!(u64_at(b, 8), 0xdead_beef_0000_0007);
+        assert_eq!(u32_at(b, 16), 0, "flag");
+        assert_eq!(u32_at(b, 24), 16);
+        assert_eq!(u32_at(b, 28), 4096);
+        assert_eq!(u32_at(b, 32), 4096);
+        assert_eq!(u32_at(b, 64), SYM_OP_CIPHER);
     }
 
     #[test]
     fn data_header_padding_is_zero() {
-        let b = CipherDataHeader {
-            opcode: u32::MAX,
-            algo: u32::MAX,
-            session_id: u64::MAX,
-            iv_len: u32::MAX,
-            src_len: u32::MAX,
-            dst_len: u32::MAX,
-        }
-        .to_bytes();
+        let h = CipherDataHeader::new(u32::MAX, u32::MAX, u64::MAX, u32::MAX, u32::MAX);
+        let b = h.as_bytes();
         assert_zero_outside(
-            &b,
+            b,
             &[(0, 4), (4, 4), (8, 8), (24, 4), (28, 4), (32, 4), (64, 4)],
         );
-        assert_eq!(u64_at(&b, 8), u64::MAX);
+        assert_eq!(u64_at(b, 8), u64::MAX);
         assert_eq!(
-            (u32_at(&b, 24), u32_at(&b, 28), u32_at(&b, 32)),
+            (u32_at(b, 24), u32_at(b, 28), u32_at(b, 32)),
             (u32::MAX, u32::MAX, u32::MAX)
         );
     }

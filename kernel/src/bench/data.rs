@@ -57,8 +57,10 @@ fn point(
                 break;
             };
             let out = p.wait().map_err(|e| format!("{e}"))?;
-            if out.len() != size {
-                return Err(format!("{} bytes back for {size}", out.len()));
+            let out_len = out.len();
+            drop(out);
+            if out_len != size {
+                return Err(format!("{out_len} bytes back for {size}"));
             }
             if samples.len() < MAX_SAMPLES_PER_WORKER {
                 samples.push(((tsc::now_ns() - start) / 1000) as u32);

@@ -4,6 +4,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use linked_list_allocator::Heap;
 use vcrypt_drivers::sync::IrqSpinLock;
@@ -12,6 +13,14 @@ use super::{PAGE_SIZE, frames};
 
 struct KernelHeap(IrqSpinLock<Heap>);
 
+/// Allocations since boot (every CPU), for tests that prove a path allocates nothing.
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Heap allocations made so far (monotonic, all CPUs).
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
 #[global_allocator]
 static HEAP: KernelHeap = KernelHeap(IrqSpinLock::new("heap", Heap::empty()));
 
@@ -19,6 +28,7 @@ static HEAP: KernelHeap = KernelHeap(IrqSpinLock::new("heap", Heap::empty()));
 // serialises every access.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         self.0
             .lock()
             .allocate_first_fit(layout)

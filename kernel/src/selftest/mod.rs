@@ -149,6 +149,10 @@ pub static TESTS: &[Test] = &[
         crypto::differential_1000_per_mode_vs_rustcrypto,
     ),
     test(
+        "crypto::data_path_allocates_nothing_after_warmup",
+        crypto::data_path_allocates_nothing_after_warmup,
+    ),
+    test(
         "crypto::volume_300k_data_100k_control",
         crypto::volume_300k_data_100k_control,
     ),

@@ -1,0 +1,356 @@
+//! The cipher service: algorithms and directions, validation against the algorithm and the
+//! device limits, and the cipher data request
+//! `header(72) | iv | src` (device-readable) `| dst | status(1)` (device-writable).
+//!
+//! Invariants: nothing QEMU would answer by breaking the device (short header, missing IV or
+//! data, src_len != dst_len, more than `max_size`) is ever built; an output is handed out only
+//! with status OK and a used length covering `dst` and the status byte.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use virtio_drivers::Hal;
+
+use super::device::{CryptoDevice, DeviceHealth};
+use super::queue::CryptoQueue;
+use super::request::{Request, RequestBuilder};
+use super::status::{RequestKind, status_to_result};
+use super::wire;
+use crate::error::Error;
+use crate::sync::platform;
+
+/// Largest request payload this driver builds.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// AES modes the driver knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    AesEcb,
+    AesCbc,
+    AesCtr,
+    AesXts,
+}
+
+impl Cipher {
+    pub const ALL: [Cipher; 4] = [
+        Cipher::AesEcb,
+        Cipher::AesCbc,
+        Cipher::AesCtr,
+        Cipher::AesXts,
+    ];
+
+    pub fn algo(self) -> u32 {
+        match self {
+            Cipher::AesEcb => wire::CIPHER_AES_ECB,
+            Cipher::AesCbc => wire::CIPHER_AES_CBC,
+            Cipher::AesCtr => wire::CIPHER_AES_CTR,
+            Cipher::AesXts => wire::CIPHER_AES_XTS,
+        }
+    }
+
+    /// The kernel crypto API name (`cbc(aes)`), as kcapi takes it.
+    pub fn kcapi_name(self) -> &'static str {
+        match self {
+            Cipher::AesEcb => "ecb(aes)",
+            Cipher::AesCbc => "cbc(aes)",
+            Cipher::AesCtr => "ctr(aes)",
+            Cipher::AesXts => "xts(aes)",
+        }
+    }
+
+    pub fn from_kcapi_name(name: &str) -> Option<Cipher> {
+        Cipher::ALL.into_iter().find(|c| c.kcapi_name() == name)
+    }
+
+    /// Legal key lengths in bytes.
+    pub fn key_lengths(self) -> &'static [usize] {
+        match self {
+            Cipher::AesXts => &[32, 64],
+            _ => &[16, 24, 32],
+        }
+    }
+
+    fn key_lengths_text(self) -> &'static str {
+        match self {
+            Cipher::AesXts => "32 or 64",
+            _ => "16, 24 or 32",
+        }
+    }
+
+    /// IV length in bytes (ECB has none).
+    pub fn iv_len(self) -> usize {
+        if self == Cipher::AesEcb { 0 } else { 16 }
+    }
+
+    /// Data must be a multiple of this.
+    pub fn block_len(self) -> usize {
+        if self == Cipher::AesCtr { 1 } else { 16 }
+    }
+
+    /// Implemented by QEMU's builtin backend although it advertises only AES-CBC.
+    fn implemented_unadvertised(self) -> bool {
+        self != Cipher::AesCbc
+    }
+}
+
+/// Direction fixed when a session is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+impl Direction {
+    fn op(self) -> u32 {
+        match self {
+            Direction::Encrypt => wire::OP_ENCRYPT,
+            Direction::Decrypt => wire::OP_DECRYPT,
+        }
+    }
+
+    fn opcode(self) -> u32 {
+        match self {
+            Direction::Encrypt => wire::CIPHER_ENCRYPT,
+            Direction::Decrypt => wire::CIPHER_DECRYPT,
+        }
+    }
+}
+
+impl<H: Hal> CryptoDevice<H> {
+    /// Whether the device could take `cipher` (advertised, or opted in).
+    pub fn check_cipher(&self, cipher: Cipher) -> Result<(), Error> {
+        if !self.config.advertises_service(wire::SERVICE_CIPHER) {
+            return Err(Error::NotSupported {
+                what: "the cipher service",
+            });
+        }
+        if self.config.advertises_cipher(cipher.algo())
+            || (cipher.implemented_unadvertised() && self.allows_unadvertised())
+        {
+            Ok(())
+        } else {
+            Err(Error::NotSupported {
+                what: cipher.kcapi_name(),
+            })
+        }
+    }
+
+    /// Creates a cipher session; returns the device's session id.
+    pub fn create_cipher_session(
+        &self,
+        cipher: Cipher,
+        direction: Direction,
+        key: &[u8],
+    ) -> Result<u64, Error> {
+        self.ready()?;
+        self.check_cipher(cipher)?;
+        if !cipher.key_lengths().contains(&key.len())
+            || key.len() > self.config.max_cipher_key_len as usize
+        {
+            return Err(Error::InvalidKeyLength {
+                got: key.len(),
+                allowed: cipher.key_lengths_text(),
+            });
+        }
+        let request =
+            wire::CipherCreateSession::new(cipher.algo(), key.len() as u32, direction.op());
+        self.create_session(&request, key)
+    }
+
+    /// Checks a cipher request against the algorithm and the device limits.
+    pub fn check_request(
+        &self,
+        cipher: Cipher,
+        iv: &[u8],
+        src_len: usize,
+        dst_len: usize,
+    ) -> Result<(), Error> {
+        if iv.len() != cipher.iv_len() {
+            return Err(Error::InvalidIvLength {
+                got: iv.len(),
+                expected: cipher.iv_len(),
+            });
+        }
+        if src_len == 0 {
+            return Err(Error::EmptyRequest);
+        }
+        if src_len != dst_len {
+            return Err(Error::LengthMismatch {
+                src: src_len,
+                dst: dst_len,
+            });
+        }
+        if !src_len.is_multiple_of(cipher.block_len()) {
+            return Err(Error::InvalidDataLength {
+                got: src_len,
+                block: cipher.block_len(),
+            });
+        }
+        let total = (iv.len() + src_len + dst_len) as u64;
+        let max = self.config.max_size.min(2 * MAX_REQUEST_BYTES as u64 + 16);
+        if total > max || src_len > MAX_REQUEST_BYTES {
+            return Err(Error::RequestTooLarge {
+                got: src_len as u64,
+                max: (MAX_REQUEST_BYTES as u64).min(max / 2),
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates and builds (does not post) a cipher request of session `session_id` on `queue`:
+    /// submit it with `submit` (then [`CipherRequest::from_request`]) or with a completion
+    /// handler. No allocation for requests that fit the queue's preallocated memory.
+    pub fn build_cipher_request(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<RequestBuilder<H>, Error> {
+        self.ready()?;
+        self.check_request(cipher, iv, src.len(), src.len())?;
+        let header = wire::CipherDataHeader::new(
+            direction.opcode(),
+            cipher.algo(),
+            session_id,
+            iv.len() as u32,
+            src.len() as u32,
+        );
+        let mut builder = queue.reserve(
+            wire::DATA_HDR_LEN + iv.len() + src.len(),
+            src.len() + wire::INHDR_LEN,
+        )?;
+        builder.push_struct(&header)?.push(iv)?.push(src)?;
+        // A status the device must overwrite (0xff is no status code).
+        if let Some(status) = builder.writable_mut().last_mut() {
+            *status = 0xff;
+        }
+        Ok(builder)
+    }
+
+    /// Validates and posts a cipher request without waiting for it: the caller may keep many in
+    /// flight (the request is owned, not borrowed) and collect each with
+    /// [`CipherRequest::wait`].
+    pub fn start_cipher_request(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<CipherRequest<H>, Error> {
+        let request = self
+            .build_cipher_request(queue, session_id, cipher, direction, iv, src)?
+            .submit()?;
+        Ok(CipherRequest::from_request(request, self.health().clone()))
+    }
+
+    /// Runs one cipher request: `src` in, the same number of bytes written to `dst`.
+    /// Allocates nothing for requests that fit the queue's preallocated memory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cipher_into(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), Error> {
+        if src.len() != dst.len() {
+            return Err(Error::LengthMismatch {
+                src: src.len(),
+                dst: dst.len(),
+            });
+        }
+        let out = self
+            .start_cipher_request(queue, session_id, cipher, direction, iv, src)?
+            .wait()?;
+        dst.copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// Runs one cipher request and returns the output in a new vector.
+    pub fn cipher_request(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let out = self
+            .start_cipher_request(queue, session_id, cipher, direction, iv, src)?
+            .wait()?;
+        Ok(out.to_vec())
+    }
+}
+
+/// A cipher request in flight, owned (no borrow of the device or the queue).
+pub struct CipherRequest<H: Hal> {
+    request: Request<H>,
+    health: Arc<DeviceHealth<H>>,
+}
+
+impl<H: Hal> CipherRequest<H> {
+    pub fn from_request(request: Request<H>, health: Arc<DeviceHealth<H>>) -> Self {
+        CipherRequest { request, health }
+    }
+
+    /// Sleeps until the device answers (at most the device's timeout); returns the output.
+    pub fn wait(self) -> Result<CipherOutput<H>, Error> {
+        let deadline = platform::get()
+            .now_ns()
+            .saturating_add(self.health.timeout_ns());
+        match self.request.wait_until(Some(deadline)) {
+            Ok(_) => CipherOutput::new(self.request),
+            Err(Error::Timeout) => Err(self.health.timed_out()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The output of a finished cipher request, read in place from the request's memory (which is
+/// released when this is dropped).
+pub struct CipherOutput<H: Hal> {
+    request: Request<H>,
+    len: usize,
+}
+
+impl<H: Hal> CipherOutput<H> {
+    /// Checks a finished request's status byte and used length.
+    pub fn new(request: Request<H>) -> Result<Self, Error> {
+        let used = request.outcome().unwrap_or(Err(Error::Timeout))? as usize;
+        let writable = request.writable();
+        let Some((&status, out)) = writable.split_last() else {
+            return Err(Error::MalformedCompletion {
+                what: "a cipher request without a status byte",
+            });
+        };
+        status_to_result(status, RequestKind::Data)?;
+        if used < writable.len() {
+            return Err(Error::MalformedCompletion {
+                what: "the device wrote less than the output and status",
+            });
+        }
+        let len = out.len();
+        Ok(CipherOutput { request, len })
+    }
+
+    /// The request, to reuse or inspect.
+    pub fn into_request(self) -> Request<H> {
+        self.request
+    }
+}
+
+impl<H: Hal> core::ops::Deref for CipherOutput<H> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.request.writable()[..self.len]
+    }
+}

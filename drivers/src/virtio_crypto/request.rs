@@ -1,0 +1,288 @@
+//! The request engine's two types: [`RequestBuilder`] (a slot being filled) and [`Request`] (an
+//! owned handle to a posted or finished request).
+//!
+//! A request is `device-readable bytes | device-writable bytes`, one contiguous region of the
+//! queue's preallocated memory ([`super::slots`]), posted as at most two descriptors. The
+//! per-service builders (`cipher.rs`, `session.rs`) append the readable parts (header, IV, key,
+//! source) and size the writable ones (destination, reply, status); the device writes its status
+//! into the last writable byte(s).
+//!
+//! Completion goes either to a task waiting in [`Request::wait`] (it sleeps; no allocation) or to
+//! an [`OnComplete`] handler run after the queue lock is dropped, which receives the finished
+//! request by value. A `Request` owns its slot and holds the queue by `Arc`, so a task or a stream
+//! can keep it as long as it likes; dropping it releases the slot — or, while the device still
+//! has it, leaves the memory with the queue until the device gives it back.
+
+use alloc::sync::Arc;
+
+use virtio_drivers::Hal;
+use zerocopy::{Immutable, IntoBytes};
+
+use super::queue::QueueCore;
+use super::slots::{OnComplete, Phase};
+use crate::error::Error;
+use crate::sync::platform;
+
+/// A request being built in its slot. Dropping it releases the slot.
+pub struct RequestBuilder<H: Hal> {
+    request: Request<H>,
+    cursor: usize,
+}
+
+impl<H: Hal> RequestBuilder<H> {
+    pub(crate) fn new(core: Arc<QueueCore<H>>, slot: u16) -> Self {
+        let mut builder = RequestBuilder {
+            request: Request {
+                core,
+                slot,
+                from_callback: false,
+            },
+            cursor: 0,
+        };
+        // No stale bytes of an earlier request reach the device or a caller.
+        builder.request.region_mut().fill(0);
+        builder
+    }
+
+    /// Appends device-readable bytes. Fails if they overflow the size reserved.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<&mut Self, Error> {
+        let readable = self.request.lengths().0;
+        let end = self.cursor + bytes.len();
+        if end > readable {
+            return Err(Error::RequestTooLarge {
+                got: end as u64,
+                max: readable as u64,
+            });
+        }
+        let cursor = self.cursor;
+        self.request.region_mut()[cursor..end].copy_from_slice(bytes);
+        self.cursor = end;
+        Ok(self)
+    }
+
+    /// Appends a wire struct as device-readable bytes.
+    pub fn push_struct<T: IntoBytes + Immutable>(&mut self, value: &T) -> Result<&mut Self, Error> {
+        self.push(value.as_bytes())
+    }
+
+    /// The device-writable part, to preset (a status sentinel the device must overwrite).
+    pub fn writable_mut(&mut self) -> &mut [u8] {
+        let (readable, writable) = self.request.lengths();
+        &mut self.request.region_mut()[readable..readable + writable]
+    }
+
+    /// Zeroizes the readable part when the slot is released (it carries key material).
+    pub fn wipe_on_release(&mut self) -> &mut Self {
+        self.request.core.storage().slots[self.request.slot as usize]
+            .state
+            .lock()
+            .wipe_readable = true;
+        self
+    }
+
+    fn check_complete(&self) -> Result<(), Error> {
+        if self.cursor != self.request.lengths().0 {
+            return Err(Error::MalformedCompletion {
+                what: "a request was submitted before its readable part was filled",
+            });
+        }
+        Ok(())
+    }
+
+    /// Posts the request; completion is collected with [`Request::wait`]. Sleeps while the ring
+    /// is full.
+    pub fn submit(self) -> Result<Request<H>, Error> {
+        self.check_complete()?;
+        let request = self.request;
+        request.core.post(request.slot, None)?;
+        Ok(request)
+    }
+
+    /// Posts the request; `handler` gets it when it finishes (see [`OnComplete`] for the
+    /// context it runs in). On error the request is released and the handler not called.
+    pub fn submit_with(self, handler: Arc<dyn OnComplete<H>>) -> Result<(), Error> {
+        self.check_complete()?;
+        let request = self.request;
+        request.core.post(request.slot, Some(handler))?;
+        // The handler gets a new handle for the slot; this one must not release it.
+        core::mem::forget(request);
+        Ok(())
+    }
+}
+
+/// An owned request: in flight, or finished and holding its result and output.
+pub struct Request<H: Hal> {
+    core: Arc<QueueCore<H>>,
+    slot: u16,
+    /// Handed to an `OnComplete` handler, possibly in interrupt context: dropping it must not
+    /// free a spill.
+    from_callback: bool,
+}
+
+impl<H: Hal> Request<H> {
+    pub(crate) fn for_handler(core: Arc<QueueCore<H>>, slot: u16) -> Self {
+        Request {
+            core,
+            slot,
+            from_callback: true,
+        }
+    }
+
+    fn lengths(&self) -> (usize, usize) {
+        let st = self.core.storage().slots[self.slot as usize].state.lock();
+        (st.readable, st.writable)
+    }
+
+    fn phase(&self) -> Phase {
+        self.core.storage().slots[self.slot as usize]
+            .state
+            .lock()
+            .phase
+    }
+
+    /// The whole region (readable then writable), while the CPU owns it.
+    fn region_mut(&mut self) -> &mut [u8] {
+        let storage = self.core.storage();
+        let st = storage.slots[self.slot as usize].state.lock();
+        debug_assert!(matches!(st.phase, Phase::Building | Phase::Done));
+        let (base, len) = storage.region(self.slot, &st);
+        let n = (st.readable + st.writable).min(len);
+        // SAFETY: the slot is in `Building` or `Done` (a `Request` is only reachable by its
+        // owner in those phases: `submit` consumes the builder and `wait` returns once `Done`),
+        // so neither the device nor another CPU touches the region; `&mut self` makes this the
+        // only reference.
+        unsafe { core::slice::from_raw_parts_mut(base as *mut u8, n) }
+    }
+
+    fn region(&self) -> &[u8] {
+        let storage = self.core.storage();
+        let st = storage.slots[self.slot as usize].state.lock();
+        let (base, len) = storage.region(self.slot, &st);
+        let n = if matches!(st.phase, Phase::Building | Phase::Done) {
+            (st.readable + st.writable).min(len)
+        } else {
+            0 // the device may be writing it
+        };
+        // SAFETY: as in `region_mut`; in any other phase the slice is empty.
+        unsafe { core::slice::from_raw_parts(base as *const u8, n) }
+    }
+
+    /// The device-readable part (empty while in flight).
+    pub fn readable(&self) -> &[u8] {
+        let (readable, _) = self.lengths();
+        let region = self.region();
+        &region[..readable.min(region.len())]
+    }
+
+    /// The device-writable part (empty while in flight).
+    pub fn writable(&self) -> &[u8] {
+        let (readable, _) = self.lengths();
+        let region = self.region();
+        &region[readable.min(region.len())..]
+    }
+
+    /// The device-writable part, mutable (empty while in flight).
+    pub fn writable_mut(&mut self) -> &mut [u8] {
+        if !matches!(self.phase(), Phase::Done | Phase::Building) {
+            return &mut [];
+        }
+        let (readable, _) = self.lengths();
+        &mut self.region_mut()[readable..]
+    }
+
+    /// Whether the device returned the request (or it failed).
+    pub fn is_done(&self) -> bool {
+        self.phase() == Phase::Done
+    }
+
+    /// The used length, or why the request failed; `None` while in flight.
+    pub fn outcome(&self) -> Option<Result<u32, Error>> {
+        self.core.storage().slots[self.slot as usize]
+            .state
+            .lock()
+            .outcome
+    }
+
+    /// Sleeps until the request finishes or `deadline_ns` (platform clock) passes; returns the
+    /// used length, or why it failed (`Timeout` at the deadline: the request stays in flight and
+    /// may be waited for again). Allocates nothing.
+    pub fn wait_until(&self, deadline_ns: Option<u64>) -> Result<u32, Error> {
+        let platform = platform::get();
+        let slot = &self.core.storage().slots[self.slot as usize];
+        let mut registered = false;
+        loop {
+            {
+                let mut st = slot.state.lock();
+                if st.phase == Phase::Done {
+                    let waiter = st.waiter.take();
+                    let outcome = st.outcome;
+                    drop(st);
+                    drop(waiter);
+                    return outcome.unwrap_or(Err(Error::MalformedCompletion {
+                        what: "a finished request without a result",
+                    }));
+                }
+                if !registered {
+                    st.waiter = Some(platform.current_task());
+                    registered = true;
+                }
+            }
+            if deadline_ns.is_some_and(|d| platform.now_ns() >= d) {
+                let waiter = slot.state.lock().waiter.take();
+                drop(waiter);
+                return match self.outcome() {
+                    Some(outcome) => outcome,
+                    None => Err(Error::Timeout),
+                };
+            }
+            platform.block(deadline_ns);
+        }
+    }
+
+    /// Like [`wait_until`](Self::wait_until) with a timeout from now.
+    pub fn wait(&self, timeout_ns: u64) -> Result<u32, Error> {
+        let deadline = platform::get().now_ns().saturating_add(timeout_ns);
+        self.wait_until(Some(deadline))
+    }
+
+    /// Drains the queue until this request finishes (the busy-poll baseline); `Timeout` after
+    /// `deadline_ns`.
+    pub fn poll_until(&self, deadline_ns: u64) -> Result<u32, Error> {
+        loop {
+            self.core.drain();
+            if let Some(outcome) = self.outcome() {
+                return outcome;
+            }
+            if platform::get().now_ns() >= deadline_ns {
+                return Err(Error::Timeout);
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+impl<H: Hal> Drop for Request<H> {
+    fn drop(&mut self) {
+        let storage = self.core.storage();
+        let release = {
+            let mut st = storage.slots[self.slot as usize].state.lock();
+            match st.phase {
+                Phase::InFlight => {
+                    // The device still has it: the drain releases it when it comes back.
+                    st.phase = Phase::Abandoned;
+                    false
+                }
+                Phase::Done if st.device_may_own => {
+                    st.phase = Phase::Quarantined;
+                    false
+                }
+                Phase::Building | Phase::Done => true,
+                Phase::Free | Phase::Abandoned | Phase::Quarantined => false,
+            }
+        };
+        if release {
+            let spill = storage.release(self.slot, !self.from_callback);
+            drop(spill); // None from a handler: nothing is freed in interrupt context
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Per-queue request memory: a fixed table of request slots, each with its own preallocated DMA
+//! block, plus a small pool of large bounce blocks. A request's bytes are one contiguous region,
+//! `[device-readable parts | device-writable parts]`, taken from (in order of preference) its
+//! slot's inline block, a free large block, or a heap block kept in the slot ("spill", the only
+//! case that allocates, for requests above the large-block size).
+//!
+//! Why slots and not the descriptor token: the request's header, IV and data must be in place
+//! before `VirtQueue::add` publishes them, and the token is only known once `add` returns. So a
+//! request owns a slot from building to release, and the queue's in-flight table (indexed by
+//! token) names the slot.
+//!
+//! Invariants:
+//! - A slot's memory is touched by the CPU only in the phases `Building` and `Done` (by the one
+//!   `Request` that owns it), and by the device only in `InFlight`/`Abandoned`.
+//! - Memory the device may still reach is never freed or reused: a request dropped while in
+//!   flight is `Abandoned` and released only when the device returns it; a request failed while
+//!   the device still had it (`fail_all`, device needs a reset) is `Quarantined` on release and
+//!   comes back only through [`Storage::reclaim_after_reset`].
+//! - Slot and large-block free lists are behind one `IrqSpinLock` ("request-slots"), a leaf lock;
+//!   a slot's state is behind its own `IrqSpinLock` ("request-slot"), taken before "request-slots"
+//!   and before the scheduler's locks (a waiter is woken under it, so the waiter's `Arc` is never
+//!   dropped in interrupt context).
+//! - Nothing here allocates after [`Storage::new`] except a spill for an oversized request, in
+//!   task context.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use crate::error::Error;
+use crate::sync::{IrqSpinLock, WaitQueue, Wake};
+
+/// Most slots a queue can have (one per descriptor of the ring).
+pub const MAX_SLOTS: usize = 1024;
+/// Most large bounce blocks a queue can have.
+pub const MAX_LARGE: usize = 64;
+
+/// How much request memory a queue preallocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Requests that can be built or in flight at once.
+    pub slots: usize,
+    /// Bytes of each slot's own block.
+    pub inline_bytes: usize,
+    /// Large bounce blocks shared by the slots.
+    pub large_blocks: usize,
+    /// Bytes of each large block.
+    pub large_bytes: usize,
+}
+
+impl StorageConfig {
+    /// Control queue: headers, keys (at most 64 bytes) and replies only.
+    pub const CONTROL: StorageConfig = StorageConfig {
+        slots: 256,
+        inline_bytes: 256,
+        large_blocks: 0,
+        large_bytes: 0,
+    };
+    /// Data queue: a 4 KiB cipher request fits a slot; 64 KiB ones take a large block.
+    pub const DATA: StorageConfig = StorageConfig {
+        slots: 256,
+        inline_bytes: 8 * 1024 + 256,
+        large_blocks: 16,
+        large_bytes: 128 * 1024 + 256,
+    };
+}
+
+/// A heap block the device reads and writes. Kernel heap addresses are physical addresses
+/// (identity map), so the block can be posted as is; it is never a stack address.
+pub(crate) struct DmaBlock {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the block is plain memory owned by this value; who may touch it when is governed by
+// the slot phases (module invariants), not by the thread that holds the value.
+unsafe impl Send for DmaBlock {}
+// SAFETY: as above; shared references only hand out raw addresses.
+unsafe impl Sync for DmaBlock {}
+
+impl DmaBlock {
+    const ALIGN: usize = 64;
+
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len.max(1), Self::ALIGN).expect("DMA block layout")
+    }
+
+    /// A zeroed block of `len` bytes (at least 1), or `None` if the heap is exhausted.
+    pub(crate) fn new(len: usize) -> Option<Self> {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(Self::layout(len)) };
+        NonNull::new(ptr).map(|ptr| DmaBlock { ptr, len })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+}
+
+impl Drop for DmaBlock {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; dropped only when no device can reach it
+        // (module invariants).
+        unsafe { alloc::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// Where a request's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Memory {
+    Inline,
+    Large(u8),
+    Spill,
+}
+
+/// A slot's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Free,
+    /// Owned by a `RequestBuilder`/`Request`; the CPU writes the request.
+    Building,
+    /// Posted; the device owns the memory.
+    InFlight,
+    /// Posted, and its `Request` was dropped (a timeout): released when the device returns it.
+    Abandoned,
+    /// The device returned it (or it was failed); its `Request` reads the result.
+    Done,
+    /// Failed while the device still had it; kept until the device is reset.
+    Quarantined,
+}
+
+/// Called with the finished request after the queue lock is dropped.
+///
+/// Runs in whatever context drained the queue: usually the queue's interrupt handler. There it
+/// must not allocate, sleep or take a lock that tasks hold with interrupts enabled; it may build
+/// and submit the next request (streams do), which allocates nothing for requests that fit the
+/// queue's preallocated memory. The submitter keeps its own reference to the handler, so the one
+/// the queue drops after the call is never the last.
+pub trait OnComplete<H: virtio_drivers::Hal>: Send + Sync {
+    fn on_complete(&self, request: super::request::Request<H>);
+}
+
+pub(crate) struct SlotState<H: virtio_drivers::Hal> {
+    pub(crate) phase: Phase,
+    pub(crate) memory: Memory,
+    /// A heap block for a request too large for the preallocated ones; kept for reuse and freed
+    /// only in task context (by the next reservation that does not need it, or a task's drop).
+    pub(crate) spill: Option<DmaBlock>,
+    pub(crate) readable: usize,
+    pub(crate) writable: usize,
+    /// Used length or why it failed, once `Done`.
+    pub(crate) outcome: Option<Result<u32, Error>>,
+    /// Failed by `fail_all` before the device returned it.
+    pub(crate) device_may_own: bool,
+    /// Zeroize the readable part on release (it holds key material).
+    pub(crate) wipe_readable: bool,
+    pub(crate) waiter: Option<Arc<dyn Wake>>,
+    pub(crate) on_complete: Option<Arc<dyn OnComplete<H>>>,
+}
+
+pub(crate) struct Slot<H: virtio_drivers::Hal> {
+    pub(crate) inline: DmaBlock,
+    pub(crate) state: IrqSpinLock<SlotState<H>>,
+}
+
+struct FreeLists {
+    slots: heapless::Vec<u16, MAX_SLOTS>,
+    large: heapless::Vec<u8, MAX_LARGE>,
+}
+
+/// One queue's request memory.
+pub(crate) struct Storage<H: virtio_drivers::Hal> {
+    pub(crate) config: StorageConfig,
+    pub(crate) slots: Box<[Slot<H>]>,
+    large: Box<[DmaBlock]>,
+    free: IrqSpinLock<FreeLists>,
+    /// Tasks waiting for a free slot.
+    space: WaitQueue,
+}
+
+impl<H: virtio_drivers::Hal> Storage<H> {
+    pub(crate) fn new(config: StorageConfig) -> Result<Self, Error> {
+        let config = StorageConfig {
+            slots: config.slots.clamp(1, MAX_SLOTS),
+            large_blocks: config.large_blocks.min(MAX_LARGE),
+            ..config
+        };
+        let no_memory = Error::NotSupported {
+            what: "request memory (the heap is exhausted)",
+        };
+        let mut slots = Vec::with_capacity(config.slots);
+        for _ in 0..config.slots {
+            slots.push(Slot {
+                inline: DmaBlock::new(config.inline_bytes).ok_or(no_memory)?,
+                state: IrqSpinLock::new(
+                    "request-slot",
+                    SlotState {
+                        phase: Phase::Free,
+                        memory: Memory::Inline,
+                        spill: None,
+                        readable: 0,
+                        writable: 0,
+                        outcome: None,
+                        device_may_own: false,
+                        wipe_readable: false,
+                        waiter: None,
+                        on_complete: None,
+                    },
+                ),
+            });
+        }
+        let mut large = Vec::with_capacity(config.large_blocks);
+        for _ in 0..config.large_blocks {
+            large.push(DmaBlock::new(config.large_bytes).ok_or(no_memory)?);
+        }
+        let mut free = FreeLists {
+            slots: heapless::Vec::new(),
+            large: heapless::Vec::new(),
+        };
+        // Popped from the back: slot 0 first.
+        for i in (0..config.slots).rev() {
+            let _ = free.slots.push(i as u16);
+        }
+        for i in (0..config.large_blocks).rev() {
+            let _ = free.large.push(i as u8);
+        }
+        Ok(Storage {
+            config,
+            slots: slots.into_boxed_slice(),
+            large: large.into_boxed_slice(),
+            free: IrqSpinLock::new("request-slots", free),
+            space: WaitQueue::new(),
+        })
+    }
+
+    /// Takes a free slot for a request of `readable + writable` bytes, sleeping while none is
+    /// free; `broken` ends the wait. Task context (may allocate a spill for an oversized request).
+    pub(crate) fn reserve(
+        &self,
+        readable: usize,
+        writable: usize,
+        broken: &dyn Fn() -> bool,
+    ) -> Result<u16, Error> {
+        let total = readable + writable;
+        let (slot, large) = loop {
+            let taken = {
+                let mut free = self.free.lock();
+                free.slots.pop().map(|slot| {
+                    let large = (total > self.config.inline_bytes
+                        && total <= self.config.large_bytes)
+                        .then(|| free.large.pop())
+                        .flatten();
+                    (slot, large)
+                })
+            };
+            if let Some(taken) = taken {
+                break taken;
+            }
+            if broken() {
+                return Err(Error::DeviceNeedsReset);
+            }
+            self.space
+                .wait_until(|| (broken() || !self.free.lock().slots.is_empty()).then_some(()));
+        };
+        let memory = if total <= self.config.inline_bytes {
+            Memory::Inline
+        } else if let Some(i) = large {
+            Memory::Large(i)
+        } else {
+            Memory::Spill
+        };
+        let mut old_spill = None;
+        let mut new_spill = None;
+        {
+            let st = self.slots[slot as usize].state.lock();
+            let reusable = st.spill.as_ref().is_some_and(|b| b.len() >= total);
+            if memory == Memory::Spill && !reusable {
+                drop(st);
+                // Outside the slot lock: the heap lock is a leaf taken with interrupts off.
+                new_spill = Some(DmaBlock::new(total));
+            }
+        }
+        let mut st = self.slots[slot as usize].state.lock();
+        match new_spill {
+            Some(Some(block)) => old_spill = st.spill.replace(block),
+            Some(None) => {
+                drop(st);
+                self.release_now(slot, large);
+                return Err(Error::RequestTooLarge {
+                    got: total as u64,
+                    max: self.config.large_bytes as u64,
+                });
+            }
+            None if memory != Memory::Spill => old_spill = st.spill.take(),
+            None => {}
+        }
+        st.phase = Phase::Building;
+        st.memory = memory;
+        st.readable = readable;
+        st.writable = writable;
+        st.outcome = None;
+        st.device_may_own = false;
+        st.wipe_readable = false;
+        drop(st);
+        drop(old_spill); // task context
+        Ok(slot)
+    }
+
+    /// Base address and length of the region `memory` names for `slot`.
+    pub(crate) fn region(&self, slot: u16, st: &SlotState<H>) -> (usize, usize) {
+        let s = &self.slots[slot as usize];
+        match st.memory {
+            Memory::Inline => (s.inline.addr(), s.inline.len()),
+            Memory::Large(i) => (self.large[i as usize].addr(), self.large[i as usize].len()),
+            Memory::Spill => st
+                .spill
+                .as_ref()
+                .map_or((s.inline.addr(), 0), |b| (b.addr(), b.len())),
+        }
+    }
+
+    /// Puts `slot` back on the free list (its state lock must not be held). Wipes key material
+    /// first. With `take_spill` the slot's heap spill is handed back for the caller to free (in
+    /// task context); otherwise nothing is freed, and this is callable from interrupt context.
+    #[must_use]
+    pub(crate) fn release(&self, slot: u16, take_spill: bool) -> Option<DmaBlock> {
+        let (large, spill) = {
+            let mut st = self.slots[slot as usize].state.lock();
+            if st.wipe_readable {
+                let (base, len) = self.region(slot, &st);
+                let n = st.readable.min(len);
+                // SAFETY: the slot is not in flight (the caller releases it after the device
+                // returned it or before it was posted), so nothing else touches its memory.
+                let bytes = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, n) };
+                zeroize::Zeroize::zeroize(bytes);
+                st.wipe_readable = false;
+            }
+            st.phase = Phase::Free;
+            st.outcome = None;
+            st.on_complete = None;
+            let spill = if take_spill { st.spill.take() } else { None };
+            let large = match st.memory {
+                Memory::Large(i) => Some(i),
+                _ => None,
+            };
+            (large, spill)
+        };
+        self.release_now(slot, large);
+        spill
+    }
+
+    fn release_now(&self, slot: u16, large: Option<u8>) {
+        {
+            let mut free = self.free.lock();
+            let _ = free.slots.push(slot);
+            if let Some(i) = large {
+                let _ = free.large.push(i);
+            }
+        }
+        self.space.wake_one();
+    }
+
+    /// After the device was reset (it can reach no request memory any more): quarantined slots
+    /// become free again. Returns how many.
+    pub fn reclaim_after_reset(&self) -> usize {
+        let mut reclaimed = 0;
+        for (i, slot) in self.slots.iter().enumerate() {
+            let quarantined = slot.state.lock().phase == Phase::Quarantined;
+            if quarantined {
+                drop(self.release(i as u16, true));
+                reclaimed += 1;
+            }
+        }
+        reclaimed
+    }
+
+    /// Slots not free (building, in flight, done, abandoned or quarantined).
+    pub(crate) fn slots_in_use(&self) -> usize {
+        self.config.slots - self.free.lock().slots.len()
+    }
+
+    /// Wakes every task waiting for a slot (the queue broke).
+    pub(crate) fn wake_all(&self) {
+        self.space.wake_all();
+    }
+}
