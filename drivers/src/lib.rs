@@ -10,5 +10,6 @@ extern crate std;
 pub mod crypto;
 pub mod error;
 pub mod stats;
+pub mod stream;
 pub mod sync;
 pub mod virtio_crypto;

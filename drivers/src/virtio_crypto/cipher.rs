@@ -19,6 +19,9 @@ use super::wire;
 use crate::error::Error;
 use crate::sync::platform;
 
+/// Where a cipher data request's IV starts in its device-readable bytes (after the header).
+pub const CIPHER_IV_OFFSET: usize = wire::DATA_HDR_LEN;
+
 /// Largest request payload this driver builds.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
