@@ -181,6 +181,11 @@ impl<H: Hal> CryptoDevice<H> {
         self.unadvertised.store(allow, Ordering::Relaxed);
     }
 
+    /// Whether unadvertised algorithms are allowed (to restore after changing it).
+    pub fn allows_unadvertised_ciphers(&self) -> bool {
+        self.allows_unadvertised()
+    }
+
     pub(crate) fn allows_unadvertised(&self) -> bool {
         self.unadvertised.load(Ordering::Relaxed)
     }

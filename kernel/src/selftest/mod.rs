@@ -13,6 +13,7 @@ mod platform;
 mod reference;
 mod sched;
 mod smp;
+mod stream;
 mod sync;
 
 use alloc::string::String;
@@ -155,6 +156,18 @@ pub static TESTS: &[Test] = &[
     test(
         "crypto::volume_300k_data_100k_control",
         crypto::volume_300k_data_100k_control,
+    ),
+    test(
+        "crypto::streams_random_lengths_every_mode_vs_rustcrypto",
+        stream::streams_random_lengths_every_mode_vs_rustcrypto,
+    ),
+    test(
+        "crypto::many_streams_and_independent_requests_on_every_cpu",
+        stream::many_streams_and_independent_requests_on_every_cpu,
+    ),
+    test(
+        "crypto::stream_failing_chunk_fails_the_stream_and_later_streams_work",
+        stream::failing_chunk_fails_the_stream_and_later_streams_work,
     ),
     test(
         "crypto::every_device_takes_interrupts_in_its_mode",

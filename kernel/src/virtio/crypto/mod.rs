@@ -317,8 +317,9 @@ fn route_intx(device: &Device, pci: &crate::pci::PciDevice) -> Result<Arc<IrqLin
 }
 
 /// Applies the command-line switches to every device: `ctrl=poll|sleep`, `kick=locked|unlocked`,
-/// `unadvertised=try|refuse`.
+/// `unadvertised=try|refuse`, `chain=serial|pipelined`.
 pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
+    use vcrypt_drivers::stream::ChainMode;
     use vcrypt_drivers::virtio_crypto::device::CtrlMode;
     use vcrypt_drivers::virtio_crypto::queue::KickMode;
     let ctrl = match cmdline.switch("ctrl") {
@@ -344,15 +345,26 @@ pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
             ));
         }
     };
+    let chain = match cmdline.switch("chain") {
+        None => ChainMode::Pipelined,
+        Some(name) => ChainMode::from_name(name)
+            .ok_or_else(|| format!("chain={name}: expected chain=pipelined or chain=serial"))?,
+    };
     for device in devices() {
+        device.set_chain_mode(chain);
         device.set_ctrl_mode(ctrl);
         device.set_kick_mode(kick);
         device.set_allow_unadvertised(unadvertised);
     }
-    if ctrl != CtrlMode::Sleep || kick != KickMode::Unlocked || unadvertised {
+    if ctrl != CtrlMode::Sleep
+        || kick != KickMode::Unlocked
+        || unadvertised
+        || chain != ChainMode::Pipelined
+    {
         crate::println!(
-            "driver switches: ctrl={ctrl:?} kick={kick:?} unadvertised={}",
-            if unadvertised { "try" } else { "refuse" }
+            "driver switches: ctrl={ctrl:?} kick={kick:?} unadvertised={} chain={}",
+            if unadvertised { "try" } else { "refuse" },
+            chain.name()
         );
     }
     Ok(())
