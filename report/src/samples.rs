@@ -1,0 +1,9 @@
+//! Bench rows as the kernel prints them (kernel/src/bench/{data,ctrl,kick}.rs), for tests.
+
+pub const DATA_ROW: &str = r#"{"bench":"data","sweep":"size","size":4096,"in_flight":16,"ops_per_s":26318,"mb_per_s":107,"p50_us":533,"p99_us":1874,"busy_pct":[80.1,83.5],"busy_sum_pct":163.6,"duration_ms":1000,"plot":{"x":"size","y":["ops_per_s","mb_per_s","p50_us","p99_us"],"series":[],"hist":[]},"units":{"size":"B","in_flight":"requests","ops_per_s":"ops/s","mb_per_s":"MB/s","p50_us":"us","p99_us":"us","busy_pct":"%","busy_sum_pct":"%","duration_ms":"ms"}}"#;
+pub const CTRL_ROW: &str = r#"{"bench":"ctrl","mode":"poll","workers":2,"pairs":918,"ops_per_s":918,"busy_pct":[100.0,100.0],"busy_sum_pct":200.0,"destroy_latency_log2_us":[0,0,0,0,0,79,484,12,5,19,20,265,34,2,0,0],"destroy_p50_us_le":127,"destroy_p99_us_le":8191,"duration_ms":1000,"plot":{"x":"workers","y":["ops_per_s","destroy_p50_us_le","destroy_p99_us_le"],"series":["mode"],"hist":["destroy_latency_log2_us"]},"units":{"workers":"tasks","ops_per_s":"pairs/s","destroy_latency_log2_us":"us","destroy_p50_us_le":"us","destroy_p99_us_le":"us"}}"#;
+pub const KICK_ROW: &str = r#"{"bench":"kick","mode":"locked","size":16,"workers":4,"ops_per_s":22442,"mb_per_s":0,"busy_pct":[99.0,98.0],"busy_sum_pct":197.0,"acquisitions":35773,"contentions":5127,"wait_min_ns":40,"wait_max_ns":1002370,"wait_total_ns":102470520,"hold_min_ns":300,"hold_max_ns":984420,"hold_total_ns":228949730,"duration_ms":1000,"plot":{"x":"size","y":["ops_per_s","mb_per_s"],"series":["mode"],"hist":[]},"units":{"size":"B","ops_per_s":"ops/s","mb_per_s":"MB/s","wait_total_ns":"ns","hold_total_ns":"ns"}}"#;
+/// A row from before rows declared their axes.
+pub const UNDECLARED_ROW: &str =
+    r#"{"bench":"future","mode":"x","ops_per_s":5,"latency_us":7,"busy_pct":[1.0]}"#;
+
