@@ -129,7 +129,10 @@ fn line_figures(bench: &str, runs: &BenchRuns) -> Vec<Figure> {
             let x = row.x_field().unwrap_or_else(|| "row".to_string());
             for y in row.y_fields() {
                 let unit = row.unit(&y);
-                match panels.iter_mut().find(|(px, pu, _)| *px == x && *pu == unit) {
+                match panels
+                    .iter_mut()
+                    .find(|(px, pu, _)| *px == x && *pu == unit)
+                {
                     Some((_, _, fields)) if fields.contains(&y) => {}
                     Some((_, _, fields)) => fields.push(y),
                     None => panels.push((x.clone(), unit, vec![y])),
@@ -262,7 +265,11 @@ fn histogram_figures(bench: &str, runs: &BenchRuns) -> Vec<Figure> {
             }
         }
         let longest = groups.iter().map(|g| g.values.len()).max().unwrap_or(0);
-        let used = |b: usize| groups.iter().any(|g| g.values.get(b).is_some_and(|v| *v > 0.0));
+        let used = |b: usize| {
+            groups
+                .iter()
+                .any(|g| g.values.get(b).is_some_and(|v| *v > 0.0))
+        };
         let Some(first) = (0..longest).find(|b| used(*b)) else {
             continue;
         };
@@ -295,12 +302,20 @@ fn histogram_figures(bench: &str, runs: &BenchRuns) -> Vec<Figure> {
 }
 
 /// The lockstat columns a row must all hold to get lock figures.
-const LOCKSTAT_FIELDS: [&str; 4] = ["wait_total_ns", "hold_total_ns", "wait_max_ns", "hold_max_ns"];
+const LOCKSTAT_FIELDS: [&str; 4] = [
+    "wait_total_ns",
+    "hold_total_ns",
+    "wait_max_ns",
+    "hold_max_ns",
+];
 
 /// Lock wait and hold time per row (mode and size), totals and maxima, in microseconds.
 fn lockstat_figures(bench: &str, runs: &BenchRuns) -> Vec<Figure> {
     let has_lockstat = |row: &&Row| LOCKSTAT_FIELDS.iter().all(|f| row.number(f).is_some());
-    if !runs.iter().any(|(_, _, rows)| rows.iter().any(has_lockstat)) {
+    if !runs
+        .iter()
+        .any(|(_, _, rows)| rows.iter().any(has_lockstat))
+    {
         return Vec::new();
     }
     let mut figures = Vec::new();
@@ -434,7 +449,10 @@ mod tests {
     fn every_bench_gets_figures_with_axes_and_units_from_its_rows() {
         let figures = figures_of(&format!("{DATA_ROW}\n{CTRL_ROW}\n{KICK_ROW}\n"));
         for bench in ["data", "ctrl", "kick"] {
-            assert!(figures.iter().any(|f| f.bench == bench), "no figure for {bench}");
+            assert!(
+                figures.iter().any(|f| f.bench == bench),
+                "no figure for {bench}"
+            );
         }
         let ops = &figures[0];
         assert_eq!(ops.title, "data: ops_per_s against size");
@@ -450,7 +468,12 @@ mod tests {
             .find(|f| f.title == "data: p50_us, p99_us against size")
             .unwrap();
         assert_eq!(latency.y_label, "p50_us, p99_us (us)");
-        assert!(latency.table.iter().any(|line| line.last().unwrap() == "1874"));
+        assert!(
+            latency
+                .table
+                .iter()
+                .any(|line| line.last().unwrap() == "1874")
+        );
     }
 
     #[test]
@@ -465,7 +488,11 @@ mod tests {
         assert!(!log2_x, "1..2 workers is no log axis");
         let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["poll", "sleep"]);
-        assert_eq!(series[0].points, [(1.0, 918.0), (2.0, 918.0)], "sorted by x");
+        assert_eq!(
+            series[0].points,
+            [(1.0, 918.0), (2.0, 918.0)],
+            "sorted by x"
+        );
     }
 
     #[test]
@@ -498,7 +525,11 @@ mod tests {
         assert_eq!(groups[0].name, "wait total");
         assert_eq!(groups[0].values, [102470.52]);
         assert!(titles(&figures).contains(&"kick: lock wait/hold max per mode"));
-        assert!(!titles(&figures_of(DATA_ROW)).iter().any(|t| t.contains("lock")));
+        assert!(
+            !titles(&figures_of(DATA_ROW))
+                .iter()
+                .any(|t| t.contains("lock"))
+        );
     }
 
     #[test]
@@ -508,8 +539,13 @@ mod tests {
             "\"host_cpu_pct\":{\"CPU 0/TCG\":98.5,\"qemu-system-x86\":40.0},\"duration_ms\"",
         );
         let figures = figures_of(&with_host);
-        let busy = figures.iter().find(|f| f.title == "data: busy % per CPU").unwrap();
-        let Body::Bars { groups, .. } = &busy.body else { panic!() };
+        let busy = figures
+            .iter()
+            .find(|f| f.title == "data: busy % per CPU")
+            .unwrap();
+        let Body::Bars { groups, .. } = &busy.body else {
+            panic!()
+        };
         assert_eq!(groups.len(), 2);
         let host = figures
             .iter()
@@ -522,7 +558,10 @@ mod tests {
     #[test]
     fn an_unknown_bench_without_declarations_still_gets_a_figure() {
         let figures = figures_of(UNDECLARED_ROW);
-        assert_eq!(figures[0].title, "future: ops_per_s, latency_us against row");
+        assert_eq!(
+            figures[0].title,
+            "future: ops_per_s, latency_us against row"
+        );
         assert_eq!(figures[0].x_label, "row");
     }
 
@@ -530,8 +569,19 @@ mod tests {
     fn two_runs_overlay_in_the_same_figures() {
         let a = parse_log(KICK_ROW).rows;
         let b = parse_log(&KICK_ROW.replace("22442", "30000")).rows;
-        let figures = build(&[Run { name: "A", rows: &a }, Run { name: "B", rows: &b }]);
-        let Body::Lines { series, .. } = &figures[0].body else { panic!() };
+        let figures = build(&[
+            Run {
+                name: "A",
+                rows: &a,
+            },
+            Run {
+                name: "B",
+                rows: &b,
+            },
+        ]);
+        let Body::Lines { series, .. } = &figures[0].body else {
+            panic!()
+        };
         let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["A locked", "B locked"]);
         assert_eq!(series[1].points, [(16.0, 30000.0)]);

@@ -236,7 +236,9 @@ fn bars(
                 .draw_series(std::iter::empty::<Rectangle<(SegmentValue<u32>, f64)>>())
                 .map_err(|e| anyhow!("{e}"))?
                 .label(&group.name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color(g).filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color(g).filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -277,7 +279,12 @@ mod tests {
         }))
         .unwrap();
         assert!(out.starts_with("<svg"));
-        for text in ["b: ops_per_s against size", "size (B)", "ops_per_s (ops/s)", "poll"] {
+        for text in [
+            "b: ops_per_s against size",
+            "size (B)",
+            "ops_per_s (ops/s)",
+            "poll",
+        ] {
             assert!(out.contains(text), "no {text:?} in the SVG");
         }
     }

@@ -237,10 +237,7 @@ impl Row {
     pub fn key(&self) -> String {
         let mut parts = vec![self.bench.clone()];
         for field in self.key_fields() {
-            parts.push(format!(
-                "{field}={}",
-                self.text(&field).unwrap_or_default()
-            ));
+            parts.push(format!("{field}={}", self.text(&field).unwrap_or_default()));
         }
         if !self.declares_plot() {
             parts.push(format!("#{}", self.index_in_bench));

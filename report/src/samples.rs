@@ -6,4 +6,3 @@ pub const KICK_ROW: &str = r#"{"bench":"kick","mode":"locked","size":16,"workers
 /// A row from before rows declared their axes.
 pub const UNDECLARED_ROW: &str =
     r#"{"bench":"future","mode":"x","ops_per_s":5,"latency_us":7,"busy_pct":[1.0]}"#;
-
