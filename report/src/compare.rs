@@ -1,4 +1,4 @@
-//! `cargo report compare A B [--out DIR]`: two runs side by side. Rows are matched by what they
+//! `cargo results compare A B [--out DIR]`: two runs side by side. Rows are matched by what they
 //! measured (bench, mode, sweep, x value; see `Row::key`), every metric gets its B/A ratio, and
 //! the figures are drawn with both runs overlaid.
 

@@ -1,9 +1,9 @@
 //! vcrypt-report: turns the kernel's bench JSON lines into figures and tables, and puts two runs
-//! side by side. A host tool: `cargo report ...` (an alias that builds it for the host target).
+//! side by side. A host tool: `cargo results ...` (an alias that builds it for the host target).
 //!
-//!     cargo report run [--out DIR] -- <kernel words>     e.g. `-- bench data dur=200`
-//!     cargo report compare A B [--out DIR]               A, B: result folders or saved logs
-//!     cargo report render LOG [--out DIR]                a saved `cargo run -- bench` output
+//!     cargo results run [--out DIR] -- <kernel words>     e.g. `-- bench data dur=200`
+//!     cargo results compare A B [--out DIR]               A, B: result folders or saved logs
+//!     cargo results render LOG [--out DIR]                a saved `cargo run -- bench` output
 
 mod compare;
 mod figures;
@@ -21,10 +21,10 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 
 const USAGE: &str = "usage:
-  cargo report run [--out DIR] -- <kernel words>   boot the kernel (e.g. `-- bench`, `-- bench data dur=200`),
+  cargo results run [--out DIR] -- <kernel words>   boot the kernel (e.g. `-- bench`, `-- bench data dur=200`),
                                                    sample QEMU's threads, write DIR/index.html, summary.md, rows.jsonl
-  cargo report compare A B [--out DIR]             two result folders (or saved logs) side by side, with ratios
-  cargo report render LOG [--out DIR]              a report from a saved `cargo run -- bench` output
+  cargo results compare A B [--out DIR]             two result folders (or saved logs) side by side, with ratios
+  cargo results render LOG [--out DIR]              a report from a saved `cargo run -- bench` output
 DIR defaults to target/report/<UTC date>; the folder's path is printed last.";
 
 /// Splits `--out DIR` out of `args`; the rest stay in order.

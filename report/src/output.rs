@@ -36,7 +36,7 @@ pub fn load(path: &Path) -> Result<Results> {
         let rows_path = path.join(ROWS_FILE);
         if !rows_path.is_file() {
             bail!(
-                "{} holds no results (no {ROWS_FILE}); make one with `cargo report run --out {} -- bench`",
+                "{} holds no results (no {ROWS_FILE}); make one with `cargo results run --out {} -- bench`",
                 path.display(),
                 path.display()
             );
@@ -400,7 +400,7 @@ mod tests {
         let dir = temp_dir("empty");
         let error = load(&dir).err().unwrap().to_string();
         assert!(error.contains("holds no results"), "{error}");
-        assert!(error.contains("cargo report run"));
+        assert!(error.contains("cargo results run"));
         assert!(load(&dir.join("nowhere")).is_err());
     }
 

@@ -80,7 +80,7 @@ fn lines(
         y_max = y_max.max(y);
     }
     let (x_min, x_max) = padded(x_min, x_max);
-    let y_top = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
+    let y_top = if y_max > 0.0 { y_max * 1.3 } else { 1.0 };
     let mut builder = ChartBuilder::on(root);
     builder
         .caption(&figure.title, ("sans-serif", 18))
@@ -162,7 +162,7 @@ fn bars(
         .iter()
         .flat_map(|g| g.values.iter().copied())
         .fold(0.0f64, f64::max);
-    let y_top = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
+    let y_top = if y_max > 0.0 { y_max * 1.3 } else { 1.0 };
     // Long or many category names are written upright under their bars.
     let upright = categories.len() > 6 || categories.iter().any(|c| c.len() > 14);
     let label_area = if upright {
@@ -205,25 +205,28 @@ fn bars(
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     let slot = 0.8 / groups.len().max(1) as f64;
+    // Bars inside a category are placed in pixels of the plotting area: segmented coordinates
+    // address whole categories only.
     let area = chart.plotting_area();
-    let (pixel_left, pixel_right) = (
-        area.map_coordinate(&(SegmentValue::Exact(0), 0.0)).0,
-        area.map_coordinate(&(SegmentValue::Last, 0.0)).0,
-    );
-    let pixels_per_category = (pixel_right - pixel_left) as f64 / count as f64;
-    let y_pixel = |y: f64| area.map_coordinate(&(SegmentValue::Exact(0), y)).1;
-    // Bars inside a category are placed in pixels: segmented coordinates address whole
-    // categories only.
-    let root_area = area.strip_coord_spec();
+    let (base_x, base_y) = area.get_base_pixel();
+    let y_pixel = |y: f64| area.map_coordinate(&(SegmentValue::Exact(0), y)).1 - base_y;
+    let left_edge = area.map_coordinate(&(SegmentValue::Exact(0), 0.0)).0 - base_x;
+    let right_edge = area.map_coordinate(&(SegmentValue::Last, 0.0)).0 - base_x;
+    let pixels_per_category = f64::from(right_edge - left_edge) / f64::from(count);
+    let pixels = area.strip_coord_spec();
     for (g, group) in groups.iter().enumerate() {
         for (c, value) in group.values.iter().enumerate() {
-            let left = pixel_left as f64 + pixels_per_category * (c as f64 + 0.1 + slot * g as f64);
+            let left =
+                f64::from(left_edge) + pixels_per_category * (c as f64 + 0.1 + slot * g as f64);
             let right = left + pixels_per_category * slot;
-            root_area
+            pixels
                 .draw(&Rectangle::new(
                     [
                         (left.round() as i32, y_pixel(*value)),
-                        (right.round() as i32 - 1, y_pixel(0.0)),
+                        (
+                            (right.round() as i32 - 1).max(left.round() as i32),
+                            y_pixel(0.0),
+                        ),
                     ],
                     color(g).filled(),
                 ))

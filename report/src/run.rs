@@ -1,4 +1,4 @@
-//! `cargo report run [--out DIR] -- <kernel words>`: boots the kernel through `cargo run` (so
+//! `cargo results run [--out DIR] -- <kernel words>`: boots the kernel through `cargo run` (so
 //! run-qemu.sh and its VCRYPT_* variables apply), follows its serial output, samples QEMU's
 //! threads at each bench point and writes the report.
 //!
