@@ -69,6 +69,7 @@ step() {
 }
 
 step "host unit tests" pass -- cargo hosttest
+step "report tool: cargo results run -- bench data dur=50, figures hold the run's numbers" pass -- scripts/check-report.sh
 MUST_PRINT="cpus online: 2"
 step "self-tests, 2 CPUs, 1 device" pass VCRYPT_SMP=2 VCRYPT_DEVICES=1 -- cargo run --quiet
 MUST_PRINT="cpus online: 1"

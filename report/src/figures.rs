@@ -235,6 +235,20 @@ pub fn bucket_label(bucket: usize) -> String {
     }
 }
 
+/// A bucket's lower bound, shortened (`16384` as `16k`).
+pub fn bucket_floor_label(bucket: usize) -> String {
+    let low = if bucket == 0 {
+        0u128
+    } else {
+        1u128 << bucket.min(100)
+    };
+    match low {
+        0..=9_999 => low.to_string(),
+        10_000..=9_999_999 => format!("{}k", low / 1024),
+        _ => format!("{}M", low / (1024 * 1024)),
+    }
+}
+
 /// One figure per row label and histogram field, with one bar group per run, trimmed to the
 /// buckets that hold anything.
 fn histogram_figures(bench: &str, runs: &BenchRuns) -> Vec<Figure> {
@@ -278,13 +292,16 @@ fn histogram_figures(bench: &str, runs: &BenchRuns) -> Vec<Figure> {
             group.values.resize(longest, 0.0);
             group.values = group.values[first..=last].to_vec();
         }
-        let categories: Vec<String> = (first..=last).map(bucket_label).collect();
+        // Bars are labelled by their bucket's lower bound (short enough to sit under a bar);
+        // the table gives the whole range.
+        let categories: Vec<String> = (first..=last).map(bucket_floor_label).collect();
+        let ranges: Vec<String> = (first..=last).map(bucket_label).collect();
         let mut table = vec![
             std::iter::once("bucket".to_string())
                 .chain(groups.iter().map(|g| g.name.clone()))
                 .collect::<Vec<_>>(),
         ];
-        for (i, bucket) in categories.iter().enumerate() {
+        for (i, bucket) in ranges.iter().enumerate() {
             let mut line = vec![bucket.clone()];
             line.extend(groups.iter().map(|g| format!("{}", g.values[i])));
             table.push(line);
@@ -292,7 +309,7 @@ fn histogram_figures(bench: &str, runs: &BenchRuns) -> Vec<Figure> {
         figures.push(Figure {
             bench: bench.to_string(),
             title: format!("{bench}: {field}, {label}"),
-            x_label: axis_label(&format!("{field} (log2 buckets)"), &unit),
+            x_label: axis_label(&format!("{field}, log2 buckets from"), &unit),
             y_label: "count".to_string(),
             body: Body::Bars { categories, groups },
             table,
@@ -505,10 +522,14 @@ mod tests {
         let Body::Bars { categories, groups } = &hist.body else {
             panic!()
         };
-        assert_eq!(categories.first().unwrap(), "32-63");
-        assert_eq!(categories.last().unwrap(), "8192-16383");
+        assert_eq!(categories.first().unwrap(), "32");
+        assert_eq!(categories.last().unwrap(), "8192");
         assert_eq!(groups[0].values[1], 484.0);
-        assert_eq!(hist.x_label, "destroy_latency_log2_us (log2 buckets) (us)");
+        assert_eq!(hist.table[2], ["64-127", "484"]);
+        assert_eq!(
+            hist.x_label,
+            "destroy_latency_log2_us, log2 buckets from (us)"
+        );
     }
 
     #[test]
@@ -593,5 +614,8 @@ mod tests {
         assert_eq!(bucket_label(0), "0-1");
         assert_eq!(bucket_label(1), "2-3");
         assert_eq!(bucket_label(13), "8192-16383");
+        assert_eq!(bucket_floor_label(0), "0");
+        assert_eq!(bucket_floor_label(14), "16k");
+        assert_eq!(bucket_floor_label(24), "16M");
     }
 }

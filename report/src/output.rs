@@ -150,7 +150,7 @@ fn html_table(out: &mut String, table: &[Vec<String>]) {
     out.push_str("</table>\n");
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1600px}\
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1600px}svg{max-width:100%;height:auto}\
 figure{display:inline-block;vertical-align:top;margin:0 1em 1.5em 0}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}\
 table.meta td,table.meta th{text-align:left}.problems{color:#a00}";

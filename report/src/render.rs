@@ -4,7 +4,6 @@ use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::figures::{Body, Figure};
 
@@ -30,7 +29,7 @@ fn color(index: usize) -> RGBColor {
 pub fn svg(figure: &Figure) -> Result<String> {
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut out, (width(figure), HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
         match &figure.body {
             Body::Lines { log2_x, series } => lines(&root, figure, *log2_x, series)?,
@@ -39,6 +38,23 @@ pub fn svg(figure: &Figure) -> Result<String> {
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
     Ok(out)
+}
+
+/// Bar figures widen until every category's label fits under its bars, written across (upright
+/// labels would need anchoring plotters does not offer for axis labels).
+fn width(figure: &Figure) -> u32 {
+    match &figure.body {
+        Body::Bars { categories, .. } => {
+            let longest = categories
+                .iter()
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0);
+            let needed = categories.len() * (longest * 7 + 14) + 110;
+            WIDTH.max(needed as u32)
+        }
+        Body::Lines { .. } => WIDTH,
+    }
 }
 
 /// A range with room around it, never empty.
@@ -163,36 +179,19 @@ fn bars(
         .flat_map(|g| g.values.iter().copied())
         .fold(0.0f64, f64::max);
     let y_top = if y_max > 0.0 { y_max * 1.3 } else { 1.0 };
-    // Long or many category names are written upright under their bars.
-    let upright = categories.len() > 6 || categories.iter().any(|c| c.len() > 14);
-    let label_area = if upright {
-        let longest = categories.iter().map(|c| c.len()).max().unwrap_or(0) as u32;
-        (longest * 7 + 20).min(200)
-    } else {
-        40
-    };
     let count = categories.len().max(1) as u32;
     let mut chart = ChartBuilder::on(root)
         .caption(&figure.title, ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(label_area)
+        .x_label_area_size(40)
         .y_label_area_size(64)
         .build_cartesian_2d((0u32..count).into_segmented(), 0.0..y_top)
         .map_err(|e| anyhow!("{e}"))?;
-    let label_style = if upright {
-        ("sans-serif", 12)
-            .into_font()
-            .transform(FontTransform::Rotate90)
-            .into_text_style(root)
-            .pos(Pos::new(HPos::Left, VPos::Center))
-    } else {
-        ("sans-serif", 12).into_text_style(root)
-    };
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(categories.len())
-        .x_label_style(label_style)
+        .x_label_style(("sans-serif", 12))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
                 categories.get(*i as usize).cloned().unwrap_or_default()
