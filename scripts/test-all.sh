@@ -78,6 +78,7 @@ step "host unit tests" pass -- cargo hosttest
 MUST_PRINT="layering: no upward references"
 step "layers only look down" prints -- scripts/check-layers.sh
 MUST_PRINT=
+step "report tool: cargo results run -- bench data dur=50, figures hold the run's numbers" pass -- scripts/check-report.sh
 MUST_PRINT="cpus online: 2"
 step "self-tests, 2 CPUs, 1 device" pass VCRYPT_SMP=2 VCRYPT_DEVICES=1 -- cargo run --quiet
 MUST_PRINT="cpus online: 1"

@@ -77,6 +77,23 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     .num("destroy_p50_us_le", histogram.percentile_upper_bound(50))
                     .num("destroy_p99_us_le", histogram.percentile_upper_bound(99))
                     .num("duration_ms", elapsed / 1_000_000)
+                    .plot(
+                        "workers",
+                        &["ops_per_s", "destroy_p50_us_le", "destroy_p99_us_le"],
+                        &["mode"],
+                        &["destroy_latency_log2_us"],
+                    )
+                    .units(&[
+                        ("workers", "tasks"),
+                        ("pairs", "pairs"),
+                        ("ops_per_s", "pairs/s"),
+                        ("busy_pct", "%"),
+                        ("busy_sum_pct", "%"),
+                        ("destroy_latency_log2_us", "us"),
+                        ("destroy_p50_us_le", "us"),
+                        ("destroy_p99_us_le", "us"),
+                        ("duration_ms", "ms"),
+                    ])
                     .emit(),
             );
         }

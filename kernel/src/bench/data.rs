@@ -116,6 +116,23 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("p99_us", p99)
                 .busy(&busy)
                 .num("duration_ms", elapsed / 1_000_000)
+                .plot(
+                    sweep,
+                    &["ops_per_s", "mb_per_s", "p50_us", "p99_us"],
+                    &[],
+                    &[],
+                )
+                .units(&[
+                    ("size", "B"),
+                    ("in_flight", "requests"),
+                    ("ops_per_s", "ops/s"),
+                    ("mb_per_s", "MB/s"),
+                    ("p50_us", "us"),
+                    ("p99_us", "us"),
+                    ("busy_pct", "%"),
+                    ("busy_sum_pct", "%"),
+                    ("duration_ms", "ms"),
+                ])
                 .emit(),
         );
     }

@@ -102,6 +102,24 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     .num("hold_max_ns", lock.hold_max)
                     .num("hold_total_ns", lock.hold_total)
                     .num("duration_ms", elapsed / 1_000_000)
+                    .plot("size", &["ops_per_s", "mb_per_s"], &["mode"], &[])
+                    .units(&[
+                        ("size", "B"),
+                        ("workers", "tasks"),
+                        ("ops_per_s", "ops/s"),
+                        ("mb_per_s", "MB/s"),
+                        ("busy_pct", "%"),
+                        ("busy_sum_pct", "%"),
+                        ("acquisitions", "count"),
+                        ("contentions", "count"),
+                        ("wait_min_ns", "ns"),
+                        ("wait_max_ns", "ns"),
+                        ("wait_total_ns", "ns"),
+                        ("hold_min_ns", "ns"),
+                        ("hold_max_ns", "ns"),
+                        ("hold_total_ns", "ns"),
+                        ("duration_ms", "ms"),
+                    ])
                     .emit(),
             );
         }

@@ -34,6 +34,38 @@ impl Row {
         self
     }
 
+    /// Declares how a host tool plots this row, so a new bench needs no tool change: each `y`
+    /// field against the `x` field, one line per distinct value of the `series` fields, and each
+    /// `hist` field (log2 buckets in microseconds) as bars. Written as `"plot":{...}`.
+    pub fn plot(mut self, x: &str, y: &[&str], series: &[&str], hist: &[&str]) -> Row {
+        let list = |names: &[&str]| {
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("[{}]", quoted.join(","))
+        };
+        self.fields.push((
+            "plot",
+            format!(
+                "{{\"x\":\"{x}\",\"y\":{},\"series\":{},\"hist\":{}}}",
+                list(y),
+                list(series),
+                list(hist)
+            ),
+        ));
+        self
+    }
+
+    /// Declares the unit of each named field (`"units":{"size":"B",...}`): axis labels and
+    /// tables take them from the row, not from a tool's copy of every bench.
+    pub fn units(mut self, units: &[(&str, &str)]) -> Row {
+        let pairs: Vec<String> = units
+            .iter()
+            .map(|(field, unit)| format!("\"{field}\":\"{unit}\""))
+            .collect();
+        self.fields
+            .push(("units", format!("{{{}}}", pairs.join(","))));
+        self
+    }
+
     /// Busy per CPU and their sum, in percent with one decimal (as the seed's "800% CPU").
     pub fn busy(self, permille: &[u32]) -> Row {
         let sum: u32 = permille.iter().sum();
