@@ -12,8 +12,8 @@ use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::sync::IrqSpinLock;
 
 use super::BenchConfig;
-use super::report::{Row, busy_text, per_second, progress, run_workers};
-use crate::arch::{percpu, tsc};
+use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
 static SAMPLES: IrqSpinLock<Vec<u32>> = IrqSpinLock::new("bench-samples", Vec::new());
@@ -98,11 +98,14 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             points.len(),
             &format!("{size} B, {in_flight} in flight"),
         );
+        let trips_before = trips::all_cpus();
         let (ops, busy, elapsed, p50, p99) = point(config, size, in_flight)?;
+        let trips = trips::all_cpus().since(&trips_before);
         let ops_s = per_second(ops, elapsed);
         let mb_s = ops_s * size as u64 / 1_000_000;
         table.push(format!(
-            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {mb_s:>7} {p50:>8} {p99:>8}   {}",
+            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {mb_s:>7} {p50:>8} {p99:>8} {:>8}   {}",
+            trips_text(&trips, ops),
             busy_text(&busy)
         ));
         rows.push(
@@ -115,6 +118,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("p50_us", p50)
                 .num("p99_us", p99)
                 .busy(&busy)
+                .trips(&trips, ops)
                 .num("duration_ms", elapsed / 1_000_000)
                 .plot(
                     sweep,
@@ -137,7 +141,9 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         );
     }
     println!("bench data: AES-CBC throughput and latency");
-    println!("sweep       size in_flight     ops/s    MB/s  p50(us)  p99(us)   busy per CPU (sum)");
+    println!(
+        "sweep       size in_flight     ops/s    MB/s  p50(us)  p99(us) trips/1k   busy per CPU (sum)"
+    );
     for line in table {
         println!("{line}");
     }

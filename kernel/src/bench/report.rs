@@ -4,6 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::arch::trips::TripCounts;
 use crate::sched::busy::{BusyWindow, Percent};
 
 /// A JSON object built field by field (numbers, strings, number arrays).
@@ -95,6 +96,32 @@ impl Row {
         crate::println!("{}", self.json());
         self
     }
+}
+
+impl Row {
+    /// Trips into QEMU per 1,000 operations, by kind and in all (`trips_per_1k`: the fields
+    /// `doorbells`, `mmio_reads`, `interrupts`, `eois`, `ipis` and `total`).
+    pub fn trips(mut self, trips: &TripCounts, ops: u64) -> Row {
+        let per_1k = |n: u64| format!("{:.1}", n as f64 * 1000.0 / ops.max(1) as f64);
+        self.fields.push((
+            "trips_per_1k",
+            format!(
+                "{{\"doorbells\":{},\"mmio_reads\":{},\"interrupts\":{},\"eois\":{},\"ipis\":{},\"total\":{}}}",
+                per_1k(trips.doorbells),
+                per_1k(trips.mmio_reads),
+                per_1k(trips.interrupts),
+                per_1k(trips.eois),
+                per_1k(trips.ipis),
+                per_1k(trips.total())
+            ),
+        ));
+        self
+    }
+}
+
+/// Trips per 1,000 operations, all kinds together, for the tables.
+pub fn trips_text(trips: &TripCounts, ops: u64) -> String {
+    format!("{:.0}", trips.total() as f64 * 1000.0 / ops.max(1) as f64)
 }
 
 /// Busy per CPU as `12.5%/99.0%` and the sum.
