@@ -89,6 +89,10 @@ MUST_PRINT="cpus online: 8"
 step "self-tests, 8 CPUs" pass VCRYPT_SMP=8 -- cargo run --quiet
 MUST_PRINT=
 step "self-tests, 2 devices" pass VCRYPT_DEVICES=2 -- cargo run --quiet
+MUST_PRINT="cpus online: 4"
+step "self-tests, 4 CPUs, 4 devices (per-CPU queues)" pass VCRYPT_SMP=4 VCRYPT_DEVICES=4 -- cargo run --quiet
+MUST_PRINT=
+step "service suites, 1 CPU, 2 devices" pass VCRYPT_SMP=1 VCRYPT_DEVICES=2 -- cargo run --quiet -- test service:: crypto::compl
 step "driver suites, ctrl=poll" pass -- cargo run --quiet -- test crypto:: ctrl=poll
 step "driver suites, kick=locked" pass -- cargo run --quiet -- test crypto:: kick=locked
 MUST_PRINT="no usable MSI-X; using INTx"

@@ -38,7 +38,8 @@ fn point(
         let mut samples = Vec::with_capacity(MAX_SAMPLES_PER_WORKER);
         let mut ops = 0u64;
         loop {
-            let running = tsc::now_ns() < deadline;
+            // At least one request, however late the worker starts.
+            let running = tsc::now_ns() < deadline || ops + pending.len() as u64 == 0;
             if running && pending.len() < window {
                 let p = device
                     .start_cipher_request(
