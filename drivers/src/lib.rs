@@ -9,6 +9,7 @@ extern crate std;
 
 pub mod crypto;
 pub mod error;
+pub mod service;
 pub mod stats;
 pub mod stream;
 pub mod sync;

@@ -73,6 +73,18 @@ impl Cipher {
         }
     }
 
+    /// Whether a key of `len` bytes fits the algorithm and the device's `max_cipher_key_len`.
+    pub fn check_key_len(self, len: usize, device_max: u32) -> Result<(), Error> {
+        if self.key_lengths().contains(&len) && len <= device_max as usize {
+            Ok(())
+        } else {
+            Err(Error::InvalidKeyLength {
+                got: len,
+                allowed: self.key_lengths_text(),
+            })
+        }
+    }
+
     fn key_lengths_text(self) -> &'static str {
         match self {
             Cipher::AesXts => "32 or 64",
@@ -147,14 +159,7 @@ impl<H: Hal> CryptoDevice<H> {
     ) -> Result<u64, Error> {
         self.ready()?;
         self.check_cipher(cipher)?;
-        if !cipher.key_lengths().contains(&key.len())
-            || key.len() > self.config.max_cipher_key_len as usize
-        {
-            return Err(Error::InvalidKeyLength {
-                got: key.len(),
-                allowed: cipher.key_lengths_text(),
-            });
-        }
+        cipher.check_key_len(key.len(), self.config.max_cipher_key_len)?;
         let request =
             wire::CipherCreateSession::new(cipher.algo(), key.len() as u32, direction.op());
         self.create_session(&request, key)

@@ -30,6 +30,17 @@ const MODES: [(&str, Cipher, Direction); 3] = [
     ("ctr", Cipher::AesCtr, Direction::Encrypt),
 ];
 
+const PLOT_Y: &[&str] = &["mb_per_s", "pct_of_independent"];
+const PLOT_SERIES: &[&str] = &["mode", "chain", "stream_bytes"];
+const UNITS: &[(&str, &str)] = &[
+    ("chunk", "B"),
+    ("stream_bytes", "B"),
+    ("mb_per_s", "MB/s"),
+    ("bytes_per_s", "B/s"),
+    ("pct_of_independent", "%"),
+    ("duration_ms", "ms"),
+];
+
 static IN_RING_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes per second through streams (`Some(mode)`) or independent requests (`None`).
@@ -142,6 +153,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                         .num("window", WINDOW)
                         .busy(&busy)
                         .num("duration_ms", elapsed / 1_000_000)
+                        .plot("chunk", PLOT_Y, PLOT_SERIES, &[])
+                        .units(UNITS)
                         .emit(),
                 );
                 for stream_bytes in STREAMS {
@@ -184,6 +197,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                                 .num("avg_in_flight", hundredths(in_flight_x100))
                                 .busy(&busy)
                                 .num("duration_ms", elapsed / 1_000_000)
+                                .plot("chunk", PLOT_Y, PLOT_SERIES, &[])
+                                .units(UNITS)
                                 .emit(),
                         );
                     }

@@ -1,7 +1,8 @@
 //! Benchmarks that reproduce the seeds' experiments side by side in one boot:
 //! `bench ctrl` (control queue: busy-poll vs sleep, seed 000), `bench kick` (doorbell inside vs
 //! outside the queue lock, seed 002), `bench data` (throughput and latency against request size
-//! and requests in flight), `bench chain` (chained-IV streams, serial vs pipelined, seed 001).
+//! and requests in flight), `bench scale` (shared vs per-CPU queues over every device, seed 003),
+//! `bench chain` (chained-IV streams, serial vs pipelined, seed 001).
 //! `bench` runs them all. Options: `dur=<ms>` per point (default 1000).
 //!
 //! Each prints a human table shaped like the seed's and one JSON line per row (`{"bench":...}`).
@@ -12,6 +13,7 @@ mod ctrl;
 mod data;
 mod kick;
 mod report;
+mod scale;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -46,6 +48,10 @@ pub static BENCHES: &[Bench] = &[
     Bench {
         name: "data",
         run: data::run,
+    },
+    Bench {
+        name: "scale",
+        run: scale::run,
     },
     Bench {
         name: "chain",
@@ -84,7 +90,7 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
                 Some(b) => chosen.push(b),
                 None => {
                     println!(
-                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, chain)"
+                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, scale, chain)"
                     );
                     qemu::exit(ExitCode::Failure)
                 }

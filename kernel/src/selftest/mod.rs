@@ -12,6 +12,7 @@ mod pci;
 mod platform;
 mod reference;
 mod sched;
+mod service;
 mod smp;
 mod stream;
 mod sync;
@@ -172,6 +173,18 @@ pub static TESTS: &[Test] = &[
     test(
         "crypto::every_device_takes_interrupts_in_its_mode",
         irq::every_device_takes_interrupts_in_its_mode,
+    ),
+    test(
+        "service::every_cpu_submits_to_its_mapped_queue",
+        service::every_cpu_submits_to_its_mapped_queue,
+    ),
+    test(
+        "service::one_session_every_cpu_matches_rustcrypto_and_drops_everywhere",
+        service::one_session_every_cpu_matches_rustcrypto_and_drops_everywhere,
+    ),
+    test(
+        "service::hundred_thousand_requests_over_all_devices_none_lost",
+        service::hundred_thousand_requests_over_all_devices_none_lost,
     ),
     test(
         "crypto::completions_wake_on_the_submitting_cpu",
