@@ -41,7 +41,7 @@ fn parse_count(flag: &str, text: &str) -> Result<usize, String> {
 
 /// Parses hex digits; `flag` names the option in the error.
 pub fn parse_hex(flag: &str, text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(format!(
             "{flag}: \"{text}\" has an odd number of hex digits"
         ));
