@@ -12,7 +12,7 @@
 use virtio_drivers::Hal;
 
 use crate::error::Error;
-pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction};
+pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction, Service};
 
 /// A cipher session on one device.
 pub struct Session<'d, H: Hal> {
@@ -20,6 +20,8 @@ pub struct Session<'d, H: Hal> {
     id: u64,
     cipher: Cipher,
     direction: Direction,
+    /// The device generation the session was made in: after a reset it is `SessionLost`.
+    generation: u64,
     open: bool,
 }
 
@@ -31,12 +33,13 @@ impl<'d, H: Hal> Session<'d, H> {
         direction: Direction,
         key: &[u8],
     ) -> Result<Self, Error> {
-        let id = device.create_cipher_session(cipher, direction, key)?;
+        let (id, generation) = device.create_cipher_session_gen(cipher, direction, key)?;
         Ok(Session {
             device,
             id,
             cipher,
             direction,
+            generation,
             open: true,
         })
     }
@@ -74,7 +77,31 @@ impl<'d, H: Hal> Session<'d, H> {
         self.apply_in_place(Direction::Decrypt, iv, data)
     }
 
+    /// The device generation the session belongs to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `SessionLost` if the device was reset since the session was made.
+    fn check_alive(&self) -> Result<(), Error> {
+        if self.device.generation() != self.generation {
+            return Err(Error::SessionLost);
+        }
+        Ok(())
+    }
+
+    /// A request's error, seen from the session: an unknown session after a reset is lost.
+    fn session_error(&self, e: Error) -> Error {
+        match e {
+            Error::UnknownSession if self.device.generation() != self.generation => {
+                Error::SessionLost
+            }
+            e => e,
+        }
+    }
+
     fn check_direction(&self, wanted: Direction) -> Result<(), Error> {
+        self.check_alive()?;
         match (self.direction, wanted) {
             (a, b) if a == b => Ok(()),
             (Direction::Encrypt, _) => Err(Error::WrongDirection { session: "encrypt" }),
@@ -94,6 +121,7 @@ impl<'d, H: Hal> Session<'d, H> {
         let queue = self.device.current_data_queue();
         self.device
             .cipher_into(queue, self.id, self.cipher, direction, iv, src, dst)
+            .map_err(|e| self.session_error(e))
     }
 
     fn apply_in_place(
@@ -106,8 +134,9 @@ impl<'d, H: Hal> Session<'d, H> {
         let queue = self.device.current_data_queue();
         let out = self
             .device
-            .start_cipher_request(queue, self.id, self.cipher, direction, iv, data)?
-            .wait()?;
+            .start_cipher_request(queue, self.id, self.cipher, direction, iv, data)
+            .and_then(|r| r.wait())
+            .map_err(|e| self.session_error(e))?;
         data.copy_from_slice(&out);
         Ok(())
     }
@@ -115,14 +144,18 @@ impl<'d, H: Hal> Session<'d, H> {
     /// Destroys the session, reporting the device's answer (dropping does the same silently).
     pub fn close(mut self) -> Result<(), Error> {
         self.open = false;
-        self.device.destroy_cipher_session(self.id)
+        self.device
+            .destroy_session_of(Service::Cipher, self.id, self.generation)
     }
 }
 
 impl<H: Hal> Drop for Session<'_, H> {
     fn drop(&mut self) {
         if self.open
-            && let Err(e) = self.device.destroy_cipher_session(self.id)
+            && self.device.generation() == self.generation
+            && let Err(e) =
+                self.device
+                    .destroy_session_of(Service::Cipher, self.id, self.generation)
         {
             log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
         }

@@ -52,6 +52,12 @@ pub enum Error {
     QueueFull,
     /// The session was created for the other direction (the device fixes it at creation).
     WrongDirection { session: &'static str },
+    /// The device was reset (or is being reset) while the request was in flight or waiting:
+    /// it was not carried out; retry once the device is back.
+    DeviceReset,
+    /// The session was created before the device was last reset, which dropped every session:
+    /// create it again.
+    SessionLost,
 }
 
 impl fmt::Display for Error {
@@ -103,6 +109,12 @@ impl fmt::Display for Error {
                     f,
                     "the session was created to {session}; make another for the other direction"
                 )
+            }
+            Error::DeviceReset => {
+                f.write_str("the device was reset while the request was pending; retry it")
+            }
+            Error::SessionLost => {
+                f.write_str("the session was lost when the device was reset; create it again")
             }
         }
     }
@@ -171,6 +183,8 @@ mod tests {
             Error::KeyRejected,
             Error::QueueFull,
             Error::WrongDirection { session: "encrypt" },
+            Error::DeviceReset,
+            Error::SessionLost,
         ];
         for e in all {
             let s = format!("{e}");

@@ -142,6 +142,18 @@ impl<H: Hal> CryptoDevice<H> {
         direction: Direction,
         key: &[u8],
     ) -> Result<u64, Error> {
+        self.create_cipher_session_gen(cipher, direction, key)
+            .map(|(id, _)| id)
+    }
+
+    /// Creates a cipher session; returns the device's session id and the device generation it
+    /// belongs to.
+    pub fn create_cipher_session_gen(
+        &self,
+        cipher: Cipher,
+        direction: Direction,
+        key: &[u8],
+    ) -> Result<(u64, u64), Error> {
         self.ready()?;
         self.check_cipher(cipher)?;
         if !cipher.key_lengths().contains(&key.len())
@@ -227,6 +239,7 @@ impl<H: Hal> CryptoDevice<H> {
         if let Some(status) = builder.writable_mut().last_mut() {
             *status = 0xff;
         }
+        builder.expect_used(src.len() + wire::INHDR_LEN);
         Ok(builder)
     }
 

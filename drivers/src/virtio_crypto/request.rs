@@ -18,7 +18,7 @@ use alloc::sync::Arc;
 use virtio_drivers::Hal;
 use zerocopy::{Immutable, IntoBytes};
 
-use super::queue::QueueCore;
+use super::queue::{QueueCore, SpaceWait};
 use super::slots::{OnComplete, Phase};
 use crate::error::Error;
 use crate::sync::platform;
@@ -71,6 +71,16 @@ impl<H: Hal> RequestBuilder<H> {
         &mut self.request.region_mut()[readable..readable + writable]
     }
 
+    /// The least used length a correct answer has (the reply and status the device must
+    /// write): a shorter one fails the request with `MalformedCompletion`.
+    pub fn expect_used(&mut self, min: usize) -> &mut Self {
+        self.request.core.storage().slots[self.request.slot as usize]
+            .state
+            .lock()
+            .min_used = min.min(u32::MAX as usize) as u32;
+        self
+    }
+
     /// Zeroizes the readable part when the slot is released (it carries key material).
     pub fn wipe_on_release(&mut self) -> &mut Self {
         self.request.core.storage().slots[self.request.slot as usize]
@@ -94,7 +104,16 @@ impl<H: Hal> RequestBuilder<H> {
     pub fn submit(self) -> Result<Request<H>, Error> {
         self.check_complete()?;
         let request = self.request;
-        request.core.post(request.slot, None)?;
+        request.core.post(request.slot, None, SpaceWait::Sleep)?;
+        Ok(request)
+    }
+
+    /// Like [`submit`](Self::submit), but never sleeps: on a full ring it drains the queue and
+    /// spins (for callers holding a preemption-off lock: the `ctrl=poll` baseline).
+    pub fn submit_polled(self) -> Result<Request<H>, Error> {
+        self.check_complete()?;
+        let request = self.request;
+        request.core.post(request.slot, None, SpaceWait::Poll)?;
         Ok(request)
     }
 
@@ -103,7 +122,9 @@ impl<H: Hal> RequestBuilder<H> {
     pub fn submit_with(self, handler: Arc<dyn OnComplete<H>>) -> Result<(), Error> {
         self.check_complete()?;
         let request = self.request;
-        request.core.post(request.slot, Some(handler))?;
+        request
+            .core
+            .post(request.slot, Some(handler), SpaceWait::Sleep)?;
         // The handler gets a new handle for the slot; this one must not release it.
         core::mem::forget(request);
         Ok(())
@@ -158,7 +179,7 @@ impl<H: Hal> Request<H> {
         let storage = self.core.storage();
         let st = storage.slots[self.slot as usize].state.lock();
         let (base, len) = storage.region(self.slot, &st);
-        let n = if matches!(st.phase, Phase::Building | Phase::Done) {
+        let n = if matches!(st.phase, Phase::Building | Phase::Done) && !st.device_may_own {
             (st.readable + st.writable).min(len)
         } else {
             0 // the device may be writing it
@@ -167,7 +188,8 @@ impl<H: Hal> Request<H> {
         unsafe { core::slice::from_raw_parts(base as *const u8, n) }
     }
 
-    /// The device-readable part (empty while in flight).
+    /// The device-readable part (empty while in flight, and after a failure that left the
+    /// memory with the device).
     pub fn readable(&self) -> &[u8] {
         let (readable, _) = self.lengths();
         let region = self.region();
@@ -183,7 +205,11 @@ impl<H: Hal> Request<H> {
 
     /// The device-writable part, mutable (empty while in flight).
     pub fn writable_mut(&mut self) -> &mut [u8] {
-        if !matches!(self.phase(), Phase::Done | Phase::Building) {
+        let owned = {
+            let st = self.core.storage().slots[self.slot as usize].state.lock();
+            matches!(st.phase, Phase::Done | Phase::Building) && !st.device_may_own
+        };
+        if !owned {
             return &mut [];
         }
         let (readable, _) = self.lengths();
