@@ -118,9 +118,36 @@ impl<'d, H: Hal> Session<'d, H> {
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
         // The rest of the request is validated once, by the device layer.
+        if src.len() != dst.len() {
+            return Err(Error::LengthMismatch {
+                src: src.len(),
+                dst: dst.len(),
+            });
+        }
+        let out = self.start(direction, iv, src)?;
+        dst.copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// Posts one request of this session (bound to its generation) and waits for it.
+    fn start(
+        &self,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<crate::virtio_crypto::device::CipherOutput<H>, Error> {
         let queue = self.device.current_data_queue();
         self.device
-            .cipher_into(queue, self.id, self.cipher, direction, iv, src, dst)
+            .start_session_request(
+                queue,
+                self.id,
+                self.generation,
+                self.cipher,
+                direction,
+                iv,
+                src,
+            )
+            .and_then(|r| r.wait())
             .map_err(|e| self.session_error(e))
     }
 
@@ -131,12 +158,7 @@ impl<'d, H: Hal> Session<'d, H> {
         data: &mut [u8],
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
-        let queue = self.device.current_data_queue();
-        let out = self
-            .device
-            .start_cipher_request(queue, self.id, self.cipher, direction, iv, data)
-            .and_then(|r| r.wait())
-            .map_err(|e| self.session_error(e))?;
+        let out = self.start(direction, iv, data)?;
         data.copy_from_slice(&out);
         Ok(())
     }
@@ -156,6 +178,8 @@ impl<H: Hal> Drop for Session<'_, H> {
             && let Err(e) =
                 self.device
                     .destroy_session_of(Service::Cipher, self.id, self.generation)
+            // A reset under way or done drops every session anyway.
+            && !matches!(e, Error::DeviceReset | Error::SessionLost)
         {
             log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
         }

@@ -261,6 +261,29 @@ impl<H: Hal> CryptoDevice<H> {
         Ok(CipherRequest::from_request(request, self.health().clone()))
     }
 
+    /// Like [`start_cipher_request`](Self::start_cipher_request) for a session made in device
+    /// generation `generation`: refused with `SessionLost` if the device was reset since.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_session_request(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        generation: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<CipherRequest<H>, Error> {
+        if generation != self.generation() {
+            return Err(Error::SessionLost);
+        }
+        let mut builder =
+            self.build_cipher_request(queue, session_id, cipher, direction, iv, src)?;
+        builder.bind_generation(generation);
+        let request = builder.submit()?;
+        Ok(CipherRequest::from_request(request, self.health().clone()))
+    }
+
     /// Runs one cipher request: `src` in, the same number of bytes written to `dst`.
     /// Allocates nothing for requests that fit the queue's preallocated memory.
     #[allow(clippy::too_many_arguments)]

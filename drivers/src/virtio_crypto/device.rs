@@ -262,11 +262,13 @@ impl<H: Hal> CryptoDevice<H> {
             lifecycle.set(DeviceState::Failed);
             return Err(e);
         }
-        self.sessions.reset(lifecycle.generation() + 1);
+        let generation = lifecycle.next_generation();
+        self.sessions.reset(generation);
         for q in &self.health.queues {
             q.reopen();
         }
-        Ok(lifecycle.finish())
+        lifecycle.finish();
+        Ok(generation)
     }
 
     /// TEST ONLY (fault injection): posts a cipher request whose `src_len` differs from its

@@ -126,11 +126,15 @@ impl Lifecycle {
         self.state.store(state as u8, Ordering::Release);
     }
 
-    /// A reset completed and the device is back: a new generation, Running.
-    pub(crate) fn finish(&self) -> u64 {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    /// A reset completed: a new generation (before the queues reopen, so that a request bound
+    /// to the old one is refused once they do).
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The device is back: Running.
+    pub(crate) fn finish(&self) {
         self.resets.fetch_add(1, Ordering::Relaxed);
         self.set(DeviceState::Running);
-        generation
     }
 }

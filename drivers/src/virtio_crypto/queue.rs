@@ -641,7 +641,7 @@ impl<H: Hal> QueueCore<H> {
         wait: SpaceWait,
     ) -> Result<(), Error> {
         let storage = self.storage();
-        let posted = {
+        let (posted, generation) = {
             let mut st = storage.slots[slot as usize].state.lock();
             let (base, _) = storage.region(slot, &st);
             let posted = Posted {
@@ -653,7 +653,7 @@ impl<H: Hal> QueueCore<H> {
             // In flight before the add: the device may answer before `add` returns.
             st.phase = Phase::InFlight;
             st.on_complete = handler;
-            posted
+            (posted, st.generation)
         };
         let descriptors = usize::from(posted.readable.1 > 0) + usize::from(posted.writable.1 > 0);
         let platform = crate::sync::platform::get();
@@ -664,8 +664,14 @@ impl<H: Hal> QueueCore<H> {
             };
             // Checked under the lock: `fail_all`/`close` set `broken` before draining under the
             // same lock, so a request is either drained by them or refused here, never stranded.
+            let stale = match (generation, self.lifecycle.get()) {
+                (Some(g), Some(l)) => g != l.generation(),
+                _ => false,
+            };
             let added = if self.is_broken() {
                 Err(self.closed_error())
+            } else if stale {
+                Err(Error::SessionLost)
             } else {
                 guard.add(posted)
             };

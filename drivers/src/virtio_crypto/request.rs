@@ -81,6 +81,17 @@ impl<H: Hal> RequestBuilder<H> {
         self
     }
 
+    /// Ties the request to device generation `generation` (that of the session it names): it is
+    /// refused with `SessionLost` if the device was reset since (checked under the queue lock, so
+    /// an old session id never reaches the new device, where it may name another session).
+    pub fn bind_generation(&mut self, generation: u64) -> &mut Self {
+        self.request.core.storage().slots[self.request.slot as usize]
+            .state
+            .lock()
+            .generation = Some(generation);
+        self
+    }
+
     /// Zeroizes the readable part when the slot is released (it carries key material).
     pub fn wipe_on_release(&mut self) -> &mut Self {
         self.request.core.storage().slots[self.request.slot as usize]

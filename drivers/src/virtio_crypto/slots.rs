@@ -161,6 +161,8 @@ pub(crate) struct SlotState<H: virtio_drivers::Hal> {
     pub(crate) device_may_own: bool,
     /// The least used length a correct answer has (checked by the drain).
     pub(crate) min_used: u32,
+    /// The device generation the request's session belongs to: posted only in that one.
+    pub(crate) generation: Option<u64>,
     /// Zeroize the readable part on release (it holds key material).
     pub(crate) wipe_readable: bool,
     pub(crate) waiter: Option<Arc<dyn Wake>>,
@@ -212,6 +214,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                         outcome: None,
                         device_may_own: false,
                         min_used: 0,
+                        generation: None,
                         wipe_readable: false,
                         waiter: None,
                         on_complete: None,
@@ -317,6 +320,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         st.outcome = None;
         st.device_may_own = false;
         st.min_used = 0;
+        st.generation = None;
         st.wipe_readable = false;
         drop(st);
         drop(old_spill); // task context
