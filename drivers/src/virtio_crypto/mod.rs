@@ -28,6 +28,8 @@ pub mod queue;
 #[cfg(test)]
 mod queue_tests;
 pub mod request;
+#[cfg(test)]
+mod reset_tests;
 pub mod routing;
 pub mod session;
 pub mod slots;

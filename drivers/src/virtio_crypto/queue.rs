@@ -518,6 +518,12 @@ impl<H: Hal> QueueCore<H> {
         }
     }
 
+    /// Whether the queue lock is free right now (tests: a doorbell checks it is rung unlocked).
+    #[cfg(test)]
+    pub(crate) fn lock_is_free(&self) -> bool {
+        self.ring.try_lock().is_some()
+    }
+
     /// The queue lock's statistics (acquisitions, contention, wait and hold times).
     pub fn lock_stats(&self) -> crate::sync::LockStatSnapshot {
         self.ring.stats()
