@@ -198,7 +198,7 @@ impl<H: Hal> CryptoDevice<H> {
         self.unadvertised.store(allow, Ordering::Relaxed);
     }
 
-    pub(crate) fn allows_unadvertised(&self) -> bool {
+    pub fn allows_unadvertised(&self) -> bool {
         self.unadvertised.load(Ordering::Relaxed)
     }
 
