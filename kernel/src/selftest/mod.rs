@@ -11,6 +11,7 @@ mod mm;
 mod pci;
 mod platform;
 mod reference;
+mod reset;
 mod sched;
 mod service;
 mod smp;
@@ -199,6 +200,12 @@ pub static TESTS: &[Test] = &[
         "irq::reschedule_ipis_still_reach_the_scheduler",
         irq::reschedule_ipis_still_reach_the_scheduler,
     ),
+    // Slow, and QEMU prints a complaint per injected fault: test-all runs it on its own.
+    Test {
+        name: "reset::twenty_cycles_with_fault_injection",
+        run: reset::twenty_cycles_with_fault_injection,
+        explicit_only: true,
+    },
     Test {
         name: "sched_stack_overflow_must_fail",
         run: sched::stack_overflow_must_fail,
