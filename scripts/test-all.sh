@@ -111,6 +111,8 @@ for smp in 1 2 4; do
     step "reset cycles with fault injection, $smp CPU(s)" pass VCRYPT_SMP=$smp -- \
         cargo run --quiet -- test reset::twenty_cycles_with_fault_injection
 done
+step "reset cycles with fault injection, 2 devices on one INTx line" pass VCRYPT_DEVICES=2 VCRYPT_VECTORS=0 -- \
+    cargo run --quiet -- test reset::twenty_cycles_with_fault_injection
 MUST_PRINT=7649abac8119b246cee98e9b12e9197d
 step "kcapi one-shot: SP 800-38A CBC block" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' \
     -k 2b7e151628aed2a6abf7158809cf4f3c -i 000102030405060708090a0b0c0d0e0f -p 6bc1bee22e409f96e93d7e117393172a
