@@ -317,7 +317,7 @@ pub fn parse_hex(option: &'static str, text: &str) -> Result<Vec<u8>, CmdlineErr
         });
     }
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(CmdlineError::OddHex {
             option,
             value: text.to_string(),

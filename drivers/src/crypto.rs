@@ -14,6 +14,16 @@ use crate::error::Error;
 use crate::sync::platform;
 pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction};
 
+/// Bytes of zero padding that make a CTR request a whole number of AES blocks (0 for other
+/// ciphers, whose length rules the device layer checks).
+pub fn ctr_padding(cipher: Cipher, len: usize) -> usize {
+    const BLOCK: usize = 16;
+    match cipher {
+        Cipher::AesCtr if !len.is_multiple_of(BLOCK) => BLOCK - len % BLOCK,
+        _ => 0,
+    }
+}
+
 /// A cipher session on one device.
 pub struct Session<'d, H: Hal> {
     device: &'d CryptoDevice<H>,
@@ -121,14 +131,30 @@ impl<'d, H: Hal> Session<'d, H> {
         src: &[u8],
     ) -> Result<alloc::vec::Vec<u8>, Error> {
         let queue = self.device.data_queue_for(platform::get().current_cpu());
-        let out = self
-            .device
-            .cipher_request(queue, self.id, self.cipher, direction, iv, src)?;
-        if out.len() != src.len() {
+        // QEMU's builtin device refuses CTR data that is not a whole number of blocks (ERR),
+        // though CTR itself is a stream mode (Linux allows any length). The keystream does not
+        // depend on the data, so a partial last block is padded with zeros to a whole block and
+        // the output cut back: the result is exactly CTR over the given length.
+        let padded;
+        let sent = match ctr_padding(self.cipher, src.len()) {
+            0 => src,
+            pad => {
+                let mut p = alloc::vec::Vec::with_capacity(src.len() + pad);
+                p.extend_from_slice(src);
+                p.resize(src.len() + pad, 0);
+                padded = p;
+                &padded[..]
+            }
+        };
+        let mut out =
+            self.device
+                .cipher_request(queue, self.id, self.cipher, direction, iv, sent)?;
+        if out.len() != sent.len() {
             return Err(Error::MalformedCompletion {
                 what: "output length differs from input",
             });
         }
+        out.truncate(src.len());
         Ok(out)
     }
 
@@ -141,10 +167,34 @@ impl<'d, H: Hal> Session<'d, H> {
 
 impl<H: Hal> Drop for Session<'_, H> {
     fn drop(&mut self) {
-        if self.open {
-            if let Err(e) = self.device.destroy_cipher_session(self.id) {
-                log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
-            }
+        if self.open
+            && let Err(e) = self.device.destroy_cipher_session(self.id)
+        {
+            log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctr_is_padded_to_whole_blocks_and_nothing_else_is() {
+        for (len, pad) in [
+            (0, 0),
+            (1, 15),
+            (15, 1),
+            (16, 0),
+            (17, 15),
+            (33, 15),
+            (1000, 8),
+        ] {
+            assert_eq!(ctr_padding(Cipher::AesCtr, len), pad, "len {len}");
+            assert_eq!((len + pad) % 16, 0);
+        }
+        for c in [Cipher::AesCbc, Cipher::AesEcb, Cipher::AesXts] {
+            assert_eq!(ctr_padding(c, 17), 0);
         }
     }
 }

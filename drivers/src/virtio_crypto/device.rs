@@ -402,7 +402,7 @@ impl<H: Hal> CryptoDevice<H> {
                 dst: dst_len,
             });
         }
-        if src_len % cipher.block_len() != 0 {
+        if !src_len.is_multiple_of(cipher.block_len()) {
             return Err(Error::InvalidDataLength {
                 got: src_len,
                 block: cipher.block_len(),
