@@ -223,13 +223,13 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let cr2: u64;
     // SAFETY: reading CR2 has no side effects.
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
-    if matches!(vector, PAGE_FAULT | DOUBLE_FAULT) {
-        if let Some((task, id)) = crate::sched::stack_overflow_task(cr2) {
-            crate::selftest::fatal(format_args!(
-                "stack overflow in task '{task}' (#{id}): hit its guard page at {cr2:#x} (exception {vector}, RIP {:#x})",
-                frame.rip
-            ));
-        }
+    if matches!(vector, PAGE_FAULT | DOUBLE_FAULT)
+        && let Some((task, id)) = crate::sched::stack_overflow_task(cr2)
+    {
+        crate::selftest::fatal(format_args!(
+            "stack overflow in task '{task}' (#{id}): hit its guard page at {cr2:#x} (exception {vector}, RIP {:#x})",
+            frame.rip
+        ));
     }
     crate::selftest::fatal(format_args!(
         "exception {} ({}) error code {:#x} at RIP {:#018x}, CR2 {:#018x}, RSP {:#018x}",

@@ -107,10 +107,10 @@ pub fn ipi_runs_handler_on_target_cpu() -> TestResult {
     }
     idt::register_irq(TEST_IPI_VECTOR, test_ipi_handler);
     let result = (|| {
-        for target in 0..percpu::cpu_count() {
+        for (target, target_hits) in IPI_HITS.iter().enumerate().take(percpu::cpu_count()) {
             apic::send_ipi(percpu::apic_id_of(target), TEST_IPI_VECTOR);
             let start = tsc::rdtsc();
-            while IPI_HITS[target].load(Ordering::SeqCst) == 0
+            while target_hits.load(Ordering::SeqCst) == 0
                 && tsc::ticks_to_ns(tsc::rdtsc() - start) < 100_000_000
             {
                 core::hint::spin_loop();

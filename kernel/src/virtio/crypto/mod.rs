@@ -56,13 +56,13 @@ fn queue_interrupt(frame: &mut idt::TrapFrame) {
 fn config_interrupt(frame: &mut idt::TrapFrame) {
     let device = DEVICE_BY_CONFIG_VECTOR[frame.vector as usize].load(Ordering::Acquire);
     // SAFETY: as in `queue_interrupt`.
-    if let Some(device) = unsafe { device.as_ref() } {
-        if device.fail_if_needs_reset() {
-            log::error!(
-                "{}: device needs a reset; failed every request in flight",
-                device.name
-            );
-        }
+    if let Some(device) = unsafe { device.as_ref() }
+        && device.fail_if_needs_reset()
+    {
+        log::error!(
+            "{}: device needs a reset; failed every request in flight",
+            device.name
+        );
     }
     apic::eoi();
 }
