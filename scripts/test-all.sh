@@ -174,6 +174,8 @@ step "a repeated switch is refused" fail -- cargo run --quiet -- test ctrl=poll 
 EXPECT_LINE="error: kcapi: -k is given more than once"
 step "a repeated option is refused" fail -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' -k $key \
     -k $key -p 00
+EXPECT_LINE="error: test: an empty filter ('') matches every test"
+step "an empty test filter is refused" fail -- cargo run --quiet -- test ''
 EXPECT_LINE="run-qemu.sh: VCRYPT_MEM=1M is 1 MiB; the kernel needs at least 8M"
 step "too little RAM is refused before boot" fail VCRYPT_MEM=1M -- cargo run --quiet
 MUST_PRINT=7649abac8119b246cee98e9b12e9197d

@@ -206,6 +206,14 @@ fn selected<'a>(filters: &'a [&'a str]) -> impl Iterator<Item = &'static Test> +
 
 /// Runs the tests whose names contain one of `filters` (all when empty) and exits QEMU.
 pub fn run(filters: &[&str]) -> ! {
+    if filters.contains(&"") {
+        // An empty word would match every name: say so rather than run everything.
+        println!(
+            "error: test: an empty filter ('') matches every test; give no filter to run them all"
+        );
+        println!("0 passed, 1 failed");
+        qemu::exit(ExitCode::Failure);
+    }
     let count = selected(filters).count();
     if count == 0 {
         println!("error: no test matches {filters:?}; tests are:");
