@@ -78,7 +78,7 @@ trap 'rm -f "$cmdline_file"' EXIT
 printf '%s' "$cmdline" >"$cmdline_file"
 
 args=(
-    "$qemu" -kernel "$kernel" -fw_cfg "name=opt/vcrypt/cmdline,file=$cmdline_file"
+    "$qemu" -kernel "$kernel" -fw_cfg "name=opt/vcrypt/cmdline,file=${cmdline_file//,/,,}"
     "${accel_args[@]}" -smp "$smp" -m "$mem"
     -serial stdio -display none -no-reboot -nic none
     -device isa-debug-exit,iobase=0xf4,iosize=0x04

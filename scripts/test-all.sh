@@ -92,6 +92,8 @@ step() {
         failed=$((failed + 1))
         echo "FAILED $name: expected a failure mentioning '$EXPECT_LINE', got exit $status; its output:"
     fi
+    # The failing tests by name first (they may be far above the tail), then the tail.
+    grep -E '\.\.\. FAILED|^fatal:' "$log" | sed 's/^/    ! /' | head -20
     sed 's/^/    | /' "$log" | tail -60
 }
 
