@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with rustup lacks to build and boot vcrypt:
 # the pinned toolchain with the x86_64-unknown-none target (read from rust-toolchain.toml) and
-# QEMU. Does nothing for what is already there.
+# QEMU, and openssl (test-all checks kcapi's answers against it). Does nothing for what is
+# already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,10 +11,13 @@ if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none; 
     rustup toolchain install
 fi
 
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
-    echo "ensure-tools: installing QEMU (qemu-system-x86)" >&2
+missing=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "ensure-tools: installing ${missing[*]}" >&2
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq qemu-system-x86 >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

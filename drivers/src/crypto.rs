@@ -15,6 +15,16 @@ use crate::error::Error;
 pub use crate::stream::{ChainMode, DEFAULT_WINDOW, Stream};
 pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction, Service};
 
+/// Bytes of zero padding that make a CTR request a whole number of AES blocks (0 for other
+/// ciphers, whose length rules the device layer checks).
+pub fn ctr_padding(cipher: Cipher, len: usize) -> usize {
+    const BLOCK: usize = 16;
+    match cipher {
+        Cipher::AesCtr if !len.is_multiple_of(BLOCK) => BLOCK - len % BLOCK,
+        _ => 0,
+    }
+}
+
 /// A cipher session on one device.
 pub struct Session<'d, H: Hal> {
     device: &'d CryptoDevice<H>,
@@ -126,7 +136,7 @@ impl<'d, H: Hal> Session<'d, H> {
             });
         }
         let out = self.start(direction, iv, src)?;
-        dst.copy_from_slice(&out);
+        dst.copy_from_slice(&out[..dst.len()]);
         Ok(())
     }
 
@@ -138,6 +148,22 @@ impl<'d, H: Hal> Session<'d, H> {
         src: &[u8],
     ) -> Result<crate::virtio_crypto::device::CipherOutput<H>, Error> {
         let queue = self.device.current_data_queue();
+        // QEMU's builtin device refuses CTR data that is not a whole number of blocks (ERR),
+        // though CTR itself is a stream mode (Linux allows any length). The keystream does not
+        // depend on the data, so a partial last block is padded with zeros to a whole block and
+        // the caller takes the first `src.len()` bytes of the output: exactly CTR over the given
+        // length. (Only this case copies the input.)
+        let padded;
+        let sent = match ctr_padding(self.cipher, src.len()) {
+            0 => src,
+            pad => {
+                let mut p = alloc::vec::Vec::with_capacity(src.len() + pad);
+                p.extend_from_slice(src);
+                p.resize(src.len() + pad, 0);
+                padded = p;
+                &padded[..]
+            }
+        };
         self.device
             .start_session_request(
                 queue,
@@ -146,7 +172,7 @@ impl<'d, H: Hal> Session<'d, H> {
                 self.cipher,
                 direction,
                 iv,
-                src,
+                sent,
             )
             .and_then(|r| r.wait())
             .map_err(|e| self.session_error(e))
@@ -160,7 +186,8 @@ impl<'d, H: Hal> Session<'d, H> {
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
         let out = self.start(direction, iv, data)?;
-        data.copy_from_slice(&out);
+        let len = data.len();
+        data.copy_from_slice(&out[..len]);
         Ok(())
     }
 
@@ -216,6 +243,30 @@ impl<H: Hal> Drop for Session<'_, H> {
             && !matches!(e, Error::DeviceReset | Error::SessionLost)
         {
             log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctr_is_padded_to_whole_blocks_and_nothing_else_is() {
+        for (len, pad) in [
+            (0, 0),
+            (1, 15),
+            (15, 1),
+            (16, 0),
+            (17, 15),
+            (33, 15),
+            (1000, 8),
+        ] {
+            assert_eq!(ctr_padding(Cipher::AesCtr, len), pad, "len {len}");
+            assert_eq!((len + pad) % 16, 0);
+        }
+        for c in [Cipher::AesCbc, Cipher::AesEcb, Cipher::AesXts] {
+            assert_eq!(ctr_padding(c, 17), 0);
         }
     }
 }

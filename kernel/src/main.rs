@@ -34,21 +34,41 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         Ok(boot) => boot,
         Err(e) => selftest::fatal(format_args!("{e}")),
     };
-    let (ram, heap) = mm::init(&boot.memmap);
-    sync::init();
-    let cmdline = Cmdline::parse(&boot.cmdline);
-    if let Some(level) = cmdline.switch("log") {
-        if console::set_level(level).is_err() {
-            println!("error: log={level} is not a level (error, warn, info, debug, trace, off)");
+    let (ram, heap) = match mm::init(&boot.memmap) {
+        Ok(sizes) => sizes,
+        Err(e) => {
+            println!("error: {e}");
             qemu::exit(ExitCode::Failure);
         }
+    };
+    sync::init();
+    let (line, source) = match cmdline::fetch(&boot.cmdline) {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            println!("error: {e}");
+            qemu::exit(ExitCode::Failure);
+        }
+    };
+    let cmdline = match Cmdline::parse(&line) {
+        Ok(cmdline) => cmdline,
+        Err(e) => {
+            println!("error: command line: {e}");
+            qemu::exit(ExitCode::Failure);
+        }
+    };
+    if let Some(level) = cmdline.switch("log")
+        && console::set_level(level).is_err()
+    {
+        println!("error: log={level} is not a level (error, warn, info, debug, trace, off)");
+        qemu::exit(ExitCode::Failure);
     }
     println!(
-        "vcrypt {}: {} MiB usable RAM, heap {} MiB, command line \"{}\"",
+        "vcrypt {}: {} MiB usable RAM, heap {} MiB, command line ({} bytes, {source}): {}",
         env!("CARGO_PKG_VERSION"),
         ram >> 20,
         heap >> 20,
-        boot.cmdline
+        line.len(),
+        cmdline::shown_words(&cmdline),
     );
     let (tsc_hz, _) = arch::init_boot_cpu();
     sched::init_this_cpu("main");

@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::Path;
 
-/// Linux reports /proc/<pid>/stat times in USER_HZ ticks, which is 100 on x86.
+/// Linux reports `/proc/<pid>/stat` times in USER_HZ ticks, which is 100 on x86.
 const USER_HZ_NS: u64 = 10_000_000;
 
 /// CPU time one thread had used when sampled.

@@ -1,9 +1,11 @@
 //! vcrypt-report: turns the kernel's bench JSON lines into figures and tables, and puts two runs
 //! side by side. A host tool: `cargo results ...` (an alias that builds it for the host target).
 //!
-//!     cargo results run [--out DIR] -- <kernel words>     e.g. `-- bench data dur=200`
-//!     cargo results compare A B [--out DIR]               A, B: result folders or saved logs
-//!     cargo results render LOG [--out DIR]                a saved `cargo run -- bench` output
+//! ```text
+//! cargo results run [--out DIR] -- <kernel words>     e.g. `-- bench data dur=200`
+//! cargo results compare A B [--out DIR]               A, B: result folders or saved logs
+//! cargo results render LOG [--out DIR]                a saved `cargo run -- bench` output
+//! ```
 
 mod compare;
 mod figures;

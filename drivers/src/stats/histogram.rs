@@ -4,7 +4,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Buckets: [0,1], [2,3], [4,7], ..., [2^k, 2^(k+1)-1]; the last one takes everything larger.
+/// Buckets: `[0,1]`, `[2,3]`, `[4,7]`, ..., `[2^k, 2^(k+1)-1]`; the last one takes everything larger.
 pub const BUCKETS: usize = 32;
 
 pub struct Log2Histogram {

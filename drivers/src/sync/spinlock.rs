@@ -3,7 +3,7 @@
 //! `SpinLock<T, IrqsOff>` (alias [`IrqSpinLock`]) disables local interrupts for as long as the
 //! guard lives; `SpinLock<T, PreemptOff>` only disables preemption. Statistics (the lockstat
 //! columns: acquisitions, contentions, wait and hold time min/max/total) are gathered for every
-//! lock while [`set_stats_enabled`] is on; timestamps come from [`Platform::now_ns`].
+//! lock while [`set_stats_enabled`] is on; timestamps come from [`Platform::now_ns`](crate::sync::platform::Platform::now_ns).
 
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;

@@ -19,7 +19,7 @@
 //!
 //! Requests are found by token (the head descriptor index), never by comparing ring indices, so
 //! nothing depends on the 16-bit indices not wrapping. The in-flight table (indexed by token)
-//! names the request's slot in the queue's preallocated [`Storage`]; a request is posted as at
+//! names the request's slot in the queue's preallocated `Storage`; a request is posted as at
 //! most two descriptors (its readable bytes, its writable bytes), both inside the slot's memory.
 //!
 //! The queue's state lives in a [`QueueCore`] behind an `Arc`, so a [`Request`] can hold its

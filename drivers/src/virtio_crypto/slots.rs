@@ -15,12 +15,12 @@
 //! - Memory the device may still reach is never freed or reused: a request dropped while in
 //!   flight is `Abandoned` and released only when the device returns it; a request failed while
 //!   the device still had it (`fail_all`, device needs a reset) is `Quarantined` on release and
-//!   comes back only through [`Storage::reclaim_after_reset`].
+//!   comes back only through `Storage::reclaim_after_reset`.
 //! - Slot and large-block free lists are behind one `IrqSpinLock` ("request-slots"), a leaf lock;
 //!   a slot's state is behind its own `IrqSpinLock` ("request-slot"), taken before "request-slots"
 //!   and before the scheduler's locks (a waiter is woken under it, so the waiter's `Arc` is never
 //!   dropped in interrupt context).
-//! - Nothing here allocates after [`Storage::new`] except a spill for an oversized request, in
+//! - Nothing here allocates after `Storage::new` except a spill for an oversized request, in
 //!   task context.
 
 use alloc::boxed::Box;

@@ -1,11 +1,14 @@
 //! The PVH `hvm_start_info` handed over in `ebx`: copied into kernel-owned storage before the
 //! frame allocator may reuse the memory it lives in.
 
-use heapless::{String, Vec};
+use heapless::Vec;
 
 const START_INFO_MAGIC: u32 = 0x336e_c578;
 pub const MAX_MEMMAP_ENTRIES: usize = 64;
-const MAX_CMDLINE: usize = 1024;
+/// QEMU's PVH loader copies `-append` into a buffer of this size (`CMDLINE_BUFSIZE` in
+/// `pc-bios/optionrom/pvh_main.c`): at most 4095 bytes and the NUL fit. A longer one overruns
+/// it (see `crate::cmdline`); `run-qemu.sh` passes the command line through fw_cfg instead.
+pub const PVH_CMDLINE_BUFFER: usize = 4096;
 
 /// E820 type of usable RAM.
 pub const MEMMAP_RAM: u32 = 1;
@@ -19,7 +22,8 @@ pub struct MemRegion {
 
 pub struct BootInfo {
     pub memmap: Vec<MemRegion, MAX_MEMMAP_ENTRIES>,
-    pub cmdline: String<MAX_CMDLINE>,
+    /// The `-append` command line's bytes, exactly (empty when there is none).
+    pub cmdline: Vec<u8, PVH_CMDLINE_BUFFER>,
     pub rsdp_paddr: u64,
 }
 
@@ -53,11 +57,13 @@ pub fn read(paddr: u64) -> Result<BootInfo, &'static str> {
     // SAFETY: the loader put an hvm_start_info at `paddr`, which is identity-mapped.
     let info = unsafe { core::ptr::read_volatile(paddr as *const HvmStartInfo) };
     if info.magic != START_INFO_MAGIC {
-        return Err("PVH start info has a bad magic number");
+        return Err(
+            "PVH start info has a bad magic number (an -append longer than 4095 bytes overwrites it in QEMU's PVH loader; run-qemu.sh passes the command line through fw_cfg instead)",
+        );
     }
     let mut boot = BootInfo {
         memmap: Vec::new(),
-        cmdline: String::new(),
+        cmdline: Vec::new(),
         rsdp_paddr: info.rsdp_paddr,
     };
     if info.version >= 1 && info.memmap_paddr != 0 {
@@ -86,13 +92,23 @@ pub fn read(paddr: u64) -> Result<BootInfo, &'static str> {
         return Err("PVH start info has no memory map");
     }
     if info.cmdline_paddr != 0 {
-        for i in 0..MAX_CMDLINE as u64 {
-            // SAFETY: the command line is a NUL-terminated string at `cmdline_paddr`; we stop at
-            // the NUL or at MAX_CMDLINE bytes.
+        let mut terminated = false;
+        for i in 0..PVH_CMDLINE_BUFFER as u64 {
+            // SAFETY: the command line is a NUL-terminated string at `cmdline_paddr` (identity-
+            // mapped) in the loader's buffer of PVH_CMDLINE_BUFFER bytes; we stop at the NUL or
+            // at the end of that buffer.
             let byte = unsafe { core::ptr::read_volatile((info.cmdline_paddr + i) as *const u8) };
-            if byte == 0 || boot.cmdline.push(byte as char).is_err() {
+            if byte == 0 {
+                terminated = true;
                 break;
             }
+            // Cannot fail: at most PVH_CMDLINE_BUFFER bytes are pushed.
+            let _ = boot.cmdline.push(byte);
+        }
+        if !terminated {
+            return Err(
+                "the PVH command line fills QEMU's 4096-byte buffer without an end: it was longer than 4095 bytes and is not used (run-qemu.sh passes long ones through fw_cfg)",
+            );
         }
     }
     Ok(boot)

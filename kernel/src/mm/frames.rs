@@ -119,7 +119,7 @@ pub fn alloc() -> Option<u64> {
 /// Returns `count` frames starting at `paddr` to the allocator.
 pub fn free(paddr: u64, count: usize) -> Result<(), FreeError> {
     let first = (paddr / PAGE_SIZE as u64) as usize;
-    if paddr % PAGE_SIZE as u64 != 0 || first + count > FRAMES {
+    if !paddr.is_multiple_of(PAGE_SIZE as u64) || first + count > FRAMES {
         return Err(FreeError::OutOfRange { paddr });
     }
     let mut map = BITMAP.lock();

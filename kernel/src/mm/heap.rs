@@ -43,15 +43,18 @@ unsafe impl GlobalAlloc for KernelHeap {
     }
 }
 
-/// Gives the heap half of usable RAM (at least 4 MiB, at most 1 GiB). Returns its size.
-pub fn init(usable_ram: u64) -> usize {
-    let bytes = (usable_ram / 2).clamp(4 << 20, 1 << 30) as usize;
+/// The smallest heap the kernel runs with.
+pub const MIN_HEAP: usize = 4 << 20;
+
+/// Gives the heap half of usable RAM (at least [`MIN_HEAP`], at most 1 GiB). Returns its size,
+/// or `None` when there is no run of frames that large.
+pub fn init(usable_ram: u64) -> Option<usize> {
+    let bytes = (usable_ram / 2).clamp(MIN_HEAP as u64, 1 << 30) as usize;
     let frames_needed = bytes / PAGE_SIZE;
-    let base = frames::alloc_contiguous(frames_needed, 512)
-        .expect("not enough contiguous RAM for the kernel heap");
+    let base = frames::alloc_contiguous(frames_needed, 512)?;
     // SAFETY: the frames are ours alone from now on and identity-mapped.
     unsafe { HEAP.0.lock().init(base as *mut u8, bytes) };
-    bytes
+    Some(bytes)
 }
 
 /// (used bytes, free bytes).

@@ -29,10 +29,33 @@ pub fn kernel_image() -> (u64, u64) {
     }
 }
 
-/// Sets up frames and heap. Returns (usable RAM bytes, heap bytes).
-pub fn init(memmap: &[MemRegion]) -> (u64, usize) {
+/// Sets up frames and heap. Returns (usable RAM bytes, heap bytes), or why the RAM is not enough.
+pub fn init(memmap: &[MemRegion]) -> Result<(u64, usize), NotEnoughRam> {
     let (kernel_start, kernel_end) = kernel_image();
     let ram = frames::init(memmap, kernel_start, kernel_end);
-    let heap = heap::init(ram);
-    (ram, heap)
+    let heap = heap::init(ram).ok_or(NotEnoughRam { usable: ram })?;
+    Ok((ram, heap))
 }
+
+/// The heap could not be set up. Displays without allocating (there is no heap).
+#[derive(Debug)]
+pub struct NotEnoughRam {
+    usable: u64,
+}
+
+impl core::fmt::Display for NotEnoughRam {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "not enough RAM: {} KiB usable, and the kernel needs its heap of {} MiB in one aligned piece (give QEMU at least {} MiB; run-qemu.sh: VCRYPT_MEM)",
+            self.usable >> 10,
+            heap::MIN_HEAP >> 20,
+            MIN_RAM_MIB
+        )
+    }
+}
+
+/// The least guest RAM, in MiB, the kernel boots and runs a command with (measured with QEMU 7.2:
+/// 6 MiB leaves no aligned 4 MiB run for the heap, 8 MiB works); `run-qemu.sh` refuses less
+/// with the same number.
+pub const MIN_RAM_MIB: u64 = 8;

@@ -140,6 +140,10 @@ pub static TESTS: &[Test] = &[
         crypto::bad_inputs_get_their_error_and_device_stays_usable,
     ),
     test(
+        "crypto::ctr_any_length_vs_rustcrypto",
+        crypto::ctr_any_length_vs_rustcrypto,
+    ),
+    test(
         "crypto::session_exhaustion_and_recovery",
         crypto::session_exhaustion_and_recovery,
     ),
@@ -236,6 +240,16 @@ macro_rules! ensure {
 static CURRENT_TEST: AtomicPtr<&'static str> = AtomicPtr::new(core::ptr::null_mut());
 static PASSED: AtomicUsize = AtomicUsize::new(0);
 static FAILED: AtomicUsize = AtomicUsize::new(0);
+static SKIPPED: AtomicUsize = AtomicUsize::new(0);
+/// Set by [`not_applicable`] during the running test (tests run one at a time).
+static NOT_APPLICABLE: spin::Mutex<Option<String>> = spin::Mutex::new(None);
+
+/// Ends the running test as "not applicable" here (a test of MSI-X on a device without it): it
+/// is neither passed nor failed, and is counted as skipped. Use as `return not_applicable(...)`.
+pub fn not_applicable(reason: String) -> TestResult {
+    *NOT_APPLICABLE.lock() = Some(reason);
+    Ok(())
+}
 
 fn selected<'a>(filters: &'a [&'a str]) -> impl Iterator<Item = &'static Test> + 'a {
     TESTS.iter().filter(move |t| {
@@ -251,6 +265,14 @@ fn selected<'a>(filters: &'a [&'a str]) -> impl Iterator<Item = &'static Test> +
 
 /// Runs the tests whose names contain one of `filters` (all when empty) and exits QEMU.
 pub fn run(filters: &[&str]) -> ! {
+    if filters.contains(&"") {
+        // An empty word would match every name: say so rather than run everything.
+        println!(
+            "error: test: an empty filter ('') matches every test; give no filter to run them all"
+        );
+        println!("0 passed, 1 failed");
+        qemu::exit(ExitCode::Failure);
+    }
     let count = selected(filters).count();
     if count == 0 {
         println!("error: no test matches {filters:?}; tests are:");
@@ -267,12 +289,17 @@ pub fn run(filters: &[&str]) -> ! {
         let result = (t.run)();
         let ms = (crate::arch::tsc::now_ns() - start) / 1_000_000;
         CURRENT_TEST.store(core::ptr::null_mut(), Ordering::SeqCst);
-        match result {
-            Ok(()) => {
+        let not_applicable = NOT_APPLICABLE.lock().take();
+        match (result, not_applicable) {
+            (Ok(()), Some(reason)) => {
+                SKIPPED.fetch_add(1, Ordering::SeqCst);
+                println!("test {} ... not applicable: {reason}", t.name);
+            }
+            (Ok(()), None) => {
                 PASSED.fetch_add(1, Ordering::SeqCst);
                 println!("test {} ... ok ({ms} ms)", t.name);
             }
-            Err(reason) => {
+            (Err(reason), _) => {
                 FAILED.fetch_add(1, Ordering::SeqCst);
                 println!("test {} ... FAILED: {reason}", t.name);
             }
@@ -281,11 +308,19 @@ pub fn run(filters: &[&str]) -> ! {
     finish()
 }
 
+/// `N passed, N failed, N skipped`, the skipped being the tests that did not apply.
+fn closing_line(passed: usize, failed: usize) -> String {
+    alloc::format!(
+        "{passed} passed, {failed} failed, {} skipped",
+        SKIPPED.load(Ordering::SeqCst)
+    )
+}
+
 /// Prints the closing line and exits with the matching status.
 pub fn finish() -> ! {
     let passed = PASSED.load(Ordering::SeqCst);
     let failed = FAILED.load(Ordering::SeqCst);
-    println!("{passed} passed, {failed} failed");
+    println!("{}", closing_line(passed, failed));
     qemu::exit(if failed == 0 {
         ExitCode::Success
     } else {
@@ -307,6 +342,9 @@ pub fn fatal(reason: fmt::Arguments) -> ! {
     }
     let passed = PASSED.load(Ordering::SeqCst);
     let failed = FAILED.load(Ordering::SeqCst).max(1);
-    console::emergency_write_fmt(format_args!("{passed} passed, {failed} failed\n"));
+    let skipped = SKIPPED.load(Ordering::SeqCst);
+    console::emergency_write_fmt(format_args!(
+        "{passed} passed, {failed} failed, {skipped} skipped\n"
+    ));
     qemu::exit(ExitCode::Failure)
 }

@@ -112,15 +112,24 @@ pub fn config_reads_back_consistently() -> TestResult {
 
 /// Every MSI-X table entry takes an address and vector, reads them back, and masks; each entry
 /// is restored afterwards (the driver's interrupts go through them).
+/// Not applicable when no device has MSI-X (`VCRYPT_VECTORS=0`).
 pub fn msix_entries_read_back() -> TestResult {
     let my_apic = apic::id();
+    let with_msix = probe::probed()
+        .iter()
+        .filter(|d| d.lock().msix.is_some())
+        .count();
+    if with_msix == 0 {
+        return super::not_applicable(alloc::string::String::from(
+            "no device has an MSI-X capability (VCRYPT_VECTORS=0)",
+        ));
+    }
     for device in probe::probed() {
         let device = device.lock();
         let at = device.pci.address;
-        let msix = device
-            .msix
-            .as_ref()
-            .ok_or_else(|| alloc::format!("{at}: no MSI-X capability"))?;
+        let Some(msix) = device.msix.as_ref() else {
+            continue;
+        };
         ensure!(
             msix.table_size() >= 3,
             "{at}: {} MSI-X vectors, need data + control + config",

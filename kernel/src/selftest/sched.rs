@@ -135,5 +135,7 @@ fn recurse(depth: u64) -> u64 {
 pub fn stack_overflow_must_fail() -> TestResult {
     let handle = sched::spawn("overflow", None, || recurse(0)).map_err(|e| format!("{e:?}"))?;
     let _ = handle.join_timeout(JOIN_TIMEOUT_NS);
-    Err(format!("the overflowing task was not reported"))
+    Err(alloc::string::String::from(
+        "the overflowing task was not reported",
+    ))
 }

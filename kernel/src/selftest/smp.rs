@@ -105,10 +105,10 @@ pub fn ipi_runs_handler_on_target_cpu() -> TestResult {
         IPI_HITS[percpu::cpu_index()].fetch_add(1, Ordering::SeqCst);
     });
     let result = (|| {
-        for target in 0..percpu::cpu_count() {
+        for (target, target_hits) in IPI_HITS.iter().enumerate().take(percpu::cpu_count()) {
             apic::send_ipi(percpu::apic_id_of(target), line.vector());
             let start = tsc::rdtsc();
-            while IPI_HITS[target].load(Ordering::SeqCst) == 0
+            while target_hits.load(Ordering::SeqCst) == 0
                 && tsc::ticks_to_ns(tsc::rdtsc() - start) < 100_000_000
             {
                 core::hint::spin_loop();
