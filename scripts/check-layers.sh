@@ -23,8 +23,10 @@ for module in "${!allowed[@]}"; do
     files=$( { [ -d "$module" ] && find "$module" -name '*.rs'; [ -f "$module.rs" ] && echo "$module.rs"; } )
     for file in $files; do
         # crate::X, $crate::X and the names inside use crate::{X, Y::Z}
-        names=$( { grep -oE '(\$)?crate::[a-z_]+' "$file" | sed -E 's/.*crate:://';
-                   grep -oE 'crate::\{[^}]*' "$file" | sed -E 's/crate::\{//' | tr ',' '\n' |
+        # Comments do not count: only code can make a dependency.
+        code=$(grep -vE '^[[:space:]]*//' "$file")
+        names=$( { grep -oE '(\$)?crate::[a-z_]+' <<<"$code" | sed -E 's/.*crate:://';
+                   grep -oE 'crate::\{[^}]*' <<<"$code" | sed -E 's/crate::\{//' | tr ',' '\n' |
                        sed -E 's/^[[:space:]]*//; s/::.*//; s/[^a-z_].*//'; } | sort -u)
         for name in $names; do
             case $name in println | print) name=console ;; esac

@@ -7,7 +7,7 @@ const START_INFO_MAGIC: u32 = 0x336e_c578;
 pub const MAX_MEMMAP_ENTRIES: usize = 64;
 /// QEMU's PVH loader copies `-append` into a buffer of this size (`CMDLINE_BUFSIZE` in
 /// `pc-bios/optionrom/pvh_main.c`): at most 4095 bytes and the NUL fit. A longer one overruns
-/// it (see `crate::cmdline`); `run-qemu.sh` passes the command line through fw_cfg instead.
+/// it (see the cmdline module); `run-qemu.sh` passes the command line through fw_cfg instead.
 pub const PVH_CMDLINE_BUFFER: usize = 4096;
 
 /// E820 type of usable RAM.
