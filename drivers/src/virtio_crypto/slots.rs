@@ -382,11 +382,22 @@ impl<H: virtio_drivers::Hal> Storage<H> {
     }
 
     /// After the device was reset (it can reach no request memory any more): quarantined slots
-    /// become free again. Returns how many.
+    /// become free again, and failed requests still held by their owner own their memory again.
+    /// Returns how many slots were freed.
     pub fn reclaim_after_reset(&self) -> usize {
         let mut reclaimed = 0;
         for (i, slot) in self.slots.iter().enumerate() {
-            let quarantined = slot.state.lock().phase == Phase::Quarantined;
+            let quarantined = {
+                let mut st = slot.state.lock();
+                // A request failed while the device had it and still held by its owner: the
+                // memory is the CPU's again. Without this its drop, after the reset, would
+                // quarantine the slot until the next reset (a leak), and it would show no
+                // bytes (found by lifecycle_props).
+                if st.phase == Phase::Done {
+                    st.device_may_own = false;
+                }
+                st.phase == Phase::Quarantined
+            };
             if quarantined {
                 drop(self.release(i as u16, true));
                 reclaimed += 1;
