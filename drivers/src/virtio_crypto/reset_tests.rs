@@ -1,8 +1,8 @@
 //! Host tests of an untrusted device and of recovery: a device that stops answering, too-short
 //! used lengths, duplicate completions, the barrier before the NO_NOTIFY read, the doorbell rung
 //! with the queue lock free, recovery (reset before failing, fresh rings, lost sessions), the
-//! fourth seed (65,536 completions between two polls) and a property test of random
-//! interleavings.
+//! fourth seed (65,536 completions between two polls). The property test of random
+//! interleavings (submits, answers, bad entries, timeouts, drops, resets) is `lifecycle_props`.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -321,7 +321,7 @@ fn duplicate_completion_completes_once_and_breaks_the_queue() {
 
 /// A request failed while the device had it (queue broken), still held when the device is
 /// reset: its memory is the CPU's again, and dropping it afterwards frees its slot (it used to
-/// be quarantined until the next reset).
+/// be quarantined until the next reset; found by `lifecycle_props`).
 #[test]
 fn request_held_across_the_reset_gets_its_memory_back() {
     let (queue, mut ring, _t) = rig_queue(4);
