@@ -24,6 +24,8 @@ pub mod device;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod lifecycle;
+#[cfg(test)]
+mod lifecycle_props;
 pub mod queue;
 #[cfg(test)]
 mod queue_tests;

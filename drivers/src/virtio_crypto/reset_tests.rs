@@ -1,8 +1,8 @@
 //! Host tests of an untrusted device and of recovery: a device that stops answering, too-short
 //! used lengths, duplicate completions, the barrier before the NO_NOTIFY read, the doorbell rung
 //! with the queue lock free, recovery (reset before failing, fresh rings, lost sessions), the
-//! fourth seed (65,536 completions between two polls) and a property test of random
-//! interleavings.
+//! fourth seed (65,536 completions between two polls). The property test of random
+//! interleavings (submits, answers, bad entries, timeouts, drops, resets) is `lifecycle_props`.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -317,6 +317,31 @@ fn duplicate_completion_completes_once_and_breaks_the_queue() {
     ));
     assert_eq!(queue.counters.completed.load(Ordering::Relaxed), 1);
     assert_eq!(queue.counters.malformed.load(Ordering::Relaxed), 1);
+}
+
+/// A request failed while the device had it (queue broken), still held when the device is
+/// reset: its memory is the CPU's again, and dropping it afterwards frees its slot (it used to
+/// be quarantined until the next reset; found by `lifecycle_props`).
+#[test]
+fn request_held_across_the_reset_gets_its_memory_back() {
+    let (queue, mut ring, _t) = rig_queue(4);
+    let a = submit(&queue, b"held", 1).unwrap();
+    let chain = ring.pending().pop().unwrap();
+    ring.complete(chain.id as u32 + 100, 1); // not in flight: the queue breaks
+    queue.handle_interrupt();
+    assert!(matches!(
+        a.outcome(),
+        Some(Err(Error::MalformedCompletion { .. }))
+    ));
+    assert!(a.readable().is_empty(), "the device may still own it");
+    assert_eq!(queue.reclaim_after_reset(), 0); // the device was reset
+    assert_eq!(a.readable(), b"held");
+    drop(a);
+    assert_eq!(
+        queue.slots_in_use(),
+        0,
+        "freed by the drop, not quarantined"
+    );
 }
 
 // --- recovery ---------------------------------------------------------------------------------

@@ -216,6 +216,15 @@ fn start_recovery_task(function: &'static CryptoFunction) -> Result<(), String> 
         }
     })
     .map_err(|e| format!("recovery task: {e:?}"))?;
+    // Let it reach its wait (its first wait allocates a waiter) before anything else runs, so
+    // that the boot's later work, and the tests, start from a quiet heap and scheduler.
+    let start = crate::arch::tsc::now_ns();
+    while handle.task().state() != crate::sched::TaskState::Blocked {
+        if crate::arch::tsc::now_ns() - start > 1_000_000_000 {
+            return Err(String::from("the recovery task did not start within 1 s"));
+        }
+        crate::sched::yield_now();
+    }
     drop(handle);
     Ok(())
 }
