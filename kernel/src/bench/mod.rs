@@ -1,7 +1,8 @@
 //! Benchmarks that reproduce the seeds' experiments side by side in one boot:
 //! `bench ctrl` (control queue: busy-poll vs sleep, seed 000), `bench kick` (doorbell inside vs
 //! outside the queue lock, seed 002), `bench data` (throughput and latency against request size
-//! and requests in flight). `bench` runs all three. Options: `dur=<ms>` per point (default 1000).
+//! and requests in flight), `bench rsa` (RSA sign/verify/encrypt/decrypt ops/s). `bench` runs
+//! them all. Options: `dur=<ms>` per point (default 1000).
 //!
 //! Each prints a human table shaped like the seed's and one JSON line per row (`{"bench":...}`).
 //! Ratios are meaningful inside one boot only; tests never assert timing.
@@ -10,6 +11,7 @@ mod ctrl;
 mod data;
 mod kick;
 mod report;
+mod rsa;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -45,6 +47,10 @@ pub static BENCHES: &[Bench] = &[
         name: "data",
         run: data::run,
     },
+    Bench {
+        name: "rsa",
+        run: rsa::run,
+    },
 ];
 
 /// Parses `dur=<ms>`.
@@ -78,7 +84,7 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
                 Some(b) => chosen.push(b),
                 None => {
                     println!(
-                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data)"
+                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, rsa)"
                     );
                     qemu::exit(ExitCode::Failure)
                 }

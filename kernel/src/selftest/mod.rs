@@ -12,7 +12,7 @@ mod pci;
 mod platform;
 mod reference;
 mod rsa;
-mod rsa_vectors;
+pub(crate) mod rsa_vectors;
 mod sched;
 mod smp;
 mod sync;
