@@ -13,6 +13,8 @@
 #   VCRYPT_TIMEOUT  seconds before QEMU is stopped (default 300)
 #   VCRYPT_VECTORS  MSI-X vectors per device (default 4: data + control + config + spare;
 #                   0 = no MSI-X, the driver falls back to INTx through the I/O APIC)
+#   VCRYPT_QEMU_PIDFILE  if set, QEMU writes its pid there (the report tool samples QEMU's
+#                   threads, which carry names: "CPU 0/TCG", "qemu-system-x86" for the main loop)
 set -u
 
 fail() { echo "run-qemu.sh: $*" >&2; exit 1; }
@@ -50,7 +52,9 @@ args=(
     "${accel_args[@]}" -smp "$smp" -m "$mem"
     -serial stdio -display none -no-reboot -nic none
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
+    -name vcrypt,debug-threads=on
 )
+[ -n "${VCRYPT_QEMU_PIDFILE:-}" ] && args+=(-pidfile "$VCRYPT_QEMU_PIDFILE")
 # One MSI-X vector per virtqueue (the builtin backend has a data and a control queue) plus one
 # for configuration changes, with a spare.
 for ((i = 0; i < devices; i++)); do

@@ -78,6 +78,7 @@ step "host unit tests" pass -- cargo hosttest
 MUST_PRINT="layering: no upward references"
 step "layers only look down" prints -- scripts/check-layers.sh
 MUST_PRINT=
+step "report tool: cargo results run -- bench data dur=50, figures hold the run's numbers" pass -- scripts/check-report.sh
 MUST_PRINT="cpus online: 2"
 step "self-tests, 2 CPUs, 1 device" pass VCRYPT_SMP=2 VCRYPT_DEVICES=1 -- cargo run --quiet
 MUST_PRINT="cpus online: 1"
@@ -88,6 +89,10 @@ MUST_PRINT="cpus online: 8"
 step "self-tests, 8 CPUs" pass VCRYPT_SMP=8 -- cargo run --quiet
 MUST_PRINT=
 step "self-tests, 2 devices" pass VCRYPT_DEVICES=2 -- cargo run --quiet
+MUST_PRINT="cpus online: 4"
+step "self-tests, 4 CPUs, 4 devices (per-CPU queues)" pass VCRYPT_SMP=4 VCRYPT_DEVICES=4 -- cargo run --quiet
+MUST_PRINT=
+step "service suites, 1 CPU, 2 devices" pass VCRYPT_SMP=1 VCRYPT_DEVICES=2 -- cargo run --quiet -- test service:: crypto::compl
 step "driver suites, ctrl=poll" pass -- cargo run --quiet -- test crypto:: ctrl=poll
 step "driver suites, kick=locked" pass -- cargo run --quiet -- test crypto:: kick=locked
 MUST_PRINT="no usable MSI-X; using INTx"
@@ -97,9 +102,16 @@ step "driver suites, 1 MSI-X vector (falls back to INTx)" pass VCRYPT_VECTORS=1 
 MUST_PRINT="interrupts SharedVector"
 step "driver suites, 2 MSI-X vectors (configuration + one shared by the queues)" pass VCRYPT_VECTORS=2 -- cargo run --quiet -- test crypto:: irq:: log=info
 MUST_PRINT=
+MUST_PRINT="samples      %  function"
+step "profiler: samples resolved to functions" prints -- scripts/profile.sh test crypto::known
 MUST_PRINT=7649abac8119b246cee98e9b12e9197d
 step "kcapi one-shot: SP 800-38A CBC block" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' \
     -k 2b7e151628aed2a6abf7158809cf4f3c -i 000102030405060708090a0b0c0d0e0f -p 6bc1bee22e409f96e93d7e117393172a
+MUST_PRINT=8b19050f66582cb7f7e4b6c873819b7108afa0eaa7de29bac7d903576b674c32
+step "kcapi -d 2: the seed's chained CBC stream (first block = libkcapi's answer)" prints -- cargo run --quiet -- kcapi -d 2 -e -c 'cbc(aes)' \
+    -k 8d7dd9b0170ce0b5f2f8e1aa768e01e91da8bfc67fd486d081b28254c99eb423 -i 7fbc02ebf5b93322329df9bfccb635af -p 48981da18e4bb9ef7e2e3162d16b1910
+step "kcapi -s 16 chain=serial: the same stream in 16-byte chunks" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' chain=serial -s 16 \
+    -k 8d7dd9b0170ce0b5f2f8e1aa768e01e91da8bfc67fd486d081b28254c99eb423 -i 7fbc02ebf5b93322329df9bfccb635af -p 48981da18e4bb9ef7e2e3162d16b191048981da18e4bb9ef7e2e3162d16b1910
 MUST_PRINT=
 EXPECT_LINE="error: kcapi: -k: \"2b7g\" is not hexadecimal"
 step "kcapi with a bad argument" fail -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' -k 2b7g -p 00

@@ -14,6 +14,7 @@ use alloc::vec::Vec;
 use virtio_drivers::Hal;
 
 use crate::error::Error;
+pub use crate::stream::{ChainMode, DEFAULT_WINDOW, Stream};
 pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction};
 
 /// A cipher session on one device.
@@ -112,6 +113,38 @@ impl<'d, H: Hal> Session<'d, H> {
             .wait()?;
         data.copy_from_slice(&out);
         Ok(())
+    }
+
+    /// Opens a chained stream on this session starting from `iv` (see [`crate::stream`]), run
+    /// the way the device's `chain=` switch says, with the default window.
+    pub fn stream(&self, iv: &[u8]) -> Result<Stream<'_, H>, Error>
+    where
+        H: 'static,
+    {
+        self.stream_with(iv, self.device.chain_mode(), DEFAULT_WINDOW)
+    }
+
+    /// Opens a chained stream in `mode`, keeping at most `window` chunks (1..=64) fed and not
+    /// taken. ECB and XTS sessions are refused (`StreamNotSupported`).
+    pub fn stream_with(
+        &self,
+        iv: &[u8],
+        mode: ChainMode,
+        window: usize,
+    ) -> Result<Stream<'_, H>, Error>
+    where
+        H: 'static,
+    {
+        Stream::open(
+            self.device,
+            self.device.current_data_queue(),
+            self.id,
+            self.cipher,
+            self.direction,
+            iv,
+            mode,
+            window,
+        )
     }
 
     /// Destroys the session, reporting the device's answer (dropping does the same silently).

@@ -52,6 +52,18 @@ pub enum Error {
     QueueFull,
     /// The session was created for the other direction (the device fixes it at creation).
     WrongDirection { session: &'static str },
+    /// A chained stream was asked of a mode whose requests do not chain (ECB, XTS).
+    StreamNotSupported {
+        mode: &'static str,
+        why: &'static str,
+    },
+    /// An earlier chunk of the stream failed (or was refused); its output can no longer be
+    /// chained, so the stream takes nothing more.
+    StreamBroken { chunk: u64 },
+    /// A CTR chunk that is not whole blocks ends its stream; another chunk came after it.
+    PartialBlockNotLast { chunk: u64, len: usize },
+    /// The stream already has its window of chunks fed and not yet taken.
+    StreamWindowFull { window: usize },
     /// The key is not what was asked for: malformed DER, the wrong PKCS#1 structure, or values
     /// that do not make an RSA key; `what` says which.
     InvalidKey { what: &'static str },
@@ -77,7 +89,7 @@ pub enum Error {
     InputOutOfRange { what: &'static str },
     /// The signature does not verify (checked in software whatever the device said).
     BadSignature,
-    /// The device could not decrypt the ciphertext (invalid padding for this key), twice.
+    /// The device could not decrypt the ciphertext (invalid padding for this key).
     DecryptionFailed,
     /// The device answered with a result the driver proved wrong, and a retry did not help.
     WrongAnswer { what: &'static str },
@@ -131,6 +143,27 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "the session was created to {session}; make another for the other direction"
+                )
+            }
+            Error::StreamNotSupported { mode, why } => {
+                write!(f, "a chained stream cannot use {mode}: {why}")
+            }
+            Error::StreamBroken { chunk } => {
+                write!(
+                    f,
+                    "the stream failed at chunk {chunk} and takes no more; start a new stream"
+                )
+            }
+            Error::PartialBlockNotLast { chunk, len } => {
+                write!(
+                    f,
+                    "chunk {chunk} of {len} bytes is not whole 16-byte blocks, so it must be the stream's last"
+                )
+            }
+            Error::StreamWindowFull { window } => {
+                write!(
+                    f,
+                    "the stream already has {window} chunks pending; take an output first"
                 )
             }
             Error::InvalidKey { what } => write!(f, "invalid key: {what}"),
@@ -234,6 +267,13 @@ mod tests {
             Error::KeyRejected,
             Error::QueueFull,
             Error::WrongDirection { session: "encrypt" },
+            Error::StreamNotSupported {
+                mode: "xts(aes)",
+                why: "x",
+            },
+            Error::StreamBroken { chunk: 3 },
+            Error::PartialBlockNotLast { chunk: 1, len: 17 },
+            Error::StreamWindowFull { window: 32 },
             Error::InvalidKey { what: "x" },
             Error::InvalidModulusSize { bits: 512 },
             Error::WrongKeyKind {

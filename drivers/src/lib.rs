@@ -9,6 +9,8 @@ extern crate std;
 
 pub mod crypto;
 pub mod error;
+pub mod service;
 pub mod stats;
+pub mod stream;
 pub mod sync;
 pub mod virtio_crypto;

@@ -13,6 +13,7 @@ mod console;
 mod kcapi;
 mod mm;
 mod pci;
+mod profile;
 mod sched;
 mod selftest;
 mod sync;
@@ -91,6 +92,14 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     if let Err(e) = virtio::crypto::apply_switches(&cmdline) {
         println!("error: {e}");
         qemu::exit(ExitCode::Failure);
+    }
+    match cmdline.switch("profile") {
+        None | Some("off") => {}
+        Some("on") => profile::start(),
+        Some(other) => {
+            println!("error: profile={other}: expected profile=on or profile=off");
+            qemu::exit(ExitCode::Failure);
+        }
     }
     if crypto == 0 {
         println!(

@@ -19,6 +19,9 @@ use super::wire;
 use crate::error::Error;
 use crate::sync::platform;
 
+/// Where a cipher data request's IV starts in its device-readable bytes (after the header).
+pub const CIPHER_IV_OFFSET: usize = wire::DATA_HDR_LEN;
+
 /// Largest request payload this driver builds.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
@@ -67,6 +70,18 @@ impl Cipher {
         match self {
             Cipher::AesXts => &[32, 64],
             _ => &[16, 24, 32],
+        }
+    }
+
+    /// Whether a key of `len` bytes fits the algorithm and the device's `max_cipher_key_len`.
+    pub fn check_key_len(self, len: usize, device_max: u32) -> Result<(), Error> {
+        if self.key_lengths().contains(&len) && len <= device_max as usize {
+            Ok(())
+        } else {
+            Err(Error::InvalidKeyLength {
+                got: len,
+                allowed: self.key_lengths_text(),
+            })
         }
     }
 
@@ -144,14 +159,7 @@ impl<H: Hal> CryptoDevice<H> {
     ) -> Result<u64, Error> {
         self.ready()?;
         self.check_cipher(cipher)?;
-        if !cipher.key_lengths().contains(&key.len())
-            || key.len() > self.config.max_cipher_key_len as usize
-        {
-            return Err(Error::InvalidKeyLength {
-                got: key.len(),
-                allowed: cipher.key_lengths_text(),
-            });
-        }
+        cipher.check_key_len(key.len(), self.config.max_cipher_key_len)?;
         let request =
             wire::CipherCreateSession::new(cipher.algo(), key.len() as u32, direction.op());
         self.create_session(&request, key)

@@ -23,9 +23,12 @@ use super::routing::QueueRouting;
 use super::session::SessionCounter;
 use super::slots::StorageConfig;
 use crate::error::Error;
+use crate::stream::ChainMode;
 use crate::sync::{SpinLock, platform};
 
-pub use super::cipher::{Cipher, CipherOutput, CipherRequest, Direction, MAX_REQUEST_BYTES};
+pub use super::cipher::{
+    CIPHER_IV_OFFSET, Cipher, CipherOutput, CipherRequest, Direction, MAX_REQUEST_BYTES,
+};
 pub use super::session::{MAX_SESSIONS, Service};
 
 /// How long a request may take before the caller gets `Timeout`.
@@ -89,6 +92,8 @@ pub struct CryptoDevice<H: Hal> {
     /// The `Poll` baseline's control lock: one control request at a time, polled.
     poll_lock: SpinLock<()>,
     unadvertised: AtomicBool,
+    /// `chain=serial|pipelined`: how chained streams ([`crate::stream`]) on this device run.
+    chain_mode: AtomicU8,
     pub(crate) sessions: SessionCounter,
     health: Arc<DeviceHealth<H>>,
     /// Set once when the device's interrupts are routed.
@@ -126,6 +131,7 @@ impl<H: Hal> CryptoDevice<H> {
             ctrl_mode: AtomicU8::new(CtrlMode::Sleep as u8),
             poll_lock: SpinLock::new("ctrl-poll", ()),
             unadvertised: AtomicBool::new(false),
+            chain_mode: AtomicU8::new(ChainMode::Pipelined as u8),
             sessions: SessionCounter::new(),
             health: Arc::new(DeviceHealth {
                 needs_reset,
@@ -156,10 +162,28 @@ impl<H: Hal> CryptoDevice<H> {
         }
     }
 
+    /// Sets how chained streams opened without an explicit mode run (`chain=`).
+    pub fn set_chain_mode(&self, mode: ChainMode) {
+        self.chain_mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    pub fn chain_mode(&self) -> ChainMode {
+        if self.chain_mode.load(Ordering::Relaxed) == ChainMode::Serial as u8 {
+            ChainMode::Serial
+        } else {
+            ChainMode::Pipelined
+        }
+    }
+
     /// Allows algorithms the device implements but does not advertise (AES-ECB/CTR/XTS on QEMU's
     /// builtin backend); the device's answer then decides.
     pub fn set_allow_unadvertised(&self, allow: bool) {
         self.unadvertised.store(allow, Ordering::Relaxed);
+    }
+
+    /// Whether unadvertised algorithms are allowed (to restore after changing it).
+    pub fn allows_unadvertised_ciphers(&self) -> bool {
+        self.allows_unadvertised()
     }
 
     pub(crate) fn allows_unadvertised(&self) -> bool {

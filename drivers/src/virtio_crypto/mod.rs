@@ -24,7 +24,7 @@ pub mod cipher;
 pub mod config;
 pub mod device;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 pub mod queue;
 #[cfg(test)]
 mod queue_tests;

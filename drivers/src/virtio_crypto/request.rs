@@ -65,6 +65,20 @@ impl<H: Hal> RequestBuilder<H> {
         self.push(value.as_bytes())
     }
 
+    /// Overwrites device-readable bytes already pushed, at `offset` (a chained stream writes a
+    /// chunk's IV once the previous chunk has finished). Fails outside what was pushed.
+    pub fn patch(&mut self, offset: usize, bytes: &[u8]) -> Result<&mut Self, Error> {
+        let end = offset.saturating_add(bytes.len());
+        if end > self.cursor {
+            return Err(Error::RequestTooLarge {
+                got: end as u64,
+                max: self.cursor as u64,
+            });
+        }
+        self.request.region_mut()[offset..end].copy_from_slice(bytes);
+        Ok(self)
+    }
+
     /// The device-writable part, to preset (a status sentinel the device must overwrite).
     pub fn writable_mut(&mut self) -> &mut [u8] {
         let (readable, writable) = self.request.lengths();
@@ -99,11 +113,17 @@ impl<H: Hal> RequestBuilder<H> {
     }
 
     /// Posts the request; `handler` gets it when it finishes (see [`OnComplete`] for the
-    /// context it runs in). On error the request is released and the handler not called.
+    /// context it runs in). On error the request is released and the handler not called; the
+    /// release frees nothing (a spill stays with its slot), so a completion handler may call
+    /// this.
     pub fn submit_with(self, handler: Arc<dyn OnComplete<H>>) -> Result<(), Error> {
         self.check_complete()?;
-        let request = self.request;
-        request.core.post(request.slot, Some(handler))?;
+        let mut request = self.request;
+        if let Err(e) = request.core.post(request.slot, Some(handler)) {
+            // Possibly in interrupt context: the drop must not free a spill.
+            request.from_callback = true;
+            return Err(e);
+        }
         // The handler gets a new handle for the slot; this one must not release it.
         core::mem::forget(request);
         Ok(())

@@ -214,7 +214,7 @@ pub fn fatal(args: core::fmt::Arguments) -> ! {
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     if vector >= super::irq::FIRST_VECTOR {
-        super::irq::dispatch(vector);
+        super::irq::dispatch(vector, frame.rip);
         return;
     }
     if vector == BREAKPOINT {

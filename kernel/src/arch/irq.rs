@@ -224,8 +224,18 @@ pub fn unexpected_interrupts() -> u64 {
     UNEXPECTED.load(Ordering::Relaxed)
 }
 
+/// The instruction each CPU was executing when its current interrupt arrived.
+static INTERRUPTED_RIP: [AtomicU64; super::percpu::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; super::percpu::MAX_CPUS];
+
+/// Where the current interrupt interrupted this CPU (for handlers: the sampling profiler).
+pub fn interrupted_rip() -> u64 {
+    INTERRUPTED_RIP[super::percpu::cpu_index()].load(Ordering::Relaxed)
+}
+
 /// Runs the handlers of `vector` (interrupt context, interrupts off), then sends the EOI.
-pub(super) fn dispatch(vector: u8) {
+pub(super) fn dispatch(vector: u8, interrupted_rip: u64) {
+    INTERRUPTED_RIP[super::percpu::cpu_index()].store(interrupted_rip, Ordering::Relaxed);
     let hooks = ENTRY_HOOKS.get().copied();
     if let Some(hooks) = hooks {
         (hooks.enter)();

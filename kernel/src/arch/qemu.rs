@@ -11,8 +11,24 @@ pub enum ExitCode {
     Failure = 0x11,
 }
 
+static EXIT_HOOK: spin::Once<fn()> = spin::Once::new();
+
+/// Installs work to run just before QEMU is left (the profiler prints its samples). Once only;
+/// returns false if a hook was already installed.
+pub fn set_exit_hook(hook: fn()) -> bool {
+    let mut installed = false;
+    EXIT_HOOK.call_once(|| {
+        installed = true;
+        hook
+    });
+    installed
+}
+
 /// Exits QEMU. If no isa-debug-exit device is present, halts forever.
 pub fn exit(code: ExitCode) -> ! {
+    if let Some(hook) = EXIT_HOOK.get() {
+        hook();
+    }
     super::port::outl(DEBUG_EXIT_PORT, code as u32);
     super::halt_forever()
 }

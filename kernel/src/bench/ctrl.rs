@@ -13,8 +13,8 @@ use vcrypt_drivers::stats::Log2Histogram;
 use vcrypt_drivers::virtio_crypto::device::CtrlMode;
 
 use super::BenchConfig;
-use super::report::{Row, busy_text, per_second, progress, run_workers};
-use crate::arch::{percpu, tsc};
+use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
 pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
@@ -42,10 +42,12 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             device.set_ctrl_mode(mode);
             let histogram = Arc::new(Log2Histogram::new());
             let hist = histogram.clone();
+            let trips_before = trips::all_cpus();
             let result = run_workers(workers, config.point_ns, move |_, deadline| {
                 let key = [0x11u8; 16];
                 let mut pairs = 0;
-                while tsc::now_ns() < deadline {
+                // At least one pair, however late the worker starts: a point never reports nothing.
+                while pairs == 0 || tsc::now_ns() < deadline {
                     let id = device
                         .create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key)
                         .map_err(|e| format!("create: {e}"))?;
@@ -60,9 +62,11 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             });
             device.set_ctrl_mode(original);
             let (pairs, busy, elapsed) = result?;
+            let trips = trips::all_cpus().since(&trips_before);
             let ops = per_second(pairs, elapsed);
             table.push(format!(
-                "{name:<6} {workers:>7} {ops:>10}   {}",
+                "{name:<6} {workers:>7} {ops:>10} {:>8}   {}",
+                trips_text(&trips, pairs),
                 busy_text(&busy)
             ));
             println!("destroy-session latency, ctrl={name}, {workers} workers:\n{histogram}");
@@ -73,16 +77,34 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     .num("pairs", pairs)
                     .num("ops_per_s", ops)
                     .busy(&busy)
+                    .trips(&trips, pairs)
                     .nums("destroy_latency_log2_us", &histogram.counts())
                     .num("destroy_p50_us_le", histogram.percentile_upper_bound(50))
                     .num("destroy_p99_us_le", histogram.percentile_upper_bound(99))
                     .num("duration_ms", elapsed / 1_000_000)
+                    .plot(
+                        "workers",
+                        &["ops_per_s", "destroy_p50_us_le", "destroy_p99_us_le"],
+                        &["mode"],
+                        &["destroy_latency_log2_us"],
+                    )
+                    .units(&[
+                        ("workers", "tasks"),
+                        ("pairs", "pairs"),
+                        ("ops_per_s", "pairs/s"),
+                        ("busy_pct", "%"),
+                        ("busy_sum_pct", "%"),
+                        ("destroy_latency_log2_us", "us"),
+                        ("destroy_p50_us_le", "us"),
+                        ("destroy_p99_us_le", "us"),
+                        ("duration_ms", "ms"),
+                    ])
                     .emit(),
             );
         }
     }
     println!("bench ctrl: session create+destroy pairs per second");
-    println!("mode   workers      ops/s   busy per CPU (sum)");
+    println!("mode   workers      ops/s trips/1k   busy per CPU (sum)");
     for line in table {
         println!("{line}");
     }

@@ -12,8 +12,8 @@ use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::sync::IrqSpinLock;
 
 use super::BenchConfig;
-use super::report::{Row, busy_text, per_second, progress, run_workers};
-use crate::arch::{percpu, tsc};
+use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
 static SAMPLES: IrqSpinLock<Vec<u32>> = IrqSpinLock::new("bench-samples", Vec::new());
@@ -38,7 +38,8 @@ fn point(
         let mut samples = Vec::with_capacity(MAX_SAMPLES_PER_WORKER);
         let mut ops = 0u64;
         loop {
-            let running = tsc::now_ns() < deadline;
+            // At least one request, however late the worker starts.
+            let running = tsc::now_ns() < deadline || ops + pending.len() as u64 == 0;
             if running && pending.len() < window {
                 let p = device
                     .start_cipher_request(
@@ -98,11 +99,14 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             points.len(),
             &format!("{size} B, {in_flight} in flight"),
         );
+        let trips_before = trips::all_cpus();
         let (ops, busy, elapsed, p50, p99) = point(config, size, in_flight)?;
+        let trips = trips::all_cpus().since(&trips_before);
         let ops_s = per_second(ops, elapsed);
         let mb_s = ops_s * size as u64 / 1_000_000;
         table.push(format!(
-            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {mb_s:>7} {p50:>8} {p99:>8}   {}",
+            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {mb_s:>7} {p50:>8} {p99:>8} {:>8}   {}",
+            trips_text(&trips, ops),
             busy_text(&busy)
         ));
         rows.push(
@@ -115,12 +119,32 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("p50_us", p50)
                 .num("p99_us", p99)
                 .busy(&busy)
+                .trips(&trips, ops)
                 .num("duration_ms", elapsed / 1_000_000)
+                .plot(
+                    sweep,
+                    &["ops_per_s", "mb_per_s", "p50_us", "p99_us"],
+                    &[],
+                    &[],
+                )
+                .units(&[
+                    ("size", "B"),
+                    ("in_flight", "requests"),
+                    ("ops_per_s", "ops/s"),
+                    ("mb_per_s", "MB/s"),
+                    ("p50_us", "us"),
+                    ("p99_us", "us"),
+                    ("busy_pct", "%"),
+                    ("busy_sum_pct", "%"),
+                    ("duration_ms", "ms"),
+                ])
                 .emit(),
         );
     }
     println!("bench data: AES-CBC throughput and latency");
-    println!("sweep       size in_flight     ops/s    MB/s  p50(us)  p99(us)   busy per CPU (sum)");
+    println!(
+        "sweep       size in_flight     ops/s    MB/s  p50(us)  p99(us) trips/1k   busy per CPU (sum)"
+    );
     for line in table {
         println!("{line}");
     }

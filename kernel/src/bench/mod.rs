@@ -1,17 +1,21 @@
 //! Benchmarks that reproduce the seeds' experiments side by side in one boot:
 //! `bench ctrl` (control queue: busy-poll vs sleep, seed 000), `bench kick` (doorbell inside vs
 //! outside the queue lock, seed 002), `bench data` (throughput and latency against request size
-//! and requests in flight), `bench rsa` (RSA sign/verify/encrypt/decrypt ops/s). `bench` runs
-//! them all. Options: `dur=<ms>` per point (default 1000).
+//! and requests in flight), `bench scale` (shared vs per-CPU queues over every device, seed 003),
+//! `bench chain` (chained-IV streams, serial vs pipelined, seed 001), `bench rsa` (RSA
+//! sign/verify/encrypt/decrypt ops/s). `bench` runs them all. Options: `dur=<ms>` per point
+//! (default 1000).
 //!
 //! Each prints a human table shaped like the seed's and one JSON line per row (`{"bench":...}`).
 //! Ratios are meaningful inside one boot only; tests never assert timing.
 
+mod chain;
 mod ctrl;
 mod data;
 mod kick;
 mod report;
 mod rsa;
+mod scale;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -46,6 +50,14 @@ pub static BENCHES: &[Bench] = &[
     Bench {
         name: "data",
         run: data::run,
+    },
+    Bench {
+        name: "scale",
+        run: scale::run,
+    },
+    Bench {
+        name: "chain",
+        run: chain::run,
     },
     Bench {
         name: "rsa",
@@ -84,7 +96,7 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
                 Some(b) => chosen.push(b),
                 None => {
                     println!(
-                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, rsa)"
+                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, scale, chain, rsa)"
                     );
                     qemu::exit(ExitCode::Failure)
                 }

@@ -4,6 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::arch::trips::TripCounts;
 use crate::sched::busy::{BusyWindow, Percent};
 
 /// A JSON object built field by field (numbers, strings, number arrays).
@@ -31,6 +32,38 @@ impl Row {
     pub fn nums(mut self, key: &'static str, values: &[u64]) -> Row {
         let items: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
         self.fields.push((key, format!("[{}]", items.join(","))));
+        self
+    }
+
+    /// Declares how a host tool plots this row, so a new bench needs no tool change: each `y`
+    /// field against the `x` field, one line per distinct value of the `series` fields, and each
+    /// `hist` field (log2 buckets in microseconds) as bars. Written as `"plot":{...}`.
+    pub fn plot(mut self, x: &str, y: &[&str], series: &[&str], hist: &[&str]) -> Row {
+        let list = |names: &[&str]| {
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("[{}]", quoted.join(","))
+        };
+        self.fields.push((
+            "plot",
+            format!(
+                "{{\"x\":\"{x}\",\"y\":{},\"series\":{},\"hist\":{}}}",
+                list(y),
+                list(series),
+                list(hist)
+            ),
+        ));
+        self
+    }
+
+    /// Declares the unit of each named field (`"units":{"size":"B",...}`): axis labels and
+    /// tables take them from the row, not from a tool's copy of every bench.
+    pub fn units(mut self, units: &[(&str, &str)]) -> Row {
+        let pairs: Vec<String> = units
+            .iter()
+            .map(|(field, unit)| format!("\"{field}\":\"{unit}\""))
+            .collect();
+        self.fields
+            .push(("units", format!("{{{}}}", pairs.join(","))));
         self
     }
 
@@ -63,6 +96,32 @@ impl Row {
         crate::println!("{}", self.json());
         self
     }
+}
+
+impl Row {
+    /// Trips into QEMU per 1,000 operations, by kind and in all (`trips_per_1k`: the fields
+    /// `doorbells`, `mmio_reads`, `interrupts`, `eois`, `ipis` and `total`).
+    pub fn trips(mut self, trips: &TripCounts, ops: u64) -> Row {
+        let per_1k = |n: u64| format!("{:.1}", n as f64 * 1000.0 / ops.max(1) as f64);
+        self.fields.push((
+            "trips_per_1k",
+            format!(
+                "{{\"doorbells\":{},\"mmio_reads\":{},\"interrupts\":{},\"eois\":{},\"ipis\":{},\"total\":{}}}",
+                per_1k(trips.doorbells),
+                per_1k(trips.mmio_reads),
+                per_1k(trips.interrupts),
+                per_1k(trips.eois),
+                per_1k(trips.ipis),
+                per_1k(trips.total())
+            ),
+        ));
+        self
+    }
+}
+
+/// Trips per 1,000 operations, all kinds together, for the tables.
+pub fn trips_text(trips: &TripCounts, ops: u64) -> String {
+    format!("{:.0}", trips.total() as f64 * 1000.0 / ops.max(1) as f64)
 }
 
 /// Busy per CPU as `12.5%/99.0%` and the sum.

@@ -34,6 +34,28 @@ fn required_fields(bench: &str) -> &'static [&'static str] {
             "hold_total_ns",
         ],
         "rsa" => &["bits", "op", "in_flight", "ops_per_s", "busy_pct"],
+        "chain" => &[
+            "mode",
+            "chain",
+            "stream_bytes",
+            "chunk",
+            "mb_per_s",
+            "pct_of_independent",
+            "busy_pct",
+        ],
+        "scale" => &[
+            "queues",
+            "size",
+            "cpus",
+            "ops_per_s",
+            "ops_per_cpu_s",
+            "busy_pct",
+            "lock_contentions",
+            "lock_wait_total_ns",
+            "remote_wakes_per_1k",
+            "ipis_per_1k",
+            "trips_per_1k",
+        ],
         _ => &[
             "size",
             "in_flight",
@@ -44,6 +66,59 @@ fn required_fields(bench: &str) -> &'static [&'static str] {
             "busy_pct",
         ],
     }
+}
+
+/// A row's `"plot"` and `"units"` are what the host report tool draws from (it has no list of
+/// benches): every field they name must exist in the row, with the shape the tool expects.
+fn check_plot_declaration(bench: &str, row: &serde_json::Value, text: &str) -> TestResult {
+    let plot = &row["plot"];
+    let x = plot["x"]
+        .as_str()
+        .ok_or(format!("bench {bench}: no plot.x in {text}"))?;
+    ensure!(
+        row[x].is_number(),
+        "bench {bench}: plot.x names \"{x}\", not a number in {text}"
+    );
+    let names = |key: &str| {
+        plot[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<alloc::vec::Vec<_>>()
+            })
+            .ok_or(format!("bench {bench}: plot.{key} is not a list in {text}"))
+    };
+    let y = names("y")?;
+    ensure!(!y.is_empty(), "bench {bench}: plot.y is empty in {text}");
+    for field in y {
+        ensure!(
+            row[field].is_number(),
+            "bench {bench}: plot.y names \"{field}\", not a number in {text}"
+        );
+    }
+    for field in names("series")? {
+        ensure!(
+            row.get(field).is_some(),
+            "bench {bench}: plot.series names missing \"{field}\" in {text}"
+        );
+    }
+    for field in names("hist")? {
+        ensure!(
+            row[field].is_array(),
+            "bench {bench}: plot.hist names \"{field}\", not a list in {text}"
+        );
+    }
+    let units = row["units"]
+        .as_object()
+        .ok_or(format!("bench {bench}: no units object in {text}"))?;
+    for (field, unit) in units {
+        ensure!(
+            row.get(field.as_str()).is_some() && unit.is_string(),
+            "bench {bench}: units names missing \"{field}\" in {text}"
+        );
+    }
+    Ok(())
 }
 
 pub fn every_bench_runs_and_emits_parsable_json() -> TestResult {
@@ -72,6 +147,7 @@ pub fn every_bench_runs_and_emits_parsable_json() -> TestResult {
                     bench.name
                 );
             }
+            check_plot_declaration(bench.name, &value, &text)?;
             ensure!(
                 value["ops_per_s"].as_u64().is_some_and(|v| v > 0),
                 "bench {}: no operations in {text}",

@@ -14,7 +14,9 @@ mod reference;
 mod rsa;
 pub(crate) mod rsa_vectors;
 mod sched;
+mod service;
 mod smp;
+mod stream;
 mod sync;
 
 use alloc::string::String;
@@ -159,8 +161,32 @@ pub static TESTS: &[Test] = &[
         crypto::volume_300k_data_100k_control,
     ),
     test(
+        "crypto::streams_random_lengths_every_mode_vs_rustcrypto",
+        stream::streams_random_lengths_every_mode_vs_rustcrypto,
+    ),
+    test(
+        "crypto::many_streams_and_independent_requests_on_every_cpu",
+        stream::many_streams_and_independent_requests_on_every_cpu,
+    ),
+    test(
+        "crypto::stream_failing_chunk_fails_the_stream_and_later_streams_work",
+        stream::failing_chunk_fails_the_stream_and_later_streams_work,
+    ),
+    test(
         "crypto::every_device_takes_interrupts_in_its_mode",
         irq::every_device_takes_interrupts_in_its_mode,
+    ),
+    test(
+        "service::every_cpu_submits_to_its_mapped_queue",
+        service::every_cpu_submits_to_its_mapped_queue,
+    ),
+    test(
+        "service::one_session_every_cpu_matches_rustcrypto_and_drops_everywhere",
+        service::one_session_every_cpu_matches_rustcrypto_and_drops_everywhere,
+    ),
+    test(
+        "service::hundred_thousand_requests_over_all_devices_none_lost",
+        service::hundred_thousand_requests_over_all_devices_none_lost,
     ),
     test(
         "crypto::completions_wake_on_the_submitting_cpu",

@@ -13,6 +13,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use vcrypt_drivers::service::{CryptoService, QueueMode};
 use vcrypt_drivers::virtio_crypto::device::CryptoDevice;
 use vcrypt_drivers::virtio_crypto::queue::{CryptoQueue, Notify};
 use vcrypt_drivers::virtio_crypto::routing::QueueRouting;
@@ -27,6 +28,8 @@ pub use probe::probe_all;
 /// The kernel's device type.
 pub type Device = CryptoDevice<KernelHal>;
 pub type Queue = CryptoQueue<KernelHal>;
+/// The kernel's crypto service over every device.
+pub type Service = CryptoService<KernelHal>;
 
 impl Notify for Doorbell {
     fn notify(&self) {
@@ -36,6 +39,7 @@ impl Notify for Doorbell {
 
 static DEVICES: spin::Once<Vec<&'static Device>> = spin::Once::new();
 static FUNCTIONS: spin::Once<Vec<&'static CryptoFunction>> = spin::Once::new();
+static SERVICE: spin::Once<Service> = spin::Once::new();
 /// Data queues numbered across devices so far (the routing's global queue numbers).
 static NEXT_GLOBAL_QUEUE: AtomicUsize = AtomicUsize::new(0);
 
@@ -115,8 +119,16 @@ pub fn init_all() -> usize {
             }
         }
     }
-    DEVICES.call_once(|| up.iter().map(|f| f.device).collect());
+    let devices = DEVICES.call_once(|| up.iter().map(|f| f.device).collect());
+    if let Ok(service) = CryptoService::new(devices.clone()) {
+        SERVICE.call_once(|| service);
+    }
     FUNCTIONS.call_once(|| up).len()
+}
+
+/// The crypto service over every device that came up (`None` without devices).
+pub fn service() -> Option<&'static Service> {
+    SERVICE.get()
 }
 
 fn alloc_line() -> Result<Arc<IrqLine>, String> {
@@ -317,8 +329,9 @@ fn route_intx(device: &Device, pci: &crate::pci::PciDevice) -> Result<Arc<IrqLin
 }
 
 /// Applies the command-line switches to every device: `ctrl=poll|sleep`, `kick=locked|unlocked`,
-/// `unadvertised=try|refuse`.
+/// `unadvertised=try|refuse`, `chain=serial|pipelined`.
 pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
+    use vcrypt_drivers::stream::ChainMode;
     use vcrypt_drivers::virtio_crypto::device::CtrlMode;
     use vcrypt_drivers::virtio_crypto::queue::KickMode;
     let ctrl = match cmdline.switch("ctrl") {
@@ -344,15 +357,44 @@ pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
             ));
         }
     };
+    let chain = match cmdline.switch("chain") {
+        None | Some("pipelined") => ChainMode::Pipelined,
+        Some("serial") => ChainMode::Serial,
+        Some(other) => {
+            return Err(format!(
+                "chain={other}: expected chain=pipelined or chain=serial"
+            ));
+        }
+    };
+    let queues = match cmdline.switch("queues") {
+        None | Some("percpu") => QueueMode::PerCpu,
+        Some("shared") => QueueMode::Shared,
+        Some(other) => {
+            return Err(format!(
+                "queues={other}: expected queues=percpu or queues=shared"
+            ));
+        }
+    };
     for device in devices() {
+        device.set_chain_mode(chain);
         device.set_ctrl_mode(ctrl);
         device.set_kick_mode(kick);
         device.set_allow_unadvertised(unadvertised);
     }
-    if ctrl != CtrlMode::Sleep || kick != KickMode::Unlocked || unadvertised {
+    if let Some(service) = service() {
+        service.set_queue_mode(queues);
+    }
+    if ctrl != CtrlMode::Sleep
+        || kick != KickMode::Unlocked
+        || unadvertised
+        || queues != QueueMode::PerCpu
+        || chain != ChainMode::Pipelined
+    {
         crate::println!(
-            "driver switches: ctrl={ctrl:?} kick={kick:?} unadvertised={}",
-            if unadvertised { "try" } else { "refuse" }
+            "driver switches: ctrl={ctrl:?} kick={kick:?} unadvertised={} queues={} chain={}",
+            if unadvertised { "try" } else { "refuse" },
+            queues.name(),
+            chain.name()
         );
     }
     Ok(())
