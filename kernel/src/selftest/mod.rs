@@ -210,6 +210,10 @@ pub static TESTS: &[Test] = &[
         rsa::mixed_with_cipher_sessions_every_cpu,
     ),
     test(
+        "rsa::kcapi_all_four_operations",
+        rsa::kcapi_all_four_operations,
+    ),
+    test(
         "bench::every_bench_runs_and_emits_parsable_json",
         bench::every_bench_runs_and_emits_parsable_json,
     ),
