@@ -104,6 +104,15 @@ step "driver suites, 2 MSI-X vectors (configuration + one shared by the queues)"
 MUST_PRINT=
 MUST_PRINT="samples      %  function"
 step "profiler: samples resolved to functions" prints -- scripts/profile.sh test crypto::known
+# Fault injection: QEMU flags NEEDS_RESET on a malformed request (and prints a complaint the
+# test announces); 20 reset cycles in one boot at each CPU count.
+MUST_PRINT="reset cycles: 20"
+for smp in 1 2 4; do
+    step "reset cycles with fault injection, $smp CPU(s)" pass VCRYPT_SMP=$smp -- \
+        cargo run --quiet -- test reset::twenty_cycles_with_fault_injection
+done
+step "reset cycles with fault injection, 2 devices on one INTx line" pass VCRYPT_DEVICES=2 VCRYPT_VECTORS=0 -- \
+    cargo run --quiet -- test reset::twenty_cycles_with_fault_injection
 MUST_PRINT=7649abac8119b246cee98e9b12e9197d
 step "kcapi one-shot: SP 800-38A CBC block" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' \
     -k 2b7e151628aed2a6abf7158809cf4f3c -i 000102030405060708090a0b0c0d0e0f -p 6bc1bee22e409f96e93d7e117393172a

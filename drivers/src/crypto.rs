@@ -15,7 +15,7 @@ use virtio_drivers::Hal;
 
 use crate::error::Error;
 pub use crate::stream::{ChainMode, DEFAULT_WINDOW, Stream};
-pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction};
+pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction, Service};
 
 /// A cipher session on one device.
 pub struct Session<'d, H: Hal> {
@@ -23,6 +23,8 @@ pub struct Session<'d, H: Hal> {
     id: u64,
     cipher: Cipher,
     direction: Direction,
+    /// The device generation the session was made in: after a reset it is `SessionLost`.
+    generation: u64,
     open: bool,
 }
 
@@ -34,12 +36,13 @@ impl<'d, H: Hal> Session<'d, H> {
         direction: Direction,
         key: &[u8],
     ) -> Result<Self, Error> {
-        let id = device.create_cipher_session(cipher, direction, key)?;
+        let (id, generation) = device.create_cipher_session_gen(cipher, direction, key)?;
         Ok(Session {
             device,
             id,
             cipher,
             direction,
+            generation,
             open: true,
         })
     }
@@ -77,7 +80,31 @@ impl<'d, H: Hal> Session<'d, H> {
         self.apply_in_place(Direction::Decrypt, iv, data)
     }
 
+    /// The device generation the session belongs to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `SessionLost` if the device was reset since the session was made.
+    fn check_alive(&self) -> Result<(), Error> {
+        if self.device.generation() != self.generation {
+            return Err(Error::SessionLost);
+        }
+        Ok(())
+    }
+
+    /// A request's error, seen from the session: an unknown session after a reset is lost.
+    fn session_error(&self, e: Error) -> Error {
+        match e {
+            Error::UnknownSession if self.device.generation() != self.generation => {
+                Error::SessionLost
+            }
+            e => e,
+        }
+    }
+
     fn check_direction(&self, wanted: Direction) -> Result<(), Error> {
+        self.check_alive()?;
         match (self.direction, wanted) {
             (a, b) if a == b => Ok(()),
             (Direction::Encrypt, _) => Err(Error::WrongDirection { session: "encrypt" }),
@@ -94,9 +121,37 @@ impl<'d, H: Hal> Session<'d, H> {
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
         // The rest of the request is validated once, by the device layer.
+        if src.len() != dst.len() {
+            return Err(Error::LengthMismatch {
+                src: src.len(),
+                dst: dst.len(),
+            });
+        }
+        let out = self.start(direction, iv, src)?;
+        dst.copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// Posts one request of this session (bound to its generation) and waits for it.
+    fn start(
+        &self,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<crate::virtio_crypto::device::CipherOutput<H>, Error> {
         let queue = self.device.current_data_queue();
         self.device
-            .cipher_into(queue, self.id, self.cipher, direction, iv, src, dst)
+            .start_session_request(
+                queue,
+                self.id,
+                self.generation,
+                self.cipher,
+                direction,
+                iv,
+                src,
+            )
+            .and_then(|r| r.wait())
+            .map_err(|e| self.session_error(e))
     }
 
     fn apply_in_place(
@@ -106,11 +161,7 @@ impl<'d, H: Hal> Session<'d, H> {
         data: &mut [u8],
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
-        let queue = self.device.current_data_queue();
-        let out = self
-            .device
-            .start_cipher_request(queue, self.id, self.cipher, direction, iv, data)?
-            .wait()?;
+        let out = self.start(direction, iv, data)?;
         data.copy_from_slice(&out);
         Ok(())
     }
@@ -145,19 +196,26 @@ impl<'d, H: Hal> Session<'d, H> {
             mode,
             window,
         )
+        .map(|stream| stream.bind_generation(self.generation))
     }
 
     /// Destroys the session, reporting the device's answer (dropping does the same silently).
     pub fn close(mut self) -> Result<(), Error> {
         self.open = false;
-        self.device.destroy_cipher_session(self.id)
+        self.device
+            .destroy_session_of(Service::Cipher, self.id, self.generation)
     }
 }
 
 impl<H: Hal> Drop for Session<'_, H> {
     fn drop(&mut self) {
         if self.open
-            && let Err(e) = self.device.destroy_cipher_session(self.id)
+            && self.device.generation() == self.generation
+            && let Err(e) =
+                self.device
+                    .destroy_session_of(Service::Cipher, self.id, self.generation)
+            // A reset under way or done drops every session anyway.
+            && !matches!(e, Error::DeviceReset | Error::SessionLost)
         {
             log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
         }
@@ -251,17 +309,28 @@ impl<'d, H: Hal> RsaSession<'d, H> {
             .map(|_| ())
     }
 
+    /// The device generation the session was made in: after a reset it is `SessionLost`.
+    pub fn generation(&self) -> u64 {
+        self.params.generation
+    }
+
     /// Destroys the session, reporting the device's answer (dropping does the same silently).
     pub fn close(mut self) -> Result<(), Error> {
         self.open = false;
-        self.device.destroy_rsa_session(self.id)
+        self.device
+            .destroy_rsa_session(self.id, self.params.generation)
     }
 }
 
 impl<H: Hal> Drop for RsaSession<'_, H> {
     fn drop(&mut self) {
         if self.open
-            && let Err(e) = self.device.destroy_rsa_session(self.id)
+            && self.device.generation() == self.params.generation
+            && let Err(e) = self
+                .device
+                .destroy_rsa_session(self.id, self.params.generation)
+            // A reset under way or done drops every session anyway.
+            && !matches!(e, Error::DeviceReset | Error::SessionLost)
         {
             log::warn!(
                 "{}: destroying rsa session {}: {e}",

@@ -64,6 +64,12 @@ pub enum Error {
     PartialBlockNotLast { chunk: u64, len: usize },
     /// The stream already has its window of chunks fed and not yet taken.
     StreamWindowFull { window: usize },
+    /// The device was reset (or is being reset) while the request was in flight or waiting:
+    /// it was not carried out; retry once the device is back.
+    DeviceReset,
+    /// The session was created before the device was last reset, which dropped every session:
+    /// create it again.
+    SessionLost,
     /// The key is not what was asked for: malformed DER, the wrong PKCS#1 structure, or values
     /// that do not make an RSA key; `what` says which.
     InvalidKey { what: &'static str },
@@ -165,6 +171,12 @@ impl fmt::Display for Error {
                     f,
                     "the stream already has {window} chunks pending; take an output first"
                 )
+            }
+            Error::DeviceReset => {
+                f.write_str("the device was reset while the request was pending; retry it")
+            }
+            Error::SessionLost => {
+                f.write_str("the session was lost when the device was reset; create it again")
             }
             Error::InvalidKey { what } => write!(f, "invalid key: {what}"),
             Error::InvalidModulusSize { bits } => {
@@ -274,6 +286,8 @@ mod tests {
             Error::StreamBroken { chunk: 3 },
             Error::PartialBlockNotLast { chunk: 1, len: 17 },
             Error::StreamWindowFull { window: 32 },
+            Error::DeviceReset,
+            Error::SessionLost,
             Error::InvalidKey { what: "x" },
             Error::InvalidModulusSize { bits: 512 },
             Error::WrongKeyKind {

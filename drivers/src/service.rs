@@ -217,27 +217,27 @@ impl<H: Hal + 'static> ServiceSession<H> {
     /// Encrypts or decrypts (the session's direction) `src` into `dst` on the calling CPU's
     /// device and queue.
     pub fn apply(&self, iv: &[u8], src: &[u8], dst: &mut [u8]) -> Result<(), Error> {
-        let (index, queue) = self.service.route(platform::get().current_cpu());
-        let session = self.session_on(index)?;
-        self.service.devices[index].cipher_into(
-            queue,
-            session.id(),
-            self.cipher,
-            self.direction,
-            iv,
-            src,
-            dst,
-        )
+        if src.len() != dst.len() {
+            return Err(Error::LengthMismatch {
+                src: src.len(),
+                dst: dst.len(),
+            });
+        }
+        let out = self.start(iv, src)?.wait()?;
+        dst.copy_from_slice(&out);
+        Ok(())
     }
 
     /// Posts a request on the calling CPU's device and queue without waiting: keep many in
-    /// flight and collect each with [`CipherRequest::wait`].
+    /// flight and collect each with [`CipherRequest::wait`]. A device reset since its session
+    /// was made gives `SessionLost` (open a new service session).
     pub fn start(&self, iv: &[u8], src: &[u8]) -> Result<CipherRequest<H>, Error> {
         let (index, queue) = self.service.route(platform::get().current_cpu());
         let session = self.session_on(index)?;
-        self.service.devices[index].start_cipher_request(
+        self.service.devices[index].start_session_request(
             queue,
             session.id(),
+            session.generation(),
             self.cipher,
             self.direction,
             iv,

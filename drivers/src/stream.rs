@@ -356,6 +356,9 @@ pub struct Stream<'a, H: Hal + 'static> {
     queue: &'a CryptoQueue<H>,
     health: Arc<DeviceHealth<H>>,
     session_id: u64,
+    /// The device generation of the session, when known: requests are bound to it, so after a
+    /// reset they fail with `SessionLost` instead of reaching a session of the new device.
+    generation: Option<u64>,
     cipher: Cipher,
     direction: Direction,
     shared: Arc<Shared<H>>,
@@ -365,6 +368,12 @@ pub struct Stream<'a, H: Hal + 'static> {
 }
 
 impl<'a, H: Hal + 'static> Stream<'a, H> {
+    /// Binds every request of the stream to device generation `generation` (its session's).
+    pub fn bind_generation(mut self, generation: u64) -> Self {
+        self.generation = Some(generation);
+        self
+    }
+
     /// Opens a stream of session `session_id` (made for `cipher` and `direction`) on `queue`,
     /// starting from `iv`, keeping at most `window` chunks fed and not taken (1..=64).
     #[allow(clippy::too_many_arguments)]
@@ -415,6 +424,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
             queue,
             health: device.health().clone(),
             session_id,
+            generation: None,
             cipher,
             direction,
             shared,
@@ -514,7 +524,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
                 .map_err(|_| self.health.timed_out())?;
         }
         let iv = shared.state.lock().chain.after_input(chunk)?;
-        let builder = self.device.build_cipher_request(
+        let mut builder = self.device.build_cipher_request(
             self.queue,
             self.session_id,
             self.cipher,
@@ -522,6 +532,9 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
             &iv,
             chunk,
         )?;
+        if let Some(generation) = self.generation {
+            builder.bind_generation(generation);
+        }
         let index = (seq % shared.window as u64) as usize;
         let handler = self.handlers[index].clone();
         let now = platform::get().now_ns();

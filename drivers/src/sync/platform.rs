@@ -84,6 +84,12 @@ pub mod host {
 
     struct HostTask(Thread);
 
+    std::thread_local! {
+        /// Preemption-off depth of this thread: blocking with it above 0 panics, as the
+        /// kernel's scheduler does.
+        static PREEMPT_OFF: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    }
+
     impl Wake for HostTask {
         fn wake(&self) {
             self.0.unpark();
@@ -99,8 +105,12 @@ pub mod host {
             false
         }
         fn irq_restore(&self, _: bool) {}
-        fn preempt_disable(&self) {}
-        fn preempt_enable(&self) {}
+        fn preempt_disable(&self) {
+            PREEMPT_OFF.with(|d| d.set(d.get() + 1));
+        }
+        fn preempt_enable(&self) {
+            PREEMPT_OFF.with(|d| d.set(d.get().saturating_sub(1)));
+        }
         fn now_ns(&self) -> u64 {
             self.start.elapsed().as_nanos() as u64
         }
@@ -111,6 +121,11 @@ pub mod host {
             Arc::new(HostTask(thread::current()))
         }
         fn block(&self, deadline_ns: Option<u64>) {
+            assert_eq!(
+                PREEMPT_OFF.with(|d| d.get()),
+                0,
+                "block() with preemption disabled (a sleep under a preemption-off lock)"
+            );
             match deadline_ns {
                 None => thread::park(),
                 Some(deadline) => {

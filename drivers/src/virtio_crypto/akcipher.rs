@@ -412,6 +412,8 @@ impl AkcipherStats {
 pub struct RsaParams {
     pub key: Arc<RsaKeyInfo>,
     pub hash: RsaHash,
+    /// The device generation the session was made in (its requests are bound to it).
+    pub generation: u64,
 }
 
 /// What a finished request may give its caller.
@@ -634,19 +636,21 @@ impl<H: Hal> CryptoDevice<H> {
             wire::RSA_PKCS1_PADDING,
             hash.wire(),
         );
-        let id = self.create_session(&request, der)?;
+        let (id, generation) = self.create_session(&request, der)?;
         Ok((
             id,
             RsaParams {
                 key: Arc::new(key),
                 hash,
+                generation,
             },
         ))
     }
 
-    /// Destroys an RSA session.
-    pub fn destroy_rsa_session(&self, session_id: u64) -> Result<(), Error> {
-        self.destroy_session(Service::Akcipher, session_id)
+    /// Destroys an RSA session made in device generation `generation` (`SessionLost` if the
+    /// device was reset since: the session is gone already).
+    pub fn destroy_rsa_session(&self, session_id: u64, generation: u64) -> Result<(), Error> {
+        self.destroy_session_of(Service::Akcipher, session_id, generation)
     }
 
     /// Checks an operation's input against the session; returns the request's
@@ -735,6 +739,9 @@ impl<H: Hal> CryptoDevice<H> {
         input: &[u8],
         signature: &[u8],
     ) -> Result<RsaRequest<H>, Error> {
+        if params.generation != self.generation() {
+            return Err(Error::SessionLost);
+        }
         self.ready()?;
         let (src_len, dst_len) = Self::check_rsa_request(params, op, input, signature)?;
         let header =
@@ -754,6 +761,9 @@ impl<H: Hal> CryptoDevice<H> {
         if let Some(status) = builder.writable_mut().last_mut() {
             *status = 0xff; // no status code: the device must overwrite it
         }
+        builder
+            .bind_generation(params.generation)
+            .expect_used(wire::INHDR_LEN);
         let request = builder.submit()?;
         Ok(RsaRequest {
             request,
@@ -812,7 +822,11 @@ impl<H: Hal> RsaRequest<H> {
             let outcome = self.finish();
             if matches!(
                 outcome,
-                Err(Error::DeviceNeedsReset | Error::Timeout | Error::UnknownSession)
+                Err(Error::DeviceNeedsReset
+                    | Error::Timeout
+                    | Error::UnknownSession
+                    | Error::SessionLost
+                    | Error::DeviceReset)
             ) {
                 return outcome.map(|_| Vec::new());
             }
@@ -852,6 +866,9 @@ impl<H: Hal> RsaRequest<H> {
         if let Some(status) = builder.writable_mut().last_mut() {
             *status = 0xff;
         }
+        builder
+            .bind_generation(self.params.generation)
+            .expect_used(wire::INHDR_LEN);
         builder.submit()
     }
 }
@@ -882,6 +899,7 @@ mod tests {
         RsaParams {
             key: Arc::new(RsaKeyInfo::parse(kind, &der).unwrap()),
             hash: RsaHash::Sha1,
+            generation: 0,
         }
     }
 

@@ -157,6 +157,18 @@ impl<H: Hal> CryptoDevice<H> {
         direction: Direction,
         key: &[u8],
     ) -> Result<u64, Error> {
+        self.create_cipher_session_gen(cipher, direction, key)
+            .map(|(id, _)| id)
+    }
+
+    /// Creates a cipher session; returns the device's session id and the device generation it
+    /// belongs to.
+    pub fn create_cipher_session_gen(
+        &self,
+        cipher: Cipher,
+        direction: Direction,
+        key: &[u8],
+    ) -> Result<(u64, u64), Error> {
         self.ready()?;
         self.check_cipher(cipher)?;
         cipher.check_key_len(key.len(), self.config.max_cipher_key_len)?;
@@ -235,6 +247,7 @@ impl<H: Hal> CryptoDevice<H> {
         if let Some(status) = builder.writable_mut().last_mut() {
             *status = 0xff;
         }
+        builder.expect_used(src.len() + wire::INHDR_LEN);
         Ok(builder)
     }
 
@@ -253,6 +266,29 @@ impl<H: Hal> CryptoDevice<H> {
         let request = self
             .build_cipher_request(queue, session_id, cipher, direction, iv, src)?
             .submit()?;
+        Ok(CipherRequest::from_request(request, self.health().clone()))
+    }
+
+    /// Like [`start_cipher_request`](Self::start_cipher_request) for a session made in device
+    /// generation `generation`: refused with `SessionLost` if the device was reset since.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_session_request(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        generation: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        src: &[u8],
+    ) -> Result<CipherRequest<H>, Error> {
+        if generation != self.generation() {
+            return Err(Error::SessionLost);
+        }
+        let mut builder =
+            self.build_cipher_request(queue, session_id, cipher, direction, iv, src)?;
+        builder.bind_generation(generation);
+        let request = builder.submit()?;
         Ok(CipherRequest::from_request(request, self.health().clone()))
     }
 

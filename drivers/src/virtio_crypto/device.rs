@@ -15,8 +15,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use virtio_drivers::Hal;
+use virtio_drivers::transport::Transport;
 
 use super::config::CryptoConfig;
+use super::lifecycle::{DeviceState, Lifecycle};
 use super::queue::{CryptoQueue, KickMode, QueueCore};
 use super::request::{Request, RequestBuilder};
 use super::routing::QueueRouting;
@@ -31,8 +33,7 @@ pub use super::cipher::{
 };
 pub use super::session::{MAX_SESSIONS, Service};
 
-/// How long a request may take before the caller gets `Timeout`.
-pub const DEFAULT_TIMEOUT_NS: u64 = 10_000_000_000;
+pub use super::queue::DEFAULT_TIMEOUT_NS;
 
 /// How control requests wait for the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,12 +47,14 @@ pub enum CtrlMode {
 }
 
 /// What every request of a device needs after it was posted, shared by `Arc` so owned requests
-/// need no borrow of the device: the DEVICE_NEEDS_RESET reader, the queues to fail when it is
-/// set, and the timeout.
+/// need no borrow of the device: the device's lifecycle, the DEVICE_NEEDS_RESET reader (an MMIO
+/// read: used on configuration interrupts and timeouts only, never per request), the queues to
+/// close when the device breaks, and the timeout.
 pub struct DeviceHealth<H: Hal> {
     needs_reset: Box<dyn Fn() -> bool + Send + Sync>,
     queues: Vec<Arc<QueueCore<H>>>,
     timeout_ns: AtomicU64,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl<H: Hal> DeviceHealth<H> {
@@ -59,27 +62,55 @@ impl<H: Hal> DeviceHealth<H> {
         self.timeout_ns.load(Ordering::Relaxed)
     }
 
-    /// If the device has flagged DEVICE_NEEDS_RESET, fails every request in flight on every
-    /// queue (they get `DeviceNeedsReset`) and returns true.
-    pub fn fail_if_needs_reset(&self) -> bool {
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    /// Reads the device status (one MMIO read); if DEVICE_NEEDS_RESET is set, asks for recovery
+    /// and returns true. For the configuration interrupt and timeouts. Any context.
+    pub fn check_needs_reset(&self) -> bool {
         if !(self.needs_reset)() {
             return false;
         }
-        for q in &self.queues {
-            q.fail_all(Error::DeviceNeedsReset);
-        }
+        self.request_recovery();
         true
     }
 
-    /// A request timed out: if the device needs a reset, that is the error, and every request
-    /// in flight on every queue fails with it.
+    /// Stops new submissions on every queue (waiters for ring space or slots wake with
+    /// `DeviceReset`) and asks the recovery task for a reset. Requests in flight stay in flight
+    /// until the device is reset: it may still write their memory. Any context.
+    pub fn request_recovery(&self) {
+        if self.lifecycle.request_recovery() {
+            for q in &self.queues {
+                q.close();
+            }
+        }
+    }
+
+    /// A request timed out: if the device needs a reset, recovery is asked for and the error is
+    /// `DeviceReset`; otherwise `Timeout`.
     pub fn timed_out(&self) -> Error {
-        if self.fail_if_needs_reset() {
-            Error::DeviceNeedsReset
+        if self.check_needs_reset() {
+            Error::DeviceReset
         } else {
             Error::Timeout
         }
     }
+}
+
+/// The transport-specific steps of a recovery (the kernel's virtio-pci transport with its
+/// interrupt routing; the host tests' fake).
+pub trait Recover<T: Transport> {
+    /// Writes status 0 and waits (bounded) until it reads back 0: from then on the device
+    /// reaches no request memory.
+    fn reset_and_wait(&mut self, transport: &mut T) -> Result<(), Error>;
+    /// ACKNOWLEDGE | DRIVER, the driver's features, FEATURES_OK written and read back.
+    fn renegotiate(&mut self, transport: &mut T) -> Result<(), Error>;
+    /// Routes queue `index`'s interrupt again (a reset clears the vector registers); called
+    /// before the queue's fresh ring is set up.
+    fn route_queue(&mut self, transport: &mut T, index: u16) -> Result<(), Error>;
+    /// Routes configuration interrupts again and sets DRIVER_OK.
+    fn driver_ok(&mut self, transport: &mut T) -> Result<(), Error>;
 }
 
 /// A device and its queues.
@@ -119,10 +150,14 @@ impl<H: Hal> CryptoDevice<H> {
         for q in &data {
             q.provision(StorageConfig::DATA)?;
         }
-        let queues = core::iter::once(&control)
+        let lifecycle = Arc::new(Lifecycle::new());
+        let queues: Vec<_> = core::iter::once(&control)
             .chain(&data)
             .map(|q| q.core().clone())
             .collect();
+        for q in &queues {
+            q.attach_lifecycle(lifecycle.clone());
+        }
         Ok(CryptoDevice {
             name,
             config,
@@ -137,6 +172,7 @@ impl<H: Hal> CryptoDevice<H> {
                 needs_reset,
                 queues,
                 timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
+                lifecycle,
             }),
             routing: spin::Once::new(),
         })
@@ -181,17 +217,95 @@ impl<H: Hal> CryptoDevice<H> {
         self.unadvertised.store(allow, Ordering::Relaxed);
     }
 
-    /// Whether unadvertised algorithms are allowed (to restore after changing it).
-    pub fn allows_unadvertised_ciphers(&self) -> bool {
-        self.allows_unadvertised()
-    }
-
-    pub(crate) fn allows_unadvertised(&self) -> bool {
+    pub fn allows_unadvertised(&self) -> bool {
         self.unadvertised.load(Ordering::Relaxed)
     }
 
+    /// Bounds every request of the device, and every wait for ring space or a request slot.
     pub fn set_timeout_ns(&self, ns: u64) {
         self.health.timeout_ns.store(ns, Ordering::Relaxed);
+        for q in &self.health.queues {
+            q.set_timeout_ns(ns);
+        }
+    }
+
+    /// The device's lifecycle (state, generation, recovery hook).
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.health.lifecycle
+    }
+
+    pub fn state(&self) -> DeviceState {
+        self.health.lifecycle.state()
+    }
+
+    /// Incremented by every completed reset.
+    pub fn generation(&self) -> u64 {
+        self.health.lifecycle.generation()
+    }
+
+    /// Stops submissions and asks the recovery task for a reset (see
+    /// [`DeviceHealth::request_recovery`]).
+    pub fn request_recovery(&self) {
+        self.health.request_recovery()
+    }
+
+    /// The recovery task's work: with submissions stopped, resets the device and waits for the
+    /// reset to complete, only then fails every request in flight with `DeviceReset` and frees
+    /// the memory the device held, re-negotiates, sets every queue up on a fresh ring (its
+    /// request slots stay), re-routes the interrupts, sets DRIVER_OK and reopens with a new
+    /// generation (sessions from before fail with `SessionLost`). Task context; never sleeps.
+    /// Returns the new generation; on an error the device is left `Failed`.
+    pub fn recover<T: Transport>(
+        &self,
+        transport: &mut T,
+        steps: &mut impl Recover<T>,
+    ) -> Result<u64, Error> {
+        let lifecycle = &self.health.lifecycle;
+        lifecycle.set(DeviceState::Resetting);
+        for q in &self.health.queues {
+            q.close();
+        }
+        let result = (|| {
+            steps.reset_and_wait(transport)?;
+            for q in &self.health.queues {
+                q.fail_after_reset(Error::DeviceReset);
+            }
+            steps.renegotiate(transport)?;
+            for q in &self.health.queues {
+                steps.route_queue(transport, q.index())?;
+                q.rebuild(transport)?;
+            }
+            steps.driver_ok(transport)
+        })();
+        if let Err(e) = result {
+            lifecycle.set(DeviceState::Failed);
+            return Err(e);
+        }
+        let generation = lifecycle.next_generation();
+        self.sessions.reset(generation);
+        for q in &self.health.queues {
+            q.reopen();
+        }
+        lifecycle.finish();
+        Ok(generation)
+    }
+
+    /// TEST ONLY (fault injection): posts a cipher request whose `src_len` differs from its
+    /// `dst_len` on `queue`, which QEMU answers by flagging DEVICE_NEEDS_RESET (and printing a
+    /// complaint). The driver never builds such a request otherwise. The returned request stays
+    /// in flight until the device is reset.
+    #[doc(hidden)]
+    pub fn inject_src_dst_mismatch(&self, queue: &CryptoQueue<H>) -> Result<Request<H>, Error> {
+        use super::wire;
+        let header =
+            wire::CipherDataHeader::new(wire::CIPHER_ENCRYPT, wire::CIPHER_AES_CBC, 0, 16, 16);
+        let mut bytes = [0u8; wire::DATA_HDR_LEN];
+        bytes.copy_from_slice(zerocopy::IntoBytes::as_bytes(&header));
+        // dst_len (offset 32 of the header) = 32, src_len stays 16.
+        bytes[32..36].copy_from_slice(&32u32.to_le_bytes());
+        let mut builder = queue.reserve(wire::DATA_HDR_LEN + 16 + 16, 32 + wire::INHDR_LEN)?;
+        builder.push(&bytes)?.push(&[0; 16])?.push(&[0; 16])?;
+        builder.submit()
     }
 
     /// The shared health record requests keep (timeouts, needs-reset handling).
@@ -225,20 +339,19 @@ impl<H: Hal> CryptoDevice<H> {
         self.data_queue_for(platform::get().current_cpu())
     }
 
+    /// Whether the device takes requests: its state in memory (no register read).
     pub(crate) fn ready(&self) -> Result<(), Error> {
-        if (self.health.needs_reset)() {
-            return Err(Error::DeviceNeedsReset);
-        }
+        self.health.lifecycle.check_open()?;
         if !self.config.hw_ready() {
             return Err(Error::DeviceNotReady);
         }
         Ok(())
     }
 
-    /// If the device has flagged DEVICE_NEEDS_RESET, fails every request in flight on every
-    /// queue (they get `DeviceNeedsReset`) and returns true.
-    pub fn fail_if_needs_reset(&self) -> bool {
-        self.health.fail_if_needs_reset()
+    /// Reads the status register (an MMIO read): if DEVICE_NEEDS_RESET is set, stops
+    /// submissions, asks for recovery and returns true. For the configuration interrupt.
+    pub fn check_needs_reset(&self) -> bool {
+        self.health.check_needs_reset()
     }
 
     /// Posts a control request and waits for it, sleeping or (in `Poll` mode, one at a time
@@ -253,7 +366,8 @@ impl<H: Hal> CryptoDevice<H> {
             .saturating_add(self.health.timeout_ns());
         let (request, result) = if self.ctrl_mode() == CtrlMode::Poll {
             let _one_at_a_time = self.poll_lock.lock();
-            let request = builder.submit()?;
+            // Never sleeps: preemption is off under the poll lock.
+            let request = builder.submit_polled()?;
             let result = request.poll_until(deadline);
             (request, result)
         } else {

@@ -133,6 +133,10 @@ impl Transport for FakeTransport {
         self.status
     }
     fn set_status(&mut self, status: DeviceStatus) {
+        if status.is_empty() {
+            // A reset forgets every queue.
+            self.rings.iter_mut().for_each(|r| *r = None);
+        }
         self.status = status;
     }
     fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
@@ -324,6 +328,16 @@ impl FakeRing {
         chains
     }
 
+    /// Where the rings are.
+    pub fn addrs(&self) -> RingAddrs {
+        self.addrs
+    }
+
+    /// The used ring's 16-bit index as published.
+    pub fn used_index(&self) -> u16 {
+        self.used_idx().load(Ordering::Acquire)
+    }
+
     /// Chains taken off the available ring so far (not wrapped).
     pub fn taken(&self) -> u64 {
         self.taken
@@ -428,6 +442,87 @@ pub fn crypto_device(
     )
     .unwrap();
     (device, rings)
+}
+
+/// Test side of a device's DEVICE_NEEDS_RESET bit and of its recovery steps.
+#[derive(Clone, Default)]
+pub struct FakeStatus {
+    pub needs_reset: Arc<AtomicBool>,
+    /// Recovery steps in order (`reset`, `negotiate`, `route q`, `driver_ok`).
+    pub steps: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The fake transport's recovery steps; `at_reset` runs right after the reset (status 0 read
+/// back), before anything is failed.
+pub struct FakeSteps<'a> {
+    pub status: FakeStatus,
+    pub at_reset: &'a mut dyn FnMut(),
+}
+
+impl super::device::Recover<FakeTransport> for FakeSteps<'_> {
+    fn reset_and_wait(&mut self, t: &mut FakeTransport) -> Result<(), crate::error::Error> {
+        t.set_status(DeviceStatus::empty());
+        self.status.needs_reset.store(false, Ordering::SeqCst);
+        self.status.steps.lock().unwrap().push("reset".into());
+        (self.at_reset)();
+        Ok(())
+    }
+    fn renegotiate(&mut self, t: &mut FakeTransport) -> Result<(), crate::error::Error> {
+        t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+        self.status.steps.lock().unwrap().push("negotiate".into());
+        Ok(())
+    }
+    fn route_queue(&mut self, _: &mut FakeTransport, q: u16) -> Result<(), crate::error::Error> {
+        self.status
+            .steps
+            .lock()
+            .unwrap()
+            .push(std::format!("route {q}"));
+        Ok(())
+    }
+    fn driver_ok(&mut self, t: &mut FakeTransport) -> Result<(), crate::error::Error> {
+        t.set_status(DeviceStatus::DRIVER_OK);
+        self.status.steps.lock().unwrap().push("driver_ok".into());
+        Ok(())
+    }
+}
+
+/// Like [`crypto_device`], keeping the transport (for recovery) and a settable NEEDS_RESET bit;
+/// the control queue gets `control_slots` request slots.
+pub fn crypto_device_with(
+    data_queues: u16,
+    bell: &CountingNotify,
+    control_slots: usize,
+) -> (
+    CryptoDevice<FakeHal>,
+    Vec<FakeRing>,
+    FakeTransport,
+    FakeStatus,
+) {
+    crate::sync::platform::host::install();
+    let mut transport = FakeTransport::new(1 + data_queues as usize);
+    let mut queue =
+        |i| CryptoQueue::<FakeHal>::new(&mut transport, i, Box::new(bell.clone())).unwrap();
+    let control = queue(0);
+    control
+        .provision(super::slots::StorageConfig {
+            slots: control_slots,
+            ..super::slots::StorageConfig::CONTROL
+        })
+        .unwrap();
+    let data = (1..=data_queues).map(&mut queue).collect();
+    let rings = (0..=data_queues).map(|i| transport.ring(i)).collect();
+    let status = FakeStatus::default();
+    let flag = status.needs_reset.clone();
+    let device = CryptoDevice::new(
+        String::from("fake-crypto"),
+        config(data_queues as u32),
+        control,
+        data,
+        Box::new(move || flag.load(Ordering::SeqCst)),
+    )
+    .unwrap();
+    (device, rings, transport, status)
 }
 
 /// The key the fake device refuses (to reach the ERR path of create-session).

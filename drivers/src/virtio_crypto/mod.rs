@@ -2,6 +2,7 @@
 //!
 //! By role:
 //! - [`device`]: a device and its queues, run-time switches, readiness and needs-reset handling.
+//! - [`lifecycle`]: the device state (running, needs reset, resetting, failed) and generation.
 //! - [`queue`]: one virtqueue (ring, lock discipline, in-flight table by token, drain).
 //! - [`slots`]: each queue's preallocated request memory, by slot.
 //! - [`request`]: the request engine's builder and owned request, waiting and callbacks.
@@ -25,10 +26,13 @@ pub mod config;
 pub mod device;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod lifecycle;
 pub mod queue;
 #[cfg(test)]
 mod queue_tests;
 pub mod request;
+#[cfg(test)]
+mod reset_tests;
 pub mod routing;
 pub mod session;
 pub mod slots;

@@ -38,6 +38,7 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use super::lifecycle::Lifecycle;
 use super::request::{Request, RequestBuilder};
 use super::slots::{OnComplete, Phase, Storage, StorageConfig};
 use crate::error::Error;
@@ -45,6 +46,9 @@ use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
 
 /// Entries per virtqueue (QEMU's virtio-crypto offers 1024).
 pub const QUEUE_SIZE: usize = 1024;
+
+/// How long a request (and a wait for ring space or a slot) may take before `Timeout`.
+pub const DEFAULT_TIMEOUT_NS: u64 = 10_000_000_000;
 
 /// Rings a queue's doorbell. Implementations must not take the queue lock.
 pub trait Notify: Send + Sync {
@@ -68,6 +72,30 @@ struct Posted {
     slot: u16,
     readable: (usize, usize),
     writable: (usize, usize),
+    /// The least used length a correct answer has (the reply the device must write).
+    min_used: u32,
+}
+
+/// How `post` waits for ring space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpaceWait {
+    /// Sleep on the queue's space wait queue (task context, no spinlock held).
+    Sleep,
+    /// Drain the queue and spin (the `ctrl=poll` baseline, which holds a preemption-off lock).
+    Poll,
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// What `post` did, in order, on this thread (tests check the barrier's place).
+    pub(crate) static TRACE: core::cell::RefCell<Vec<&'static str>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
+#[inline]
+fn trace(_event: &'static str) {
+    #[cfg(test)]
+    TRACE.with(|t| t.borrow_mut().push(_event));
 }
 
 /// A popped used entry with its used length, or the protocol error (with the entry if it was
@@ -215,7 +243,13 @@ pub struct QueueCore<H: Hal> {
     space: WaitQueue,
     storage: Once<Storage<H>>,
     kick_mode: AtomicU8,
+    /// Closed to new requests: the device broke the protocol or is being reset.
     broken: AtomicBool,
+    /// How long a submitter may wait for ring space or a slot.
+    timeout_ns: AtomicU64,
+    /// The device's lifecycle, once the queue belongs to a device: a protocol violation asks it
+    /// for a reset, and a closed queue reports its state.
+    lifecycle: Once<Arc<Lifecycle>>,
     pub counters: QueueCounters,
 }
 
@@ -257,6 +291,7 @@ impl<H: Hal> QueueGuard<'_, H> {
         };
         match token {
             Ok(token) => {
+                trace("publish-avail");
                 self.ring.in_flight[token as usize] = Some(posted);
                 Ok(token)
             }
@@ -267,9 +302,17 @@ impl<H: Hal> QueueGuard<'_, H> {
         }
     }
 
-    /// Whether the device asked to be notified of new buffers (kick prepare).
+    /// Whether the device asked to be notified of new buffers (kick prepare). A full barrier
+    /// first: the avail index was published by a store, and the device's NO_NOTIFY flag is read
+    /// by a load; without it the load may pass the store (x86's store buffer), the device may
+    /// have re-enabled notifications after checking the old avail index, and both sides sleep
+    /// (Linux's `virtio_mb()` at the start of `virtqueue_kick_prepare`).
     fn kick_prepare(&self) -> bool {
-        self.ring.vq.should_notify()
+        core::sync::atomic::fence(Ordering::SeqCst);
+        trace("mb");
+        let notify = self.ring.vq.should_notify();
+        trace("read-no-notify");
+        notify
     }
 
     /// Pops the next used entry, if any, with its request. `Err` means the device broke the
@@ -344,6 +387,27 @@ impl<H: Hal> CryptoQueue<H> {
         index: u16,
         doorbell: Box<dyn Notify>,
     ) -> Result<Self, Error> {
+        let ring = Ring::new(transport, index)?;
+        Ok(CryptoQueue {
+            core: Arc::new(QueueCore {
+                index,
+                ring: IrqSpinLock::new("virtqueue", ring),
+                doorbell,
+                space: WaitQueue::new(),
+                storage: Once::new(),
+                kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
+                broken: AtomicBool::new(false),
+                timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
+                lifecycle: Once::new(),
+                counters: QueueCounters::default(),
+            }),
+        })
+    }
+}
+
+impl<H: Hal> Ring<H> {
+    /// Sets up virtqueue `index`'s rings on `transport`.
+    fn new<T: Transport>(transport: &mut T, index: u16) -> Result<Self, Error> {
         let mut finder = UsedRingFinder {
             transport,
             index,
@@ -365,28 +429,16 @@ impl<H: Hal> CryptoQueue<H> {
             base: unsafe { H::mmio_phys_to_virt(device_area, used_len) },
         };
         let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
-        Ok(CryptoQueue {
-            core: Arc::new(QueueCore {
-                index,
-                ring: IrqSpinLock::new(
-                    "virtqueue",
-                    Ring {
-                        vq: Box::new(vq),
-                        in_flight,
-                        used,
-                        popped: 0,
-                    },
-                ),
-                doorbell,
-                space: WaitQueue::new(),
-                storage: Once::new(),
-                kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
-                broken: AtomicBool::new(false),
-                counters: QueueCounters::default(),
-            }),
+        Ok(Ring {
+            vq: Box::new(vq),
+            in_flight,
+            used,
+            popped: 0,
         })
     }
+}
 
+impl<H: Hal> CryptoQueue<H> {
     pub(crate) fn core(&self) -> &Arc<QueueCore<H>> {
         &self.core
     }
@@ -415,12 +467,23 @@ impl<H: Hal> CryptoQueue<H> {
             return Err(Error::EmptyRequest);
         }
         if self.is_broken() {
-            return Err(Error::DeviceNeedsReset);
+            return Err(self.closed_error());
         }
+        let deadline = crate::sync::platform::get()
+            .now_ns()
+            .saturating_add(self.timeout_ns());
         let slot = self
             .core
             .storage()
-            .reserve(readable, writable, &|| self.is_broken())?;
+            .reserve(readable, writable, &|| self.is_broken(), deadline)
+            .map_err(|e| match e {
+                Error::DeviceNeedsReset => self.closed_error(),
+                e => e,
+            })?;
+        if self.is_broken() {
+            let _none = self.core.storage().release(slot, false);
+            return Err(self.closed_error());
+        }
         Ok(RequestBuilder::new(self.core.clone(), slot))
     }
 
@@ -462,6 +525,12 @@ impl<H: Hal> QueueCore<H> {
         }
     }
 
+    /// Whether the queue lock is free right now (tests: a doorbell checks it is rung unlocked).
+    #[cfg(test)]
+    pub(crate) fn lock_is_free(&self) -> bool {
+        self.ring.try_lock().is_some()
+    }
+
     /// The queue lock's statistics (acquisitions, contention, wait and hold times).
     pub fn lock_stats(&self) -> crate::sync::LockStatSnapshot {
         self.ring.stats()
@@ -471,9 +540,85 @@ impl<H: Hal> QueueCore<H> {
         self.ring.reset_stats()
     }
 
-    /// Whether the device broke this queue's protocol (or needs a reset).
+    /// Whether the queue is closed to new requests: the device broke its protocol, needs a
+    /// reset or is being reset.
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
+    }
+
+    /// The error a request gets from a closed queue: `DeviceReset` while its device is being
+    /// recovered, `DeviceNeedsReset` otherwise (no device to recover it, or recovery failed).
+    pub fn closed_error(&self) -> Error {
+        match self.lifecycle.get().map(|l| l.check_open()) {
+            Some(Err(e)) => e,
+            _ => Error::DeviceNeedsReset,
+        }
+    }
+
+    /// Makes the queue part of a device: a protocol violation then asks `lifecycle` for a reset.
+    pub fn attach_lifecycle(&self, lifecycle: Arc<Lifecycle>) {
+        self.lifecycle.call_once(|| lifecycle);
+    }
+
+    pub fn timeout_ns(&self) -> u64 {
+        self.timeout_ns.load(Ordering::Relaxed)
+    }
+
+    /// Bounds every wait of a submitter (ring space, a free slot).
+    pub fn set_timeout_ns(&self, ns: u64) {
+        self.timeout_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Closes the queue to new requests and wakes every submitter waiting for space or a slot
+    /// (they get [`closed_error`](Self::closed_error)). Requests in flight stay in flight: the
+    /// device may still own their memory. Any context.
+    pub fn close(&self) {
+        self.broken.store(true, Ordering::Release);
+        // Take and drop the queue lock: a submitter that checked `broken` under it before the
+        // store above has finished its add, so the in-flight table is final for `fail_after_reset`.
+        drop(self.ring.lock());
+        self.space.wake_all();
+        if let Some(storage) = self.storage.get() {
+            storage.wake_all();
+        }
+    }
+
+    /// After the device was reset (status 0 read back: it reaches no request memory any more):
+    /// fails every request still in flight with `error` and frees the memory of every request
+    /// the device held (in flight, abandoned by a timed-out waiter, or quarantined). Returns
+    /// how many requests were in flight. Task context. The queue must be closed.
+    pub fn fail_after_reset(self: &Arc<Self>, error: Error) -> usize {
+        let mut failed = 0;
+        while let Some(entry) = self.detach_one() {
+            self.complete(entry.slot, Err(error), false);
+            failed += 1;
+        }
+        self.storage().reclaim_after_reset();
+        failed
+    }
+
+    /// Replaces the ring with a fresh one set up on `transport` (after a reset, between
+    /// FEATURES_OK and DRIVER_OK); the request slots stay. Nothing may be in flight
+    /// ([`fail_after_reset`](Self::fail_after_reset) first). The queue stays closed until
+    /// [`reopen`](Self::reopen).
+    pub fn rebuild<T: Transport>(&self, transport: &mut T) -> Result<(), Error> {
+        let fresh = Ring::<H>::new(transport, self.index)?;
+        let old = {
+            let mut ring = self.ring.lock();
+            if ring.in_flight.iter().any(Option::is_some) {
+                return Err(Error::NotSupported {
+                    what: "rebuilding a queue with requests in flight",
+                });
+            }
+            core::mem::replace(&mut *ring, fresh)
+        };
+        drop(old); // outside the lock: frees the old rings' DMA memory
+        Ok(())
+    }
+
+    /// Opens a rebuilt queue to new requests.
+    pub fn reopen(&self) {
+        self.broken.store(false, Ordering::Release);
     }
 
     /// Requests currently in flight (posted and not yet returned).
@@ -498,36 +643,48 @@ impl<H: Hal> QueueCore<H> {
     }
 
     /// Posts a built request (slot in `Building`): marks it in flight, adds its descriptors under
-    /// the queue lock, rings the doorbell after it. Sleeps while the ring is full. On error the
-    /// slot is back in `Building`, owned by the caller.
+    /// the queue lock, rings the doorbell after it. While the ring is full it waits (`wait`) for
+    /// space, at most the queue's timeout (`Timeout`), and gives up when the queue is closed
+    /// (`DeviceReset` while the device is being reset). On error the slot is back in
+    /// `Building`, owned by the caller.
     pub(crate) fn post(
-        &self,
+        self: &Arc<Self>,
         slot: u16,
         handler: Option<Arc<dyn OnComplete<H>>>,
+        wait: SpaceWait,
     ) -> Result<(), Error> {
         let storage = self.storage();
-        let posted = {
+        let (posted, generation) = {
             let mut st = storage.slots[slot as usize].state.lock();
             let (base, _) = storage.region(slot, &st);
             let posted = Posted {
                 slot,
                 readable: (base, st.readable),
                 writable: (base + st.readable, st.writable),
+                min_used: st.min_used,
             };
             // In flight before the add: the device may answer before `add` returns.
             st.phase = Phase::InFlight;
             st.on_complete = handler;
-            posted
+            (posted, st.generation)
         };
         let descriptors = usize::from(posted.readable.1 > 0) + usize::from(posted.writable.1 > 0);
-        loop {
+        let platform = crate::sync::platform::get();
+        let deadline = platform.now_ns().saturating_add(self.timeout_ns());
+        let error = loop {
             let mut guard = QueueGuard {
                 ring: self.ring.lock(),
             };
-            // Checked under the lock: `fail_all` sets `broken` before draining under the same
-            // lock, so a request is either drained by it or refused here, never stranded.
+            // Checked under the lock: `fail_all`/`close` set `broken` before draining under the
+            // same lock, so a request is either drained by them or refused here, never stranded.
+            let stale = match (generation, self.lifecycle.get()) {
+                (Some(g), Some(l)) => g != l.generation(),
+                _ => false,
+            };
             let added = if self.is_broken() {
-                Err(Error::DeviceNeedsReset)
+                Err(self.closed_error())
+            } else if stale {
+                Err(Error::SessionLost)
             } else {
                 guard.add(posted)
             };
@@ -549,23 +706,40 @@ impl<H: Hal> QueueCore<H> {
                 Err(Error::QueueFull) => {
                     drop(guard);
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
-                    self.space.wait_until(|| {
+                    let space = || {
                         (self.is_broken() || self.ring.lock().vq.available_desc() >= descriptors)
                             .then_some(())
-                    });
+                    };
+                    let waited = match wait {
+                        SpaceWait::Sleep => self.space.wait_until_deadline(space, deadline).is_ok(),
+                        SpaceWait::Poll => loop {
+                            self.drain();
+                            if space().is_some() {
+                                break true;
+                            }
+                            if platform.now_ns() >= deadline {
+                                break false;
+                            }
+                            core::hint::spin_loop();
+                        },
+                    };
+                    if !waited {
+                        break Error::Timeout;
+                    }
                 }
                 Err(e) => {
                     drop(guard);
-                    let handler = {
-                        let mut st = storage.slots[slot as usize].state.lock();
-                        st.phase = Phase::Building;
-                        st.on_complete.take()
-                    };
-                    drop(handler);
-                    return Err(e);
+                    break e;
                 }
             }
-        }
+        };
+        let handler = {
+            let mut st = storage.slots[slot as usize].state.lock();
+            st.phase = Phase::Building;
+            st.on_complete.take()
+        };
+        drop(handler);
+        Err(error)
     }
 
     fn ring_doorbell(&self) {
@@ -614,7 +788,8 @@ impl<H: Hal> QueueCore<H> {
         }
         let mut total = 0;
         loop {
-            let mut done: heapless::Vec<(u16, Result<u32, Error>), BATCH> = heapless::Vec::new();
+            let mut done: heapless::Vec<(u16, Result<u32, Error>, bool), BATCH> =
+                heapless::Vec::new();
             let mut broken = false;
             {
                 let mut guard = QueueGuard {
@@ -629,15 +804,21 @@ impl<H: Hal> QueueCore<H> {
                                 Err(Error::MalformedCompletion {
                                     what: "used length longer than the buffers posted",
                                 })
+                            } else if len < entry.min_used {
+                                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                                Err(Error::MalformedCompletion {
+                                    what: "used length shorter than the reply",
+                                })
                             } else {
                                 Ok(len)
                             };
-                            let _ = done.push((entry.slot, result));
+                            let _ = done.push((entry.slot, result, false));
                         }
                         Some(Err((entry, error))) => {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                             if let Some(entry) = entry {
-                                let _ = done.push((entry.slot, Err(error)));
+                                // Not popped: the device may still use it.
+                                let _ = done.push((entry.slot, Err(error), true));
                             }
                             broken = true;
                             break;
@@ -649,17 +830,22 @@ impl<H: Hal> QueueCore<H> {
                 }
             }
             let finished = done.len();
-            for (slot, result) in done {
-                self.complete(slot, result, false);
+            for (slot, result, device_may_own) in done {
+                self.complete(slot, result, device_may_own);
             }
             total += finished;
             self.counters
                 .completed
                 .fetch_add(finished as u64, Ordering::Relaxed);
             if broken {
+                // The ring cannot be trusted: fail what is in flight (its memory stays
+                // quarantined until a reset) and ask the device's recovery task for that reset.
                 self.fail_all(Error::MalformedCompletion {
                     what: "used id is not a request in flight",
                 });
+                if let Some(lifecycle) = self.lifecycle.get() {
+                    lifecycle.request_recovery();
+                }
                 break;
             }
             if finished < BATCH - 1 {

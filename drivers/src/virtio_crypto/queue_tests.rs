@@ -248,7 +248,9 @@ fn out_of_order_completions_reach_their_own_waiters() {
 
 /// A used id that is not a request in flight breaks the queue: counted once, entries before it
 /// in the same drain still complete normally, every other request in flight fails with
-/// `MalformedCompletion`, later submits get `DeviceNeedsReset`, nothing panics.
+/// `MalformedCompletion` but its memory is not handed back (its `Request` shows no bytes, and
+/// its slot stays taken after the `Request` is dropped) until a reset, later submits get
+/// `DeviceNeedsReset`, nothing panics.
 #[test]
 fn used_id_not_in_flight_breaks_the_queue() {
     // Each case: the bad id, given the three chains (A completed first, then B, then the bad id).
@@ -287,17 +289,27 @@ fn used_id_not_in_flight_breaks_the_queue() {
             Ok(1),
             "{what}: B was used before the bad entry"
         );
+        drop((a, b));
         for (name, x) in [("C", c), ("D", d)] {
             let Finished {
-                result, readable, ..
+                result,
+                readable,
+                writable,
             } = finished(&x);
             assert!(is_malformed(&result), "{what}: {name} got {result:?}");
-            assert_eq!(
-                readable,
-                name.to_lowercase().as_bytes(),
-                "{what}: buffers come back"
+            assert!(
+                readable.is_empty() && writable.is_empty(),
+                "{what}: {name}'s buffers, which the device may still write, were handed back"
             );
         }
+        // C and D dropped: their memory stays with the queue, the device was never reset.
+        assert_eq!(
+            rig.queue.slots_in_use(),
+            2,
+            "{what}: memory held for the device"
+        );
+        // The device writes into C's buffer after the failure: nobody else has that memory.
+        chains[2].write(&[0xcc]);
         assert_eq!(rig.queue.in_flight(), 0, "{what}");
         assert!(
             matches!(
@@ -306,6 +318,14 @@ fn used_id_not_in_flight_breaks_the_queue() {
             ),
             "{what}"
         );
+        assert_eq!(
+            rig.queue.slots_in_use(),
+            2,
+            "{what}: still held after a refused submit"
+        );
+        // Only a reset gives the memory back.
+        assert_eq!(rig.queue.reclaim_after_reset(), 2, "{what}");
+        assert_eq!(rig.queue.slots_in_use(), 0, "{what}");
     }
 }
 

@@ -18,7 +18,7 @@ use alloc::sync::Arc;
 use virtio_drivers::Hal;
 use zerocopy::{Immutable, IntoBytes};
 
-use super::queue::QueueCore;
+use super::queue::{QueueCore, SpaceWait};
 use super::slots::{OnComplete, Phase};
 use crate::error::Error;
 use crate::sync::platform;
@@ -85,6 +85,27 @@ impl<H: Hal> RequestBuilder<H> {
         &mut self.request.region_mut()[readable..readable + writable]
     }
 
+    /// The least used length a correct answer has (the reply and status the device must
+    /// write): a shorter one fails the request with `MalformedCompletion`.
+    pub fn expect_used(&mut self, min: usize) -> &mut Self {
+        self.request.core.storage().slots[self.request.slot as usize]
+            .state
+            .lock()
+            .min_used = min.min(u32::MAX as usize) as u32;
+        self
+    }
+
+    /// Ties the request to device generation `generation` (that of the session it names): it is
+    /// refused with `SessionLost` if the device was reset since (checked under the queue lock, so
+    /// an old session id never reaches the new device, where it may name another session).
+    pub fn bind_generation(&mut self, generation: u64) -> &mut Self {
+        self.request.core.storage().slots[self.request.slot as usize]
+            .state
+            .lock()
+            .generation = Some(generation);
+        self
+    }
+
     /// Zeroizes the readable part when the slot is released (it carries key material).
     pub fn wipe_on_release(&mut self) -> &mut Self {
         self.request.core.storage().slots[self.request.slot as usize]
@@ -108,7 +129,16 @@ impl<H: Hal> RequestBuilder<H> {
     pub fn submit(self) -> Result<Request<H>, Error> {
         self.check_complete()?;
         let request = self.request;
-        request.core.post(request.slot, None)?;
+        request.core.post(request.slot, None, SpaceWait::Sleep)?;
+        Ok(request)
+    }
+
+    /// Like [`submit`](Self::submit), but never sleeps: on a full ring it drains the queue and
+    /// spins (for callers holding a preemption-off lock: the `ctrl=poll` baseline).
+    pub fn submit_polled(self) -> Result<Request<H>, Error> {
+        self.check_complete()?;
+        let request = self.request;
+        request.core.post(request.slot, None, SpaceWait::Poll)?;
         Ok(request)
     }
 
@@ -119,7 +149,10 @@ impl<H: Hal> RequestBuilder<H> {
     pub fn submit_with(self, handler: Arc<dyn OnComplete<H>>) -> Result<(), Error> {
         self.check_complete()?;
         let mut request = self.request;
-        if let Err(e) = request.core.post(request.slot, Some(handler)) {
+        if let Err(e) = request
+            .core
+            .post(request.slot, Some(handler), SpaceWait::Sleep)
+        {
             // Possibly in interrupt context: the drop must not free a spill.
             request.from_callback = true;
             return Err(e);
@@ -178,7 +211,7 @@ impl<H: Hal> Request<H> {
         let storage = self.core.storage();
         let st = storage.slots[self.slot as usize].state.lock();
         let (base, len) = storage.region(self.slot, &st);
-        let n = if matches!(st.phase, Phase::Building | Phase::Done) {
+        let n = if matches!(st.phase, Phase::Building | Phase::Done) && !st.device_may_own {
             (st.readable + st.writable).min(len)
         } else {
             0 // the device may be writing it
@@ -187,7 +220,8 @@ impl<H: Hal> Request<H> {
         unsafe { core::slice::from_raw_parts(base as *const u8, n) }
     }
 
-    /// The device-readable part (empty while in flight).
+    /// The device-readable part (empty while in flight, and after a failure that left the
+    /// memory with the device).
     pub fn readable(&self) -> &[u8] {
         let (readable, _) = self.lengths();
         let region = self.region();
@@ -203,7 +237,11 @@ impl<H: Hal> Request<H> {
 
     /// The device-writable part, mutable (empty while in flight).
     pub fn writable_mut(&mut self) -> &mut [u8] {
-        if !matches!(self.phase(), Phase::Done | Phase::Building) {
+        let owned = {
+            let st = self.core.storage().slots[self.slot as usize].state.lock();
+            matches!(st.phase, Phase::Done | Phase::Building) && !st.device_may_own
+        };
+        if !owned {
             return &mut [];
         }
         let (readable, _) = self.lengths();

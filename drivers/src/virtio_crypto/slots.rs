@@ -156,8 +156,13 @@ pub(crate) struct SlotState<H: virtio_drivers::Hal> {
     pub(crate) writable: usize,
     /// Used length or why it failed, once `Done`.
     pub(crate) outcome: Option<Result<u32, Error>>,
-    /// Failed by `fail_all` before the device returned it.
+    /// Failed by `fail_all` before the device returned it: the CPU must not touch its memory
+    /// (the `Request` shows it as empty) until a reset.
     pub(crate) device_may_own: bool,
+    /// The least used length a correct answer has (checked by the drain).
+    pub(crate) min_used: u32,
+    /// The device generation the request's session belongs to: posted only in that one.
+    pub(crate) generation: Option<u64>,
     /// Zeroize the readable part on release (it holds key material).
     pub(crate) wipe_readable: bool,
     pub(crate) waiter: Option<Arc<dyn Wake>>,
@@ -208,6 +213,8 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                         writable: 0,
                         outcome: None,
                         device_may_own: false,
+                        min_used: 0,
+                        generation: None,
                         wipe_readable: false,
                         waiter: None,
                         on_complete: None,
@@ -240,12 +247,14 @@ impl<H: virtio_drivers::Hal> Storage<H> {
     }
 
     /// Takes a free slot for a request of `readable + writable` bytes, sleeping while none is
-    /// free; `broken` ends the wait. Task context (may allocate a spill for an oversized request).
+    /// free; `broken` ends the wait (`DeviceNeedsReset`), and so does `deadline_ns` (`Timeout`).
+    /// Task context (may allocate a spill for an oversized request).
     pub(crate) fn reserve(
         &self,
         readable: usize,
         writable: usize,
         broken: &dyn Fn() -> bool,
+        deadline_ns: u64,
     ) -> Result<u16, Error> {
         let total = readable + writable;
         let (slot, large) = loop {
@@ -266,7 +275,11 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                 return Err(Error::DeviceNeedsReset);
             }
             self.space
-                .wait_until(|| (broken() || !self.free.lock().slots.is_empty()).then_some(()));
+                .wait_until_deadline(
+                    || (broken() || !self.free.lock().slots.is_empty()).then_some(()),
+                    deadline_ns,
+                )
+                .map_err(|_| Error::Timeout)?;
         };
         let memory = if total <= self.config.inline_bytes {
             Memory::Inline
@@ -306,6 +319,8 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         st.writable = writable;
         st.outcome = None;
         st.device_may_own = false;
+        st.min_used = 0;
+        st.generation = None;
         st.wipe_readable = false;
         drop(st);
         drop(old_spill); // task context

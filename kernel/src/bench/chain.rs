@@ -118,7 +118,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let mut done = 0;
     let mut rows = Vec::new();
     let mut table = Vec::new();
-    let was_allowed = config.device.allows_unadvertised_ciphers();
+    let was_allowed = config.device.allows_unadvertised();
     config.device.set_allow_unadvertised(true);
     let result = (|| -> Result<(), String> {
         for (name, cipher, direction) in MODES {

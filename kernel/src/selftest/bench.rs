@@ -149,7 +149,9 @@ pub fn every_bench_runs_and_emits_parsable_json() -> TestResult {
             }
             check_plot_declaration(bench.name, &value, &text)?;
             ensure!(
-                value["ops_per_s"].as_u64().is_some_and(|v| v > 0),
+                ["ops_per_s", "bytes_per_s"]
+                    .iter()
+                    .any(|rate| value[*rate].as_u64().is_some_and(|v| v > 0)),
                 "bench {}: no operations in {text}",
                 bench.name
             );

@@ -21,10 +21,12 @@ pub fn hex(text: &str) -> Vec<u8> {
 }
 
 /// Every device, each with AES-ECB/CTR/XTS allowed for the duration of `f`.
+/// The command line's `unadvertised=` value is restored afterwards, not a fixed one.
 fn with_unadvertised<T>(device: &Device, f: impl FnOnce() -> T) -> T {
+    let before = device.allows_unadvertised();
     device.set_allow_unadvertised(true);
     let result = f();
-    device.set_allow_unadvertised(false);
+    device.set_allow_unadvertised(before);
     result
 }
 
@@ -195,6 +197,7 @@ const DIFFERENTIAL_CASES: usize = 1000;
 /// by RustCrypto and decrypted back by the device; the four modes run as tasks on different CPUs.
 pub fn differential_1000_per_mode_vs_rustcrypto() -> TestResult {
     for device in devices() {
+        let before = device.allows_unadvertised();
         device.set_allow_unadvertised(true);
         let handles: Vec<_> = Cipher::ALL
             .into_iter()
@@ -239,7 +242,7 @@ pub fn differential_1000_per_mode_vs_rustcrypto() -> TestResult {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("spawn: {e:?}"))?;
         let results: Vec<TestResult> = handles.into_iter().map(|h| h.join()).collect();
-        device.set_allow_unadvertised(false);
+        device.set_allow_unadvertised(before);
         results.into_iter().collect::<TestResult>()?;
     }
     Ok(())
@@ -286,6 +289,7 @@ pub fn bad_inputs_get_their_error_and_device_stays_usable() -> TestResult {
             },
         )?;
         good("bad key length")?;
+        let before = device.allows_unadvertised();
         device.set_allow_unadvertised(true);
         let xts = expect_err(
             "48-byte XTS key",
@@ -295,7 +299,7 @@ pub fn bad_inputs_get_their_error_and_device_stays_usable() -> TestResult {
                 allowed: "32 or 64",
             },
         );
-        device.set_allow_unadvertised(false);
+        device.set_allow_unadvertised(before);
         xts?;
         let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
             .map_err(|e| format!("{e}"))?;

@@ -11,6 +11,7 @@ mod mm;
 mod pci;
 mod platform;
 mod reference;
+mod reset;
 mod rsa;
 pub(crate) mod rsa_vectors;
 mod sched;
@@ -227,6 +228,12 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "rsa::differential_3000_per_op_vs_rustcrypto",
         run: rsa::differential_3000_per_op_vs_rustcrypto,
+        explicit_only: true,
+    },
+    // Slow, and QEMU prints a complaint per injected fault: test-all runs it on its own.
+    Test {
+        name: "reset::twenty_cycles_with_fault_injection",
+        run: reset::twenty_cycles_with_fault_injection,
         explicit_only: true,
     },
     Test {

@@ -260,6 +260,22 @@ impl VirtioPciTransport {
         }
     }
 
+    /// Resets the device and waits at most `timeout_ns` for the status to read back 0 (the
+    /// reset is complete: the device reaches no driver memory any more). Returns whether it did.
+    pub fn reset_timeout(&mut self, timeout_ns: u64) -> bool {
+        self.set_status(DeviceStatus::empty());
+        let deadline = crate::arch::tsc::now_ns().saturating_add(timeout_ns);
+        loop {
+            if self.common.read::<u8>(DEVICE_STATUS) == 0 {
+                return true;
+            }
+            if crate::arch::tsc::now_ns() >= deadline {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
     fn write_u64(&mut self, offset: usize, value: u64) {
         self.common.write(offset, value as u32);
         self.common.write(offset + 4, (value >> 32) as u32);

@@ -11,7 +11,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use vcrypt_drivers::sync::WaitQueue;
+use vcrypt_drivers::virtio_crypto::device::Recover;
 
 use vcrypt_drivers::service::{CryptoService, QueueMode};
 use vcrypt_drivers::virtio_crypto::device::CryptoDevice;
@@ -22,7 +25,7 @@ use virtio_drivers::transport::{DeviceStatus, InterruptStatus, Transport};
 use crate::arch::irq::IrqLine;
 use crate::arch::percpu;
 use crate::mm::dma::KernelHal;
-use crate::virtio::pci::{Doorbell, NO_VECTOR};
+use crate::virtio::pci::{Doorbell, NO_VECTOR, VirtioPciTransport};
 pub use probe::probe_all;
 
 /// The kernel's device type.
@@ -65,6 +68,10 @@ pub struct CryptoFunction {
     pub mode: InterruptMode,
     pub pci: crate::pci::PciDevice,
     lines: Vec<Arc<IrqLine>>,
+    vectors: Vectors,
+    /// Index of the device in `probe::probed()` (its transport, for recovery).
+    probed_index: usize,
+    pub recovery: Recovery,
 }
 
 impl CryptoFunction {
@@ -89,13 +96,138 @@ pub fn functions() -> &'static [&'static CryptoFunction] {
     FUNCTIONS.get().map_or(&[], |d| d.as_slice())
 }
 
+/// The configuration interrupt: one status read (not one per request); if the device flags
+/// DEVICE_NEEDS_RESET, submissions stop and the device's recovery task is woken.
 fn report_needs_reset(device: &Device) {
-    if device.fail_if_needs_reset() {
-        log::error!(
-            "{}: device needs a reset; failed every request in flight",
-            device.name
-        );
+    device.check_needs_reset();
+}
+
+/// Which MSI-X entry each queue and the configuration interrupt use, kept so that recovery can
+/// write the device's vector registers again (a reset sets them to NO_VECTOR); the MSI-X table
+/// itself and the interrupt lines are the PCI function's and survive a device reset.
+pub struct Vectors {
+    /// (queue index, MSI-X entry) for every queue, `None` without MSI-X.
+    queue_entry: Vec<(u16, Option<u16>)>,
+    config_entry: Option<u16>,
+}
+
+impl Vectors {
+    fn program_queue(&self, transport: &mut VirtioPciTransport, q: u16) -> Result<(), String> {
+        let entry = self
+            .queue_entry
+            .iter()
+            .find(|(i, _)| *i == q)
+            .and_then(|(_, e)| *e);
+        if let Some(entry) = entry
+            && transport.set_queue_msix_vector(q, entry) == NO_VECTOR
+        {
+            return Err(format!("queue {q} refused MSI-X entry {entry}"));
+        }
+        Ok(())
     }
+
+    fn program_config(&self, transport: &mut VirtioPciTransport) -> Result<(), String> {
+        if let Some(entry) = self.config_entry
+            && transport.set_config_msix_vector(entry) == NO_VECTOR
+        {
+            return Err(String::from(
+                "the device refused the configuration MSI-X entry",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn recovery_error(what: &'static str) -> vcrypt_drivers::error::Error {
+    vcrypt_drivers::error::Error::NotSupported { what }
+}
+
+/// The kernel's recovery steps for one device (`CryptoDevice::recover` runs them in order).
+impl Recover<VirtioPciTransport> for &Vectors {
+    fn reset_and_wait(
+        &mut self,
+        transport: &mut VirtioPciTransport,
+    ) -> Result<(), vcrypt_drivers::error::Error> {
+        if transport.reset_timeout(1_000_000_000) {
+            Ok(())
+        } else {
+            Err(recovery_error(
+                "a device reset that completes (status read back 0)",
+            ))
+        }
+    }
+
+    fn renegotiate(
+        &mut self,
+        transport: &mut VirtioPciTransport,
+    ) -> Result<(), vcrypt_drivers::error::Error> {
+        probe::negotiate(transport)
+            .map(|_| ())
+            .map_err(|_| recovery_error("the features negotiated before the reset"))
+    }
+
+    fn route_queue(
+        &mut self,
+        transport: &mut VirtioPciTransport,
+        index: u16,
+    ) -> Result<(), vcrypt_drivers::error::Error> {
+        self.program_queue(transport, index)
+            .map_err(|_| recovery_error("the queue's MSI-X entry after a reset"))
+    }
+
+    fn driver_ok(
+        &mut self,
+        transport: &mut VirtioPciTransport,
+    ) -> Result<(), vcrypt_drivers::error::Error> {
+        self.program_config(transport)
+            .map_err(|_| recovery_error("the configuration MSI-X entry after a reset"))?;
+        transport.finish_init();
+        Ok(())
+    }
+}
+
+/// Starts the device's recovery task (on the boot CPU) and makes the device's lifecycle wake it.
+/// The hook runs in any context (configuration interrupt, a timed-out waiter, a drain that saw a
+/// bad used id): it only sets a flag and wakes the task.
+fn start_recovery_task(function: &'static CryptoFunction) -> Result<(), String> {
+    let device = function.device;
+    let recovery = &function.recovery;
+    device.lifecycle().set_recovery_hook(Box::new(move || {
+        recovery.pending.store(true, Ordering::Release);
+        recovery.wake.wake_all();
+    }));
+    let name = format!("crypto-recovery {}", device.name);
+    let handle = crate::sched::spawn(&name, Some(0), move || {
+        loop {
+            recovery
+                .wake
+                .wait_until(|| recovery.pending.swap(false, Ordering::AcqRel).then_some(()));
+            let mut probed = probe::probed()[function.probed_index].lock();
+            match device.recover(&mut probed.transport, &mut &function.vectors) {
+                Ok(generation) => {
+                    recovery.done.fetch_add(1, Ordering::Release);
+                    log::info!("{}: reset; generation {generation}", device.name);
+                }
+                Err(e) => {
+                    recovery.failed.fetch_add(1, Ordering::Release);
+                    crate::println!("virtio-crypto {}: recovery failed: {e}", device.name);
+                }
+            }
+        }
+    })
+    .map_err(|e| format!("recovery task: {e:?}"))?;
+    drop(handle);
+    Ok(())
+}
+
+/// A device's recovery task's inbox and counters.
+#[derive(Default)]
+pub struct Recovery {
+    pending: AtomicBool,
+    wake: WaitQueue,
+    /// Recoveries completed and failed.
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 fn drain_all_queues(device: &Device) {
@@ -108,11 +240,17 @@ fn drain_all_queues(device: &Device) {
 /// Brings up every probed device: queues, interrupt lines, DRIVER_OK. Returns how many are up.
 pub fn init_all() -> usize {
     let mut up = Vec::new();
-    for probed in probe::probed() {
+    for (index, probed) in probe::probed().iter().enumerate() {
         let mut probed = probed.lock();
         let name = format!("{}", probed.pci.address);
-        match init_device(&mut probed) {
-            Ok(function) => up.push(function),
+        match init_device(&mut probed, index) {
+            Ok(function) => {
+                drop(probed);
+                if let Err(e) = start_recovery_task(function) {
+                    crate::println!("virtio-crypto {name}: {e}; the device cannot be recovered");
+                }
+                up.push(function)
+            }
             Err(e) => {
                 probed.transport.set_status(DeviceStatus::FAILED);
                 crate::println!("virtio-crypto {name}: set-up failed: {e}");
@@ -137,7 +275,10 @@ fn alloc_line() -> Result<Arc<IrqLine>, String> {
         .map_err(|e| format!("interrupt line: {e}"))
 }
 
-fn init_device(probed: &mut probe::ProbedDevice) -> Result<&'static CryptoFunction, String> {
+fn init_device(
+    probed: &mut probe::ProbedDevice,
+    probed_index: usize,
+) -> Result<&'static CryptoFunction, String> {
     let cpus = percpu::cpu_count();
     let queues = probed.queue_sizes.len();
     if queues < 2 {
@@ -181,6 +322,13 @@ fn init_device(probed: &mut probe::ProbedDevice) -> Result<&'static CryptoFuncti
         lines.push(alloc_line()?);
     }
     let msix = probed.msix.as_ref();
+    let mut vectors = Vectors {
+        queue_entry: Vec::new(),
+        config_entry: match (mode, msix) {
+            (InterruptMode::PerQueueVectors | InterruptMode::SharedVector, Some(_)) => Some(0),
+            _ => None,
+        },
+    };
     for q in (0..control_index).chain(core::iter::once(control_index)) {
         let (entry, cpu, line) = match mode {
             InterruptMode::PerQueueVectors => {
@@ -196,10 +344,11 @@ fn init_device(probed: &mut probe::ProbedDevice) -> Result<&'static CryptoFuncti
             InterruptMode::SharedVector => (Some(1), routing.control_cpu(), None),
             InterruptMode::Intx | InterruptMode::Polled => (None, 0, None),
         };
+        vectors
+            .queue_entry
+            .push((q, entry.filter(|_| msix.is_some())));
+        vectors.program_queue(transport, q)?;
         if let (Some(entry), Some(msix)) = (entry, msix) {
-            if transport.set_queue_msix_vector(q, entry) == NO_VECTOR {
-                return Err(format!("queue {q} refused MSI-X entry {entry}"));
-            }
             let vector = line.as_ref().unwrap_or(&lines[1]).vector();
             msix.set_entry(entry, percpu::apic_id_of(cpu), vector)
                 .map_err(|e| format!("MSI-X entry {entry}: {e}"))?;
@@ -211,13 +360,9 @@ fn init_device(probed: &mut probe::ProbedDevice) -> Result<&'static CryptoFuncti
                 .map_err(|e| format!("queue {q}: {e}"))?,
         );
     }
+    vectors.program_config(transport)?;
     if let (InterruptMode::PerQueueVectors | InterruptMode::SharedVector, Some(msix)) = (mode, msix)
     {
-        if transport.set_config_msix_vector(0) == NO_VECTOR {
-            return Err(String::from(
-                "the device refused the configuration MSI-X entry",
-            ));
-        }
         msix.set_entry(
             0,
             percpu::apic_id_of(routing.control_cpu()),
@@ -309,6 +454,9 @@ fn init_device(probed: &mut probe::ProbedDevice) -> Result<&'static CryptoFuncti
         mode,
         pci: probed.pci.clone(),
         lines,
+        vectors,
+        probed_index,
+        recovery: Recovery::default(),
     })))
 }
 

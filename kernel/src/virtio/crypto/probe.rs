@@ -69,6 +69,24 @@ pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
     let mut transport = VirtioPciTransport::new(pci, DeviceType::Crypto)
         .map_err(|e| format!("virtio PCI capabilities: {e}"))?;
     transport.reset();
+    let features = negotiate(&mut transport)?;
+    let config = read_config(&transport)?;
+    let queue_sizes = (0..transport.num_queues())
+        .map(|q| transport.max_queue_size(q) as u16)
+        .collect();
+    Ok(ProbedDevice {
+        pci: pci.clone(),
+        transport,
+        msix,
+        features,
+        config,
+        queue_sizes,
+    })
+}
+
+/// From a reset device: ACKNOWLEDGE | DRIVER, the driver's features, FEATURES_OK read back
+/// (at probe and again by recovery after every reset). Returns the features.
+pub fn negotiate(transport: &mut VirtioPciTransport) -> Result<u64, String> {
     transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
     let offered = transport.read_device_features();
     if offered & FEATURE_VERSION_1 == 0 {
@@ -84,18 +102,7 @@ pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
         transport.set_status(DeviceStatus::FAILED);
         return Err(format!("device refused features {features:#x}"));
     }
-    let config = read_config(&transport)?;
-    let queue_sizes = (0..transport.num_queues())
-        .map(|q| transport.max_queue_size(q) as u16)
-        .collect();
-    Ok(ProbedDevice {
-        pci: pci.clone(),
-        transport,
-        msix,
-        features,
-        config,
-        queue_sizes,
-    })
+    Ok(features)
 }
 
 /// Prints one inventory line for a probed device.

@@ -1,0 +1,572 @@
+//! Host tests of an untrusted device and of recovery: a device that stops answering, too-short
+//! used lengths, duplicate completions, the barrier before the NO_NOTIFY read, the doorbell rung
+//! with the queue lock free, recovery (reset before failing, fresh rings, lost sessions), the
+//! fourth seed (65,536 completions between two polls) and a property test of random
+//! interleavings.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::device::{Cipher, CtrlMode, Direction};
+use super::fake::*;
+use super::lifecycle::DeviceState;
+use super::queue::{CryptoQueue, Notify, QUEUE_SIZE, QueueCore, TRACE};
+use super::request::Request;
+use super::slots::StorageConfig;
+use super::wire;
+use crate::crypto::Session;
+use crate::error::Error;
+use crate::sync::platform::host;
+
+fn rig_queue(slots: usize) -> (CryptoQueue<FakeHal>, FakeRing, FakeTransport) {
+    host::install();
+    let mut transport = FakeTransport::new(1);
+    let queue = CryptoQueue::new(&mut transport, 0, Box::new(CountingNotify::new())).unwrap();
+    queue
+        .provision(StorageConfig {
+            slots,
+            inline_bytes: 128,
+            large_blocks: 0,
+            large_bytes: 0,
+        })
+        .unwrap();
+    let ring = transport.ring(0);
+    (queue, ring, transport)
+}
+
+fn submit(
+    queue: &CryptoQueue<FakeHal>,
+    readable: &[u8],
+    writable: usize,
+) -> Result<Request<FakeHal>, Error> {
+    let mut b = queue.reserve(readable.len(), writable)?;
+    b.push(readable)?;
+    b.submit()
+}
+
+/// Fills the ring with two-descriptor requests the device never answers.
+fn fill_ring(queue: &CryptoQueue<FakeHal>) -> Vec<Request<FakeHal>> {
+    let held: Vec<_> = (0..QUEUE_SIZE / 2)
+        .map(|_| submit(queue, &[1; 8], 8).unwrap())
+        .collect();
+    assert_eq!(queue.free_descriptors(), 0);
+    held
+}
+
+/// Runs `f` on a thread and fails the test if it has not returned after `limit` (then `rescue`
+/// releases it so the test binary does not hang).
+fn returns_within<T: Send>(
+    limit: Duration,
+    rescue: impl FnOnce(),
+    f: impl FnOnce() -> T + Send,
+) -> (T, Duration) {
+    thread::scope(|s| {
+        let start = Instant::now();
+        let h = s.spawn(f);
+        while !h.is_finished() && start.elapsed() < limit {
+            thread::sleep(Duration::from_millis(2));
+        }
+        let finished = h.is_finished();
+        if !finished {
+            rescue();
+        }
+        let value = h.join().unwrap();
+        assert!(finished, "did not return within {limit:?} (hung)");
+        (value, start.elapsed())
+    })
+}
+
+// --- defect 1: a device that stops answering -------------------------------------------------
+
+/// Requests time out one by one (their descriptors stay with the device), the ring fills, and
+/// the next submitter gets `Timeout` within its timeout instead of sleeping forever.
+#[test]
+fn silent_device_full_ring_submit_times_out() {
+    let (queue, _ring, _t) = rig_queue(QUEUE_SIZE);
+    queue.set_timeout_ns(100_000_000);
+    let held = fill_ring(&queue);
+    for r in &held[..3] {
+        assert_eq!(r.wait(1_000_000), Err(Error::Timeout));
+    }
+    drop(held); // abandoned: the device still owns them
+    assert_eq!(queue.free_descriptors(), 0);
+    let (result, took) = returns_within(
+        Duration::from_secs(3),
+        || queue.fail_all(Error::DeviceNeedsReset),
+        || submit(&queue, &[2; 8], 8).err(),
+    );
+    assert_eq!(result, Some(Error::Timeout));
+    assert!(
+        took >= Duration::from_millis(100),
+        "gave up early: {took:?}"
+    );
+    assert_eq!(
+        queue.slots_in_use(),
+        QUEUE_SIZE / 2,
+        "abandoned memory stays held"
+    );
+}
+
+/// Under `ctrl=poll` a full control ring is waited for by polling, never by sleeping under
+/// the preemption-off `ctrl-poll` lock (the host platform panics on that, as the kernel does),
+/// and the create gives up with `Timeout`.
+#[test]
+fn ctrl_poll_full_ring_times_out_without_sleeping() {
+    let bell = CountingNotify::new();
+    let (dev, _rings, _t, _status) = crypto_device_with(1, &bell, QUEUE_SIZE);
+    dev.set_ctrl_mode(CtrlMode::Poll);
+    dev.set_timeout_ns(2_000_000);
+    // Destroys (not counted against the session limit) that time out, holding two
+    // descriptors each.
+    for i in 0..QUEUE_SIZE / 2 {
+        let r = dev.destroy_cipher_session(i as u64);
+        assert_eq!(r, Err(Error::Timeout), "destroy {i}");
+    }
+    assert_eq!(dev.control.free_descriptors(), 0);
+    dev.set_timeout_ns(100_000_000);
+    let (r, took) = returns_within(
+        Duration::from_secs(3),
+        || dev.control.fail_all(Error::DeviceNeedsReset),
+        || dev.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &[1; 16]),
+    );
+    assert_eq!(r, Err(Error::Timeout));
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+}
+
+/// A submitter sleeping for ring space wakes with `DeviceReset` as soon as the device is
+/// flagged for a reset, well before its timeout.
+#[test]
+fn ring_space_waiters_wake_with_device_reset() {
+    let bell = CountingNotify::new();
+    let (dev, _rings, _t, status) = crypto_device_with(1, &bell, QUEUE_SIZE);
+    dev.set_timeout_ns(30_000_000_000);
+    let _held = fill_ring(&dev.control);
+    let (r, took) = thread::scope(|s| {
+        let h = s.spawn(|| {
+            let start = Instant::now();
+            (submit(&dev.control, &[3; 8], 8).err(), start.elapsed())
+        });
+        while dev.control.counters.full_waits.load(Ordering::Relaxed) == 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        status.needs_reset.store(true, Ordering::SeqCst);
+        assert!(dev.check_needs_reset());
+        h.join().unwrap()
+    });
+    assert_eq!(r, Some(Error::DeviceReset));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(dev.state(), DeviceState::NeedsReset);
+    // New work is refused from memory, no status read.
+    assert_eq!(
+        dev.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &[1; 16]),
+        Err(Error::DeviceReset)
+    );
+}
+
+// --- defect 3: too-short used lengths --------------------------------------------------------
+
+/// A used length shorter than the reply the request expects fails it; exactly the reply is fine.
+#[test]
+fn used_length_shorter_than_the_reply_is_malformed() {
+    let (queue, mut ring, _t) = rig_queue(16);
+    let mut reqs = Vec::new();
+    for _ in 0..3 {
+        let mut b = queue.reserve(4, 17).unwrap();
+        b.push(&[0; 4]).unwrap().expect_used(17);
+        reqs.push(b.submit().unwrap());
+    }
+    let chains = ring.pending();
+    ring.complete(chains[0].id as u32, 0);
+    ring.complete(chains[1].id as u32, 16);
+    ring.complete(chains[2].id as u32, 17);
+    assert_eq!(queue.handle_interrupt(), 3);
+    assert!(matches!(
+        reqs[0].outcome(),
+        Some(Err(Error::MalformedCompletion { .. }))
+    ));
+    assert!(matches!(
+        reqs[1].outcome(),
+        Some(Err(Error::MalformedCompletion { .. }))
+    ));
+    assert_eq!(reqs[2].outcome(), Some(Ok(17)));
+    assert!(!queue.is_broken());
+}
+
+/// A create-session reply written in full (OK, id 5) but returned with used length 0 is not a
+/// session; a data reply one byte short (no status) is not ciphertext.
+#[test]
+fn create_session_with_used_length_0_and_short_data_are_refused() {
+    let bell = CountingNotify::new();
+    let (dev, mut rings, _t, _s) = crypto_device_with(1, &bell, 16);
+    thread::scope(|s| {
+        let h = s.spawn(|| dev.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &[1; 16]));
+        let chain = loop {
+            if let Some(c) = rings[0].pending().pop() {
+                break c;
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        let mut reply = [0u8; wire::SESSION_INPUT_LEN];
+        reply[0..8].copy_from_slice(&5u64.to_le_bytes());
+        chain.write(&reply);
+        rings[0].complete(chain.id as u32, 0);
+        dev.control.handle_interrupt();
+        assert!(matches!(
+            h.join().unwrap(),
+            Err(Error::MalformedCompletion { .. })
+        ));
+    });
+    assert_eq!(dev.live_sessions(), 0);
+    let p = dev
+        .start_cipher_request(
+            &dev.data[0],
+            1,
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &[0; 16],
+            &[7; 16],
+        )
+        .unwrap();
+    let chain = rings[1].pending().pop().unwrap();
+    let mut out = vec![0x11u8; 16];
+    out.push(wire::STATUS_OK as u8);
+    chain.write(&out);
+    rings[1].complete(chain.id as u32, 16);
+    dev.data[0].handle_interrupt();
+    assert!(matches!(p.wait(), Err(Error::MalformedCompletion { .. })));
+}
+
+// --- defect 4 and the doorbell ---------------------------------------------------------------
+
+/// Between publishing the avail index and reading the used ring's NO_NOTIFY flag there is a
+/// full barrier (a store then a load: only a full fence orders them).
+#[test]
+fn full_barrier_between_publishing_avail_and_reading_no_notify() {
+    let (queue, _ring, _t) = rig_queue(8);
+    TRACE.with(|t| t.borrow_mut().clear());
+    submit(&queue, b"x", 1).unwrap();
+    let trace = TRACE.with(|t| t.borrow().clone());
+    assert_eq!(trace, ["publish-avail", "mb", "read-no-notify"]);
+}
+
+/// A doorbell that tries the queue lock: it must be free whenever the doorbell rings (kick
+/// mode Unlocked), and is not under the Locked baseline (so the check can fail).
+#[test]
+fn doorbell_is_rung_with_the_queue_lock_free() {
+    struct TryLockBell {
+        queue: Arc<OnceLock<Arc<QueueCore<FakeHal>>>>,
+        free: Arc<Mutex<Vec<bool>>>,
+    }
+    impl Notify for TryLockBell {
+        fn notify(&self) {
+            let q = self.queue.get().expect("queue set");
+            self.free.lock().unwrap().push(q.lock_is_free());
+        }
+    }
+    for (mode, expect_free) in [
+        (super::queue::KickMode::Unlocked, true),
+        (super::queue::KickMode::Locked, false),
+    ] {
+        host::install();
+        let cell = Arc::new(OnceLock::new());
+        let free = Arc::new(Mutex::new(Vec::new()));
+        let mut transport = FakeTransport::new(1);
+        let queue = CryptoQueue::<FakeHal>::new(
+            &mut transport,
+            0,
+            Box::new(TryLockBell {
+                queue: cell.clone(),
+                free: free.clone(),
+            }),
+        )
+        .unwrap();
+        let _ = cell.set(queue.core().clone());
+        queue.set_kick_mode(mode);
+        for _ in 0..5 {
+            submit(&queue, b"x", 1).unwrap();
+        }
+        let seen = free.lock().unwrap().clone();
+        assert_eq!(seen, vec![expect_free; 5], "{mode:?}");
+    }
+}
+
+// --- duplicate completions -------------------------------------------------------------------
+
+/// The device returns the same id twice in one drain: the request completes once, the second
+/// entry breaks the queue, nothing is completed twice.
+#[test]
+fn duplicate_completion_completes_once_and_breaks_the_queue() {
+    let (queue, mut ring, _t) = rig_queue(8);
+    let a = submit(&queue, b"a", 1).unwrap();
+    let b = submit(&queue, b"b", 1).unwrap();
+    let chains = ring.pending();
+    ring.complete(chains[0].id as u32, 1);
+    ring.complete(chains[0].id as u32, 1);
+    queue.handle_interrupt();
+    assert_eq!(a.outcome(), Some(Ok(1)));
+    assert!(queue.is_broken());
+    assert!(matches!(
+        b.outcome(),
+        Some(Err(Error::MalformedCompletion { .. }))
+    ));
+    assert_eq!(queue.counters.completed.load(Ordering::Relaxed), 1);
+    assert_eq!(queue.counters.malformed.load(Ordering::Relaxed), 1);
+}
+
+// --- recovery ---------------------------------------------------------------------------------
+
+/// NEEDS_RESET with requests in flight (one waited for, one abandoned by a timed-out waiter):
+/// nothing fails before the reset; recovery resets, only then fails them with `DeviceReset`
+/// and frees their memory, sets every queue up on a fresh ring, re-routes, reopens with a new
+/// generation. A session from before gets `SessionLost`; a new one works.
+#[test]
+fn recovery_resets_before_failing_and_old_sessions_are_lost() {
+    let (tx, rx) = mpsc::channel();
+    let bell = CountingNotify::with_signal(tx);
+    let (dev, rings, mut transport, status) = crypto_device_with(1, &bell, 64);
+    dev.set_timeout_ns(5_000_000_000);
+    let dev = Arc::new(dev);
+    let irq = dev.clone();
+    let fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
+        if q == 0 {
+            irq.control.handle_interrupt();
+        } else {
+            irq.data[0].handle_interrupt();
+        }
+    });
+    let old = Session::new(&*dev, Cipher::AesCbc, Direction::Encrypt, &[4; 16]).unwrap();
+    let mut out = [0u8; 16];
+    old.encrypt(&[0; 16], &[1; 16], &mut out).unwrap();
+    assert_eq!(dev.live_sessions(), 1);
+    drop(fake); // the device stops answering
+    let old_used = transport.ring(1);
+    let waited = dev
+        .start_cipher_request(
+            &dev.data[0],
+            old.id(),
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &[0; 16],
+            &[2; 16],
+        )
+        .unwrap();
+    let abandoned = submit(&dev.data[0], &[9; 8], 8).unwrap();
+    assert_eq!(abandoned.wait(1_000_000), Err(Error::Timeout));
+    drop(abandoned);
+    assert_eq!(dev.data[0].slots_in_use(), 2);
+
+    status.needs_reset.store(true, Ordering::SeqCst);
+    let hooked = Arc::new(AtomicUsize::new(0));
+    let h = hooked.clone();
+    dev.lifecycle().set_recovery_hook(Box::new(move || {
+        h.fetch_add(1, Ordering::SeqCst);
+    }));
+    assert!(dev.check_needs_reset());
+    assert!(dev.check_needs_reset());
+    assert_eq!(hooked.load(Ordering::SeqCst), 1, "one recovery asked for");
+    assert_eq!(
+        dev.data[0].in_flight(),
+        2,
+        "nothing failed before the reset"
+    );
+    let in_flight_at_reset = AtomicUsize::new(usize::MAX);
+    let generation = dev
+        .recover(
+            &mut transport,
+            &mut FakeSteps {
+                status: status.clone(),
+                at_reset: &mut || {
+                    in_flight_at_reset.store(dev.data[0].in_flight(), Ordering::SeqCst)
+                },
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        in_flight_at_reset.load(Ordering::SeqCst),
+        2,
+        "failed only after the reset"
+    );
+    assert_eq!(
+        *status.steps.lock().unwrap(),
+        ["reset", "negotiate", "route 0", "route 1", "driver_ok"]
+    );
+    assert_eq!(generation, 1);
+    assert_eq!(dev.state(), DeviceState::Running);
+    assert!(matches!(waited.wait(), Err(Error::DeviceReset)));
+    assert_eq!(
+        dev.data[0].slots_in_use(),
+        0,
+        "memory freed after the reset"
+    );
+    assert_eq!(dev.live_sessions(), 0);
+    let new_ring = transport.ring(1);
+    assert_ne!(
+        format_addrs(&old_used),
+        format_addrs(&new_ring),
+        "a fresh ring"
+    );
+
+    // The device is back (a new device thread on the new rings).
+    let (tx, rx) = mpsc::channel();
+    let _ = tx; // the old bell's channel is gone: the new thread polls every millisecond
+    let irq = dev.clone();
+    let rings = (0..2).map(|q| transport.ring(q)).collect();
+    let _fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
+        if q == 0 {
+            irq.control.handle_interrupt();
+        } else {
+            irq.data[0].handle_interrupt();
+        }
+    });
+    assert_eq!(
+        old.encrypt(&[0; 16], &[1; 16], &mut out),
+        Err(Error::SessionLost)
+    );
+    let new = Session::new(&*dev, Cipher::AesCbc, Direction::Encrypt, &[4; 16]).unwrap();
+    new.encrypt(&[0; 16], &[1; 16], &mut out).unwrap();
+    assert_eq!(out, [1 ^ XOR; 16]);
+    assert_eq!(old.close(), Err(Error::SessionLost));
+    assert_eq!(dev.live_sessions(), 1);
+    new.close().unwrap();
+    assert_eq!(dev.live_sessions(), 0);
+}
+
+fn format_addrs(r: &FakeRing) -> std::string::String {
+    std::format!("{:?}", r.addrs())
+}
+
+/// Create and destroy requests that time out leave the session counted (the device may have
+/// done them) until a reset; the key copy is wiped when the device answers ERR at once, and
+/// after a timeout only once the device was reset (before, the device still owns it).
+#[test]
+fn control_timeouts_keep_sessions_counted_and_keys_are_wiped_after_reset() {
+    let bell = CountingNotify::new();
+    let (dev, mut rings, mut transport, status) = crypto_device_with(1, &bell, 16);
+    dev.set_timeout_ns(5_000_000);
+    let key = [0xabu8; 16];
+    assert_eq!(
+        dev.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key),
+        Err(Error::Timeout)
+    );
+    assert_eq!(dev.live_sessions(), 1, "the device may have created it");
+    let chain = rings[0].pending().pop().unwrap();
+    let key_at = chain.descs[0].addr as usize + wire::CTRL_REQ_LEN;
+    // SAFETY: the slot's memory, held by the queue for the device (never freed in a test).
+    let key_now = || unsafe { core::slice::from_raw_parts(key_at as *const u8, 16).to_vec() };
+    assert_eq!(
+        key_now(),
+        key,
+        "the device still owns the request: untouched"
+    );
+
+    // Answered ERR at once: the key is wiped when the request is released.
+    dev.set_timeout_ns(5_000_000_000);
+    thread::scope(|s| {
+        let h = s
+            .spawn(|| dev.create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &REJECTED_KEY));
+        let c = loop {
+            if let Some(c) = rings[0].pending().pop() {
+                break c;
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        let at = c.descs[0].addr as usize + wire::CTRL_REQ_LEN;
+        let mut reply = [0u8; wire::SESSION_INPUT_LEN];
+        reply[8..12].copy_from_slice(&wire::STATUS_ERR.to_le_bytes());
+        c.write(&reply);
+        rings[0].complete(c.id as u32, wire::SESSION_INPUT_LEN as u32);
+        dev.control.handle_interrupt();
+        assert_eq!(h.join().unwrap(), Err(Error::DeviceError));
+        // SAFETY: as above.
+        let bytes = unsafe { core::slice::from_raw_parts(at as *const u8, 16) };
+        assert_eq!(bytes, [0; 16], "key wiped after the error");
+    });
+    assert_eq!(dev.live_sessions(), 1);
+
+    status.needs_reset.store(true, Ordering::SeqCst);
+    dev.check_needs_reset();
+    dev.recover(
+        &mut transport,
+        &mut FakeSteps {
+            status,
+            at_reset: &mut || {},
+        },
+    )
+    .unwrap();
+    assert_eq!(key_now(), [0; 16], "key wiped once the device was reset");
+    assert_eq!(dev.live_sessions(), 0, "exact again after the reset");
+}
+
+// --- the fourth seed --------------------------------------------------------------------------
+
+/// The fake device completes exactly 65,536 requests between two polls of a poller: the 16-bit
+/// used index is back where it was (a poller comparing it would see nothing new), yet the
+/// poller sees every one of them: completions are found by token and counted in a 64-bit
+/// counter, and each request's completion reaches its own handler exactly once.
+#[test]
+fn seed4_65536_completions_between_two_polls_are_all_seen() {
+    use super::slots::OnComplete;
+    struct Tags(Mutex<Vec<u32>>);
+    impl OnComplete<FakeHal> for Tags {
+        fn on_complete(&self, request: Request<FakeHal>) {
+            assert_eq!(request.outcome(), Some(Ok(4)));
+            let tag = u32::from_le_bytes(request.readable()[..4].try_into().unwrap());
+            self.0.lock().unwrap().push(tag);
+        }
+    }
+    struct Poller {
+        last: u64,
+    }
+    impl Poller {
+        /// New completions since the last poll.
+        fn poll(&mut self, queue: &CryptoQueue<FakeHal>) -> u64 {
+            queue.handle_interrupt();
+            let now = queue.counters.completed.load(Ordering::Acquire);
+            let new = now - self.last;
+            self.last = now;
+            new
+        }
+    }
+    let (queue, mut ring, _t) = rig_queue(1024);
+    let tags = Arc::new(Tags(Mutex::new(Vec::new())));
+    let mut poller = Poller { last: 0 };
+    assert_eq!(poller.poll(&queue), 0);
+    let used_before = ring.used_index();
+    const TOTAL: u32 = 65_536;
+    let mut next = 0u32;
+    while next < TOTAL {
+        for tag in next..next + 512 {
+            let mut b = queue.reserve(4, 4).unwrap();
+            b.push(&tag.to_le_bytes()).unwrap();
+            b.submit_with(tags.clone()).unwrap();
+        }
+        next += 512;
+        for chain in ring.pending() {
+            ring.complete(chain.id as u32, 4);
+        }
+        if next < TOTAL {
+            // An interrupt, not the poller, recycles the ring in between.
+            queue.handle_interrupt();
+        }
+    }
+    assert_eq!(
+        ring.used_index(),
+        used_before,
+        "the used index wrapped to where it was"
+    );
+    assert_eq!(
+        poller.poll(&queue),
+        TOTAL as u64,
+        "the poller sees every completion"
+    );
+    let mut seen = tags.0.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..TOTAL).collect::<Vec<_>>(), "each request once");
+    assert_eq!(queue.slots_in_use(), 0);
+}
