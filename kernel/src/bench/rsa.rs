@@ -62,7 +62,9 @@ fn point(
         let mut pending = VecDeque::new();
         let mut ops = 0u64;
         loop {
-            if tsc::now_ns() < deadline && pending.len() < window {
+            // At least one request, even when the set-up took the whole point.
+            let running = tsc::now_ns() < deadline || (ops == 0 && pending.is_empty());
+            if running && pending.len() < window {
                 pending.push_back(session.start(op, input, sig).map_err(err)?);
                 continue;
             }
@@ -109,6 +111,15 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("ops_per_s", ops_s)
                 .busy(&busy)
                 .num("duration_ms", elapsed / 1_000_000)
+                .plot("in_flight", &["ops_per_s"], &["bits", "op"], &[])
+                .units(&[
+                    ("bits", "bits"),
+                    ("in_flight", "requests"),
+                    ("ops_per_s", "ops/s"),
+                    ("busy_pct", "%"),
+                    ("busy_sum_pct", "%"),
+                    ("duration_ms", "ms"),
+                ])
                 .emit(),
         );
     }
