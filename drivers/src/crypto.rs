@@ -9,6 +9,8 @@
 //! then wake) -> the task copies the output to `dst` and the slot is released. No heap
 //! allocation on this path for requests that fit the queue's preallocated memory.
 
+use alloc::vec::Vec;
+
 use virtio_drivers::Hal;
 
 use crate::error::Error;
@@ -243,6 +245,125 @@ impl<H: Hal> Drop for Session<'_, H> {
             && !matches!(e, Error::DeviceReset | Error::SessionLost)
         {
             log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
+        }
+    }
+}
+
+pub use crate::virtio_crypto::akcipher::{
+    AkcipherStats, RsaHash, RsaKeyInfo, RsaKeyKind, RsaOp, RsaParams, RsaRequest,
+};
+
+/// An RSA session (PKCS#1 v1.5 padding) on one device: a public key (encrypt, verify) or a
+/// private key (decrypt, sign) from PKCS#1 DER, and the hash signatures name. Every answer of
+/// the device is checked before it is returned (see `virtio_crypto::akcipher`). Dropping the
+/// session destroys it on the device.
+pub struct RsaSession<'d, H: Hal> {
+    device: &'d CryptoDevice<H>,
+    id: u64,
+    params: RsaParams,
+    open: bool,
+}
+
+impl<'d, H: Hal> RsaSession<'d, H> {
+    /// Creates a session. The DER is checked first and wiped from the request memory once the
+    /// device has it; the driver keeps only the public key.
+    pub fn new(
+        device: &'d CryptoDevice<H>,
+        kind: RsaKeyKind,
+        hash: RsaHash,
+        der: &[u8],
+    ) -> Result<Self, Error> {
+        let (id, params) = device.create_rsa_session(kind, hash, der)?;
+        Ok(RsaSession {
+            device,
+            id,
+            params,
+            open: true,
+        })
+    }
+
+    /// The device's id for this session.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn kind(&self) -> RsaKeyKind {
+        self.params.key.kind()
+    }
+
+    pub fn hash(&self) -> RsaHash {
+        self.params.hash
+    }
+
+    /// The key's public part, size and checks.
+    pub fn key(&self) -> &RsaKeyInfo {
+        &self.params.key
+    }
+
+    /// Signature and ciphertext length in bytes.
+    pub fn modulus_len(&self) -> usize {
+        self.params.key.modulus_len()
+    }
+
+    /// Posts one operation without waiting (many may be in flight); see
+    /// [`CryptoDevice::start_rsa_request`].
+    pub fn start(&self, op: RsaOp, input: &[u8], signature: &[u8]) -> Result<RsaRequest<H>, Error> {
+        let queue = self.device.current_data_queue();
+        self.device
+            .start_rsa_request(queue, self.id, &self.params, op, input, signature)
+    }
+
+    /// Encrypts `message` (at most modulus length - 11 bytes) with the public key.
+    pub fn encrypt(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        self.start(RsaOp::Encrypt, message, &[])?.wait()
+    }
+
+    /// Decrypts `ciphertext` (exactly the modulus length) with the private key.
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.start(RsaOp::Decrypt, ciphertext, &[])?.wait()
+    }
+
+    /// Signs `digest` (the session hash's length); the signature is verified before it is
+    /// returned.
+    pub fn sign(&self, digest: &[u8]) -> Result<Vec<u8>, Error> {
+        self.start(RsaOp::Sign, digest, &[])?.wait()
+    }
+
+    /// Verifies `signature` over `digest`: `Ok` or [`Error::BadSignature`].
+    pub fn verify(&self, signature: &[u8], digest: &[u8]) -> Result<(), Error> {
+        self.start(RsaOp::Verify, digest, signature)?
+            .wait()
+            .map(|_| ())
+    }
+
+    /// The device generation the session was made in: after a reset it is `SessionLost`.
+    pub fn generation(&self) -> u64 {
+        self.params.generation
+    }
+
+    /// Destroys the session, reporting the device's answer (dropping does the same silently).
+    pub fn close(mut self) -> Result<(), Error> {
+        self.open = false;
+        self.device
+            .destroy_rsa_session(self.id, self.params.generation)
+    }
+}
+
+impl<H: Hal> Drop for RsaSession<'_, H> {
+    fn drop(&mut self) {
+        if self.open
+            && self.device.generation() == self.params.generation
+            && let Err(e) = self
+                .device
+                .destroy_rsa_session(self.id, self.params.generation)
+            // A reset under way or done drops every session anyway.
+            && !matches!(e, Error::DeviceReset | Error::SessionLost)
+        {
+            log::warn!(
+                "{}: destroying rsa session {}: {e}",
+                self.device.name,
+                self.id
+            );
         }
     }
 }

@@ -70,6 +70,35 @@ pub enum Error {
     /// The session was created before the device was last reset, which dropped every session:
     /// create it again.
     SessionLost,
+    /// The key is not what was asked for: malformed DER, the wrong PKCS#1 structure, or values
+    /// that do not make an RSA key; `what` says which.
+    InvalidKey { what: &'static str },
+    /// The RSA modulus has a size the driver does not take (1024 to 4096 bits).
+    InvalidModulusSize { bits: usize },
+    /// The operation needs the other kind of key (public: encrypt, verify; private: decrypt,
+    /// sign).
+    WrongKeyKind {
+        op: &'static str,
+        needs: &'static str,
+    },
+    /// A digest whose length is not the one of the session's hash.
+    InvalidDigestLength { got: usize, expected: usize },
+    /// A message longer than PKCS#1 v1.5 encryption allows for the modulus (its length - 11).
+    MessageTooLong { got: usize, max: usize },
+    /// A signature or ciphertext that is not exactly the modulus length.
+    InvalidInputLength {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    /// A signature or ciphertext whose value is not below the modulus.
+    InputOutOfRange { what: &'static str },
+    /// The signature does not verify (checked in software whatever the device said).
+    BadSignature,
+    /// The device could not decrypt the ciphertext (invalid padding for this key).
+    DecryptionFailed,
+    /// The device answered with a result the driver proved wrong, and a retry did not help.
+    WrongAnswer { what: &'static str },
 }
 
 impl fmt::Display for Error {
@@ -149,6 +178,40 @@ impl fmt::Display for Error {
             Error::SessionLost => {
                 f.write_str("the session was lost when the device was reset; create it again")
             }
+            Error::InvalidKey { what } => write!(f, "invalid key: {what}"),
+            Error::InvalidModulusSize { bits } => {
+                write!(f, "rsa modulus of {bits} bits (allowed: 1024 to 4096)")
+            }
+            Error::WrongKeyKind { op, needs } => {
+                write!(f, "{op} needs a session with a {needs} key")
+            }
+            Error::InvalidDigestLength { got, expected } => {
+                write!(f, "digest of {got} bytes for a hash of {expected} bytes")
+            }
+            Error::MessageTooLong { got, max } => {
+                write!(
+                    f,
+                    "message of {got} bytes is too long for the key (at most {max})"
+                )
+            }
+            Error::InvalidInputLength {
+                what,
+                got,
+                expected,
+            } => write!(
+                f,
+                "{what} of {got} bytes (must be the modulus length, {expected} bytes)"
+            ),
+            Error::InputOutOfRange { what } => {
+                write!(f, "{what} is not smaller than the modulus")
+            }
+            Error::BadSignature => f.write_str("the signature does not verify"),
+            Error::DecryptionFailed => {
+                f.write_str("the ciphertext does not decrypt with this key (bad padding)")
+            }
+            Error::WrongAnswer { what } => {
+                write!(f, "the device answered wrongly, even on retry: {what}")
+            }
         }
     }
 }
@@ -225,6 +288,26 @@ mod tests {
             Error::StreamWindowFull { window: 32 },
             Error::DeviceReset,
             Error::SessionLost,
+            Error::InvalidKey { what: "x" },
+            Error::InvalidModulusSize { bits: 512 },
+            Error::WrongKeyKind {
+                op: "sign",
+                needs: "private",
+            },
+            Error::InvalidDigestLength {
+                got: 1,
+                expected: 32,
+            },
+            Error::MessageTooLong { got: 2, max: 1 },
+            Error::InvalidInputLength {
+                what: "signature",
+                got: 1,
+                expected: 128,
+            },
+            Error::InputOutOfRange { what: "signature" },
+            Error::BadSignature,
+            Error::DecryptionFailed,
+            Error::WrongAnswer { what: "x" },
         ];
         for e in all {
             let s = format!("{e}");

@@ -6,6 +6,8 @@
 //! consecutive chunks of one stream (libkcapi's `--execloops` with its AIO cipher type), and
 //! `-s <bytes>` splits the (repeated) data into chunks of that size; either prints the result of
 //! one chained operation over the whole input. `-d` without a number means decrypt.
+//!
+//! `-x 4 ...` is RSA: see [`crate::kcapi_rsa`].
 
 use alloc::format;
 use alloc::string::String;
@@ -66,6 +68,9 @@ fn run(args: &[&str]) -> Result<String, String> {
 
 /// Runs the command and exits QEMU.
 pub fn main(args: &[&str]) -> ! {
+    if args.contains(&"-x") {
+        crate::kcapi_rsa::main(args)
+    }
     match run(args) {
         Ok(hex) => {
             println!("{hex}");

@@ -11,6 +11,7 @@ mod bench;
 mod cmdline;
 mod console;
 mod kcapi;
+mod kcapi_rsa;
 mod mm;
 mod pci;
 mod profile;

@@ -8,6 +8,8 @@
 //! - [`request`]: the request engine's builder and owned request, waiting and callbacks.
 //! - [`session`]: sessions on the control queue, generic over services.
 //! - [`cipher`]: the cipher service's API (validation, request layout, output).
+//! - [`akcipher`]: the akcipher service (RSA): keys, request layout, and the checks every
+//!   device answer goes through.
 //! - [`wire`]: numbers from the spec and builders for the exact bytes put on the virtqueues.
 //! - [`config`]: the device configuration space and capability masks, printable without
 //!   allocation.
@@ -18,6 +20,7 @@
 //! field is zero. Request memory is the queues' own preallocated DMA memory (`slots`), touched by
 //! the CPU only while the device does not own it.
 
+pub mod akcipher;
 pub mod cipher;
 pub mod config;
 pub mod device;

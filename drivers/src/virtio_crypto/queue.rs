@@ -224,6 +224,8 @@ pub struct QueueCounters {
     pub notifies: AtomicU64,
     pub malformed: AtomicU64,
     pub full_waits: AtomicU64,
+    /// What the akcipher checks did with the device's answers.
+    pub akcipher: super::akcipher::AkcipherCounters,
 }
 
 /// One virtqueue of the crypto device: the owner's handle (the kernel keeps it in the device;
@@ -439,6 +441,11 @@ impl<H: Hal> Ring<H> {
 impl<H: Hal> CryptoQueue<H> {
     pub(crate) fn core(&self) -> &Arc<QueueCore<H>> {
         &self.core
+    }
+
+    /// Another handle on a queue (an owned request that sends again).
+    pub(crate) fn from_core(core: Arc<QueueCore<H>>) -> Self {
+        CryptoQueue { core }
     }
 
     /// Preallocates the queue's request memory (the device does this for its control and data

@@ -374,6 +374,96 @@ impl CipherDataHeader {
     }
 }
 
+/// `virtio_crypto_rsa_session_para.padding_algo`.
+pub const RSA_RAW_PADDING: u32 = 0;
+pub const RSA_PKCS1_PADDING: u32 = 1;
+
+/// `virtio_crypto_rsa_session_para.hash_algo`: its own numbering, not the `HASH_*` ids.
+pub const RSA_NO_HASH: u32 = 0;
+pub const RSA_MD2: u32 = 1;
+pub const RSA_MD3: u32 = 2;
+pub const RSA_MD4: u32 = 3;
+pub const RSA_MD5: u32 = 4;
+pub const RSA_SHA1: u32 = 5;
+pub const RSA_SHA256: u32 = 6;
+pub const RSA_SHA384: u32 = 7;
+pub const RSA_SHA512: u32 = 8;
+pub const RSA_SHA224: u32 = 9;
+
+/// `virtio_crypto_akcipher_session_para.keytype`.
+pub const AKCIPHER_KEY_TYPE_PUBLIC: u32 = 1;
+pub const AKCIPHER_KEY_TYPE_PRIVATE: u32 = 2;
+
+/// `VIRTIO_CRYPTO_AKCIPHER_CREATE_SESSION` for RSA (`virtio_crypto_akcipher_session_para` with
+/// the RSA member of its union, then the request's own padding): the legacy 72-byte request.
+/// The key (PKCS#1 DER, `keylen` bytes) follows in the device-readable part; the reply is a
+/// [`SessionInput`].
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct AkcipherCreateSession {
+    pub header: CtrlHeader,
+    /// An akcipher id ([`AKCIPHER_RSA`]).
+    pub algo: U32,
+    /// [`AKCIPHER_KEY_TYPE_PUBLIC`] or [`AKCIPHER_KEY_TYPE_PRIVATE`].
+    pub keytype: U32,
+    /// Length in bytes of the key that follows the request.
+    pub keylen: U32,
+    /// `virtio_crypto_rsa_session_para.padding_algo` (`RSA_*_PADDING`).
+    pub padding_algo: U32,
+    /// `virtio_crypto_rsa_session_para.hash_algo` (`RSA_SHA*`).
+    pub hash_algo: U32,
+    /// `virtio_crypto_akcipher_create_session_req.padding` (the union's 56 bytes less 20).
+    pub padding: [u8; 36],
+}
+
+impl AkcipherCreateSession {
+    pub fn rsa(keytype: u32, keylen: u32, padding_algo: u32, hash_algo: u32) -> Self {
+        AkcipherCreateSession {
+            header: CtrlHeader {
+                opcode: AKCIPHER_CREATE_SESSION.into(),
+                algo: AKCIPHER_RSA.into(),
+                ..CtrlHeader::default()
+            },
+            algo: AKCIPHER_RSA.into(),
+            keytype: keytype.into(),
+            keylen: keylen.into(),
+            padding_algo: padding_algo.into(),
+            hash_algo: hash_algo.into(),
+            padding: [0; 36],
+        }
+    }
+}
+
+/// The 72-byte header of an akcipher data request (`virtio_crypto_akcipher_data_req`).
+/// Device-readable: `header | src (src_data_len)`, and for VERIFY also `dst (dst_data_len)`
+/// (the digest); device-writable: `dst (dst_data_len)` except for VERIFY, then the status byte.
+/// The device reports the output length as used length - 1.
+#[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct AkcipherDataHeader {
+    pub header: OpHeader,
+    pub src_data_len: U32,
+    pub dst_data_len: U32,
+    pub padding: [u8; 40],
+}
+
+impl AkcipherDataHeader {
+    /// `opcode` is one of `AKCIPHER_{ENCRYPT,DECRYPT,SIGN,VERIFY}`.
+    pub fn new(opcode: u32, session_id: u64, src_len: u32, dst_len: u32) -> Self {
+        AkcipherDataHeader {
+            header: OpHeader {
+                opcode: opcode.into(),
+                algo: AKCIPHER_RSA.into(),
+                session_id: session_id.into(),
+                ..OpHeader::default()
+            },
+            src_data_len: src_len.into(),
+            dst_data_len: dst_len.into(),
+            padding: [0; 40],
+        }
+    }
+}
+
 /// The device's reply to a create-session request (`virtio_crypto_session_input`).
 /// `session_id` is meaningful only when `status` is [`STATUS_OK`].
 #[derive(IntoBytes, FromBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
@@ -401,6 +491,8 @@ const _: () = {
     assert!(size_of::<OpHeader>() == OP_HDR_LEN);
     assert!(size_of::<CipherDataHeader>() == DATA_HDR_LEN);
     assert!(size_of::<SessionInput>() == SESSION_INPUT_LEN);
+    assert!(size_of::<AkcipherCreateSession>() == CTRL_REQ_LEN);
+    assert!(size_of::<AkcipherDataHeader>() == DATA_HDR_LEN);
     assert!(core::mem::offset_of!(CipherCreateSession, op_type) == CTRL_HDR_LEN + 48);
     assert!(core::mem::offset_of!(CipherDataHeader, op_type) == OP_HDR_LEN + 40);
 };

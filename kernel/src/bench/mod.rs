@@ -2,8 +2,9 @@
 //! `bench ctrl` (control queue: busy-poll vs sleep, seed 000), `bench kick` (doorbell inside vs
 //! outside the queue lock, seed 002), `bench data` (throughput and latency against request size
 //! and requests in flight), `bench scale` (shared vs per-CPU queues over every device, seed 003),
-//! `bench chain` (chained-IV streams, serial vs pipelined, seed 001).
-//! `bench` runs them all. Options: `dur=<ms>` per point (default 1000).
+//! `bench chain` (chained-IV streams, serial vs pipelined, seed 001), `bench rsa` (RSA
+//! sign/verify/encrypt/decrypt ops/s). `bench` runs them all. Options: `dur=<ms>` per point
+//! (default 1000).
 //!
 //! Each prints a human table shaped like the seed's and one JSON line per row (`{"bench":...}`).
 //! Ratios are meaningful inside one boot only; tests never assert timing.
@@ -13,6 +14,7 @@ mod ctrl;
 mod data;
 mod kick;
 mod report;
+mod rsa;
 mod scale;
 
 use alloc::string::String;
@@ -57,6 +59,10 @@ pub static BENCHES: &[Bench] = &[
         name: "chain",
         run: chain::run,
     },
+    Bench {
+        name: "rsa",
+        run: rsa::run,
+    },
 ];
 
 /// Parses `dur=<ms>`.
@@ -90,7 +96,7 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
                 Some(b) => chosen.push(b),
                 None => {
                     println!(
-                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, scale, chain)"
+                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, scale, chain, rsa)"
                     );
                     qemu::exit(ExitCode::Failure)
                 }

@@ -33,6 +33,7 @@ fn required_fields(bench: &str) -> &'static [&'static str] {
             "hold_max_ns",
             "hold_total_ns",
         ],
+        "rsa" => &["bits", "op", "in_flight", "ops_per_s", "busy_pct"],
         "chain" => &[
             "mode",
             "chain",

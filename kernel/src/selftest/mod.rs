@@ -12,6 +12,8 @@ mod pci;
 mod platform;
 mod reference;
 mod reset;
+mod rsa;
+pub(crate) mod rsa_vectors;
 mod sched;
 mod service;
 mod smp;
@@ -195,6 +197,27 @@ pub static TESTS: &[Test] = &[
         "crypto::completions_wake_on_the_submitting_cpu",
         irq::completions_wake_on_the_submitting_cpu,
     ),
+    test("rsa::known_answers", rsa::known_answers),
+    test(
+        "rsa::bad_inputs_get_their_error_and_device_stays_usable",
+        rsa::bad_inputs_get_their_error_and_device_stays_usable,
+    ),
+    test(
+        "rsa::every_key_size_1024_to_4096",
+        rsa::every_key_size_1024_to_4096,
+    ),
+    test(
+        "rsa::differential_200_per_op_vs_rustcrypto",
+        rsa::differential_200_per_op_vs_rustcrypto,
+    ),
+    test(
+        "rsa::mixed_with_cipher_sessions_every_cpu",
+        rsa::mixed_with_cipher_sessions_every_cpu,
+    ),
+    test(
+        "rsa::kcapi_all_four_operations",
+        rsa::kcapi_all_four_operations,
+    ),
     test(
         "bench::every_bench_runs_and_emits_parsable_json",
         bench::every_bench_runs_and_emits_parsable_json,
@@ -204,6 +227,13 @@ pub static TESTS: &[Test] = &[
         "irq::reschedule_ipis_still_reach_the_scheduler",
         irq::reschedule_ipis_still_reach_the_scheduler,
     ),
+    // The full differential count (about the time of the rest of the suite under TCG):
+    // run once by scripts/test-all.sh.
+    Test {
+        name: "rsa::differential_3000_per_op_vs_rustcrypto",
+        run: rsa::differential_3000_per_op_vs_rustcrypto,
+        explicit_only: true,
+    },
     // Slow, and QEMU prints a complaint per injected fault: test-all runs it on its own.
     Test {
         name: "reset::twenty_cycles_with_fault_injection",
