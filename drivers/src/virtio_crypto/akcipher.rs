@@ -54,7 +54,7 @@ use crate::sync::platform;
 pub const RSA_MIN_BITS: usize = 1024;
 pub const RSA_MAX_BITS: usize = 4096;
 /// How often a request is sent before a wrong answer becomes an error. QEMU 7.2 cuts about one
-/// ciphertext in 128..256 (see [`repair_signature`]); encryption is randomized, so a retry
+/// ciphertext in 128..256 (see `repair_signature`); encryption is randomized, so a retry
 /// usually gets a whole one: four attempts make a failure about one in 10^8 or rarer.
 pub const MAX_ATTEMPTS: usize = 4;
 /// PKCS#1 v1.5 encryption padding: at least 11 bytes of the modulus length.
