@@ -13,7 +13,7 @@
 #
 # Environment:
 #   VCRYPT_SMP      vCPUs (default 2)
-#   VCRYPT_MEM      guest RAM (default 256M; at least 8M, MIN_RAM_MIB in kernel/src/mm/mod.rs)
+#   VCRYPT_MEM      guest RAM (default 256M; at least 12M, MIN_RAM_MIB in kernel/src/mm/mod.rs)
 #   VCRYPT_DEVICES  virtio-crypto-pci devices, each with its own builtin backend (default 1; 0 allowed)
 #   VCRYPT_ACCEL    tcg (default) or kvm (falls back to tcg where KVM is unavailable)
 #   VCRYPT_TIMEOUT  seconds before QEMU is stopped (default 300)
@@ -25,7 +25,7 @@ set -u
 export LC_ALL=C # byte lengths and byte-exact substitutions below
 
 max_cmdline_bytes=65536
-min_mem_mib=8
+min_mem_mib=12
 
 fail() { echo "run-qemu.sh: $*" >&2; exit 1; }
 

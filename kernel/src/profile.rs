@@ -5,6 +5,7 @@
 //! command with the profiler on and resolves the addresses against the kernel ELF into a table
 //! of functions.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -18,23 +19,22 @@ const SAMPLES_PER_CPU: usize = 32 * 1024;
 const ADDRESSES_PRINTED: usize = 400;
 
 struct CpuSamples {
-    rips: [AtomicU64; SAMPLES_PER_CPU],
+    rips: Box<[AtomicU64]>,
     taken: AtomicUsize,
 }
 
-static SAMPLES: [CpuSamples; MAX_CPUS] = [const {
-    CpuSamples {
-        rips: [const { AtomicU64::new(0) }; SAMPLES_PER_CPU],
-        taken: AtomicUsize::new(0),
-    }
-}; MAX_CPUS];
+/// Allocated by `start` (task context), only when profiling: the kernel image stays small.
+static SAMPLES: spin::Once<Vec<CpuSamples>> = spin::Once::new();
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 fn sample() {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    let cpu = &SAMPLES[percpu::cpu_index()];
+    let Some(samples) = SAMPLES.get() else {
+        return;
+    };
+    let cpu = &samples[percpu::cpu_index()];
     let index = cpu.taken.fetch_add(1, Ordering::Relaxed);
     if let Some(slot) = cpu.rips.get(index) {
         slot.store(irq::interrupted_rip(), Ordering::Relaxed);
@@ -43,6 +43,14 @@ fn sample() {
 
 /// Starts sampling on every CPU and arranges for the report at exit.
 pub fn start() {
+    SAMPLES.call_once(|| {
+        (0..MAX_CPUS)
+            .map(|_| CpuSamples {
+                rips: (0..SAMPLES_PER_CPU).map(|_| AtomicU64::new(0)).collect(),
+                taken: AtomicUsize::new(0),
+            })
+            .collect()
+    });
     arch::timer_line().on_active(sample);
     arch::qemu::set_exit_hook(report);
     ENABLED.store(true, Ordering::SeqCst);
@@ -57,7 +65,10 @@ fn report() {
     ENABLED.store(false, Ordering::SeqCst);
     let mut all: Vec<u64> = Vec::new();
     let mut dropped = 0;
-    for cpu in &SAMPLES[..percpu::cpu_count()] {
+    let Some(samples) = SAMPLES.get() else {
+        return;
+    };
+    for cpu in &samples[..percpu::cpu_count()] {
         let taken = cpu.taken.load(Ordering::Relaxed);
         let kept = taken.min(SAMPLES_PER_CPU);
         dropped += taken - kept;
