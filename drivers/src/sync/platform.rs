@@ -88,6 +88,9 @@ pub mod host {
         /// Preemption-off depth of this thread: blocking with it above 0 panics, as the
         /// kernel's scheduler does.
         static PREEMPT_OFF: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+        /// "Local interrupts" of this thread, as the kernel's `IrqSpinLock` and interrupt
+        /// handlers see them: off inside an `IrqSpinLock` guard or a simulated handler.
+        static IRQS_ENABLED: core::cell::Cell<bool> = const { core::cell::Cell::new(true) };
     }
 
     impl Wake for HostTask {
@@ -102,9 +105,13 @@ pub mod host {
 
     impl Platform for HostPlatform {
         fn irq_save(&self) -> bool {
-            false
+            IRQS_ENABLED.with(|e| e.replace(false))
         }
-        fn irq_restore(&self, _: bool) {}
+        fn irq_restore(&self, was_enabled: bool) {
+            if was_enabled {
+                IRQS_ENABLED.with(|e| e.set(true));
+            }
+        }
         fn preempt_disable(&self) {
             PREEMPT_OFF.with(|d| d.set(d.get() + 1));
         }
@@ -125,6 +132,10 @@ pub mod host {
                 PREEMPT_OFF.with(|d| d.get()),
                 0,
                 "block() with preemption disabled (a sleep under a preemption-off lock)"
+            );
+            assert!(
+                IRQS_ENABLED.with(|e| e.get()),
+                "block() with interrupts disabled (a sleep in interrupt context or under an IrqSpinLock)"
             );
             match deadline_ns {
                 None => thread::park(),

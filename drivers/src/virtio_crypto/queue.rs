@@ -83,6 +83,9 @@ pub(crate) enum SpaceWait {
     Sleep,
     /// Drain the queue and spin (the `ctrl=poll` baseline, which holds a preemption-off lock).
     Poll,
+    /// Do not wait: a full ring is `QueueFull` at once (interrupt context, where nothing may
+    /// sleep: a completion handler posting the next chunk of a stream).
+    Never,
 }
 
 #[cfg(test)]
@@ -703,6 +706,11 @@ impl<H: Hal> QueueCore<H> {
                     }
                     return Ok(());
                 }
+                Err(Error::QueueFull) if wait == SpaceWait::Never => {
+                    drop(guard);
+                    self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
+                    break Error::QueueFull;
+                }
                 Err(Error::QueueFull) => {
                     drop(guard);
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
@@ -712,6 +720,7 @@ impl<H: Hal> QueueCore<H> {
                     };
                     let waited = match wait {
                         SpaceWait::Sleep => self.space.wait_until_deadline(space, deadline).is_ok(),
+                        SpaceWait::Never => false,
                         SpaceWait::Poll => loop {
                             self.drain();
                             if space().is_some() {

@@ -824,3 +824,29 @@ fn oversized_requests_spill_and_builders_check_sizes() {
     assert!(rig.ring.pending().is_empty());
     assert_eq!(rig.queue.slots_in_use(), 0);
 }
+
+/// In interrupt context (a completion handler posting a stream's next chunk) a full ring is a
+/// clear `QueueFull` at once: sleeping there is impossible (`block` refuses it with interrupts
+/// off), so `submit_with` must not try.
+#[test]
+fn submit_with_on_a_full_ring_in_interrupt_context_fails_at_once() {
+    use super::slots::OnComplete;
+    struct Ignore;
+    impl OnComplete<FakeHal> for Ignore {
+        fn on_complete(&self, _request: Request<FakeHal>) {}
+    }
+    let rig = rig();
+    let _posted: Vec<_> = (0..QUEUE_SIZE / 2)
+        .map(|_| submit(&rig.queue, bufs(&[&[0; 8]], &[8])).unwrap())
+        .collect();
+    assert_eq!(rig.queue.free_descriptors(), 0);
+    let mut builder = rig.queue.reserve(8, 8).unwrap();
+    builder.push(&[1; 8]).unwrap();
+    // As an interrupt handler runs: local interrupts off.
+    let platform = crate::sync::platform::get();
+    let was = platform.irq_save();
+    let result = builder.submit_with(Arc::new(Ignore));
+    platform.irq_restore(was);
+    assert_eq!(result, Err(Error::QueueFull));
+    assert_eq!(rig.queue.counters.full_waits.load(Ordering::Relaxed), 1);
+}

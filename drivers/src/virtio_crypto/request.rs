@@ -146,13 +146,21 @@ impl<H: Hal> RequestBuilder<H> {
     /// context it runs in). On error the request is released and the handler not called; the
     /// release frees nothing (a spill stays with its slot), so a completion handler may call
     /// this.
+    ///
+    /// With interrupts off (a completion handler in interrupt context) a full ring is
+    /// `QueueFull` at once instead of a sleep, which is impossible there.
     pub fn submit_with(self, handler: Arc<dyn OnComplete<H>>) -> Result<(), Error> {
         self.check_complete()?;
         let mut request = self.request;
-        if let Err(e) = request
-            .core
-            .post(request.slot, Some(handler), SpaceWait::Sleep)
-        {
+        let platform = platform::get();
+        let irqs_enabled = platform.irq_save();
+        platform.irq_restore(irqs_enabled);
+        let wait = if irqs_enabled {
+            SpaceWait::Sleep
+        } else {
+            SpaceWait::Never
+        };
+        if let Err(e) = request.core.post(request.slot, Some(handler), wait) {
             // Possibly in interrupt context: the drop must not free a spill.
             request.from_callback = true;
             return Err(e);
