@@ -27,6 +27,15 @@ pub fn ctr_padding(cipher: Cipher, len: usize) -> usize {
     }
 }
 
+/// `UnknownSession` from a session of an older device generation means the reset dropped it:
+/// `SessionLost` says so (and that it can be created again).
+fn lost_if_reset(e: Error, device_generation: u64, session_generation: u64) -> Error {
+    match e {
+        Error::UnknownSession if device_generation != session_generation => Error::SessionLost,
+        e => e,
+    }
+}
+
 /// A cipher session on one device.
 pub struct Session<'d, H: Hal> {
     device: &'d CryptoDevice<H>,
@@ -105,12 +114,7 @@ impl<'d, H: Hal> Session<'d, H> {
 
     /// A request's error, seen from the session: an unknown session after a reset is lost.
     fn session_error(&self, e: Error) -> Error {
-        match e {
-            Error::UnknownSession if self.device.generation() != self.generation => {
-                Error::SessionLost
-            }
-            e => e,
-        }
+        lost_if_reset(e, self.device.generation(), self.generation)
     }
 
     fn check_direction(&self, wanted: Direction) -> Result<(), Error> {
@@ -311,22 +315,34 @@ impl<'d, H: Hal> RsaSession<'d, H> {
         let queue = self.device.current_data_queue();
         self.device
             .start_rsa_request(queue, self.id, &self.params, op, input, signature)
+            .map_err(|e| self.session_error(e))
+    }
+
+    /// A request's error, seen from the session: an unknown session after a reset is lost.
+    fn session_error(&self, e: Error) -> Error {
+        lost_if_reset(e, self.device.generation(), self.params.generation)
     }
 
     /// Encrypts `message` (at most modulus length - 11 bytes) with the public key.
     pub fn encrypt(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        self.start(RsaOp::Encrypt, message, &[])?.wait()
+        self.start(RsaOp::Encrypt, message, &[])?
+            .wait()
+            .map_err(|e| self.session_error(e))
     }
 
     /// Decrypts `ciphertext` (exactly the modulus length) with the private key.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, Error> {
-        self.start(RsaOp::Decrypt, ciphertext, &[])?.wait()
+        self.start(RsaOp::Decrypt, ciphertext, &[])?
+            .wait()
+            .map_err(|e| self.session_error(e))
     }
 
     /// Signs `digest` (the session hash's length); the signature is verified before it is
     /// returned.
     pub fn sign(&self, digest: &[u8]) -> Result<Vec<u8>, Error> {
-        self.start(RsaOp::Sign, digest, &[])?.wait()
+        self.start(RsaOp::Sign, digest, &[])?
+            .wait()
+            .map_err(|e| self.session_error(e))
     }
 
     /// Verifies `signature` over `digest`: `Ok` or [`Error::BadSignature`].
@@ -334,6 +350,7 @@ impl<'d, H: Hal> RsaSession<'d, H> {
         self.start(RsaOp::Verify, digest, signature)?
             .wait()
             .map(|_| ())
+            .map_err(|e| self.session_error(e))
     }
 
     /// The device generation the session was made in: after a reset it is `SessionLost`.
@@ -371,6 +388,19 @@ impl<H: Hal> Drop for RsaSession<'_, H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_session_is_lost_only_after_a_reset() {
+        assert_eq!(
+            lost_if_reset(Error::UnknownSession, 3, 2),
+            Error::SessionLost
+        );
+        assert_eq!(
+            lost_if_reset(Error::UnknownSession, 2, 2),
+            Error::UnknownSession
+        );
+        assert_eq!(lost_if_reset(Error::Timeout, 3, 2), Error::Timeout);
+    }
 
     #[test]
     fn ctr_is_padded_to_whole_blocks_and_nothing_else_is() {
