@@ -554,7 +554,10 @@ impl<H: Hal> QueueCore<H> {
     pub fn closed_error(&self) -> Error {
         match self.lifecycle.get().map(|l| l.check_open()) {
             Some(Err(e)) => e,
-            _ => Error::DeviceNeedsReset,
+            // Open again: the recovery finished between the caller's closed check and this
+            // one, so the device was reset meanwhile (retry), not left needing a reset.
+            Some(Ok(())) => Error::DeviceReset,
+            None => Error::DeviceNeedsReset,
         }
     }
 

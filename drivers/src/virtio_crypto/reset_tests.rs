@@ -595,3 +595,25 @@ fn seed4_65536_completions_between_two_polls_are_all_seen() {
     assert_eq!(seen, (0..TOTAL).collect::<Vec<_>>(), "each request once");
     assert_eq!(queue.slots_in_use(), 0);
 }
+
+/// A request that finds its queue closed gets `DeviceReset` while the device is being recovered
+/// and also if the recovery finished in between (the device was reset: retry), `DeviceNeedsReset`
+/// only when recovery failed or there is none.
+#[test]
+fn a_closed_queue_says_reset_unless_recovery_failed() {
+    let bell = CountingNotify::new();
+    let (dev, _rings, _transport, _status) = crypto_device_with(1, &bell, 8);
+    let queue = &dev.data[0];
+    queue.close();
+    dev.lifecycle().set(DeviceState::Resetting);
+    assert_eq!(queue.closed_error(), Error::DeviceReset);
+    // Reopened by the recovery task between the caller's check and this one.
+    dev.lifecycle().set(DeviceState::Running);
+    assert_eq!(queue.closed_error(), Error::DeviceReset);
+    dev.lifecycle().set(DeviceState::Failed);
+    assert_eq!(queue.closed_error(), Error::DeviceNeedsReset);
+    // A queue without a device lifecycle cannot be recovered.
+    let (bare, _ring, _t) = rig_queue(4);
+    bare.close();
+    assert_eq!(bare.closed_error(), Error::DeviceNeedsReset);
+}
