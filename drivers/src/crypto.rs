@@ -2,7 +2,7 @@
 //! calls. Dropping a session destroys it on the device. The key is never kept: the driver's
 //! copy in the request buffer is zeroized as soon as the device has it.
 //!
-//! A request goes: `Session::encrypt` -> `CryptoDevice::cipher_into` (validation; header, IV and
+//! A request goes: `Session::encrypt` -> `CryptoDevice::start_session_request` (validation; header, IV and
 //! source copied into a request slot of the CPU's data queue) -> `RequestBuilder::submit` (queue
 //! lock: add + kick prepare; doorbell after unlock) -> the task sleeps in `Request::wait_until`
 //! -> the queue's MSI-X interrupt runs `CryptoQueue::handle_interrupt` (queue lock: pop used;

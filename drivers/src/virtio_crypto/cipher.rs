@@ -263,10 +263,7 @@ impl<H: Hal> CryptoDevice<H> {
         iv: &[u8],
         src: &[u8],
     ) -> Result<CipherRequest<H>, Error> {
-        let request = self
-            .build_cipher_request(queue, session_id, cipher, direction, iv, src)?
-            .submit()?;
-        Ok(CipherRequest::from_request(request, self.health().clone()))
+        self.post_cipher_request(queue, session_id, None, cipher, direction, iv, src)
     }
 
     /// Like [`start_cipher_request`](Self::start_cipher_request) for a session made in device
@@ -285,37 +282,36 @@ impl<H: Hal> CryptoDevice<H> {
         if generation != self.generation() {
             return Err(Error::SessionLost);
         }
-        let mut builder =
-            self.build_cipher_request(queue, session_id, cipher, direction, iv, src)?;
-        builder.bind_generation(generation);
-        let request = builder.submit()?;
-        Ok(CipherRequest::from_request(request, self.health().clone()))
+        self.post_cipher_request(
+            queue,
+            session_id,
+            Some(generation),
+            cipher,
+            direction,
+            iv,
+            src,
+        )
     }
 
-    /// Runs one cipher request: `src` in, the same number of bytes written to `dst`.
-    /// Allocates nothing for requests that fit the queue's preallocated memory.
+    /// Builds and posts a cipher request, bound to `generation` when given.
     #[allow(clippy::too_many_arguments)]
-    pub fn cipher_into(
+    fn post_cipher_request(
         &self,
         queue: &CryptoQueue<H>,
         session_id: u64,
+        generation: Option<u64>,
         cipher: Cipher,
         direction: Direction,
         iv: &[u8],
         src: &[u8],
-        dst: &mut [u8],
-    ) -> Result<(), Error> {
-        if src.len() != dst.len() {
-            return Err(Error::LengthMismatch {
-                src: src.len(),
-                dst: dst.len(),
-            });
+    ) -> Result<CipherRequest<H>, Error> {
+        let mut builder =
+            self.build_cipher_request(queue, session_id, cipher, direction, iv, src)?;
+        if let Some(generation) = generation {
+            builder.bind_generation(generation);
         }
-        let out = self
-            .start_cipher_request(queue, session_id, cipher, direction, iv, src)?
-            .wait()?;
-        dst.copy_from_slice(&out);
-        Ok(())
+        let request = builder.submit()?;
+        Ok(CipherRequest::from_request(request, self.health().clone()))
     }
 
     /// Runs one cipher request and returns the output in a new vector.

@@ -248,7 +248,8 @@ pub fn differential_1000_per_mode_vs_rustcrypto() -> TestResult {
     Ok(())
 }
 
-fn expect_err<T>(what: &str, got: Result<T, Error>, want: Error) -> TestResult {
+/// `got` must be exactly the error `want`.
+pub(super) fn expect_err<T>(what: &str, got: Result<T, Error>, want: Error) -> TestResult {
     match got {
         Err(e) if e == want => Ok(()),
         Err(e) => Err(format!("{what}: got error \"{e}\", expected \"{want}\"")),

@@ -9,6 +9,7 @@ use vcrypt_drivers::crypto::{ChainMode, Cipher, Direction, Session};
 use vcrypt_drivers::error::Error;
 
 use super::TestResult;
+use super::crypto::expect_err;
 use super::reference::{Rng, reference};
 use crate::ensure;
 use crate::virtio::crypto::{Device, devices};
@@ -66,6 +67,7 @@ fn check_stream(
 pub fn streams_random_lengths_every_mode_vs_rustcrypto() -> TestResult {
     const CASES: usize = 12;
     for device in devices() {
+        let unadvertised_before = device.allows_unadvertised();
         device.set_allow_unadvertised(true);
         let result = (|| -> TestResult {
             let mut rng = Rng::new(0x57e4_0001);
@@ -87,7 +89,7 @@ pub fn streams_random_lengths_every_mode_vs_rustcrypto() -> TestResult {
             }
             Ok(())
         })();
-        device.set_allow_unadvertised(false);
+        device.set_allow_unadvertised(unadvertised_before);
         result?;
     }
     Ok(())
@@ -98,6 +100,7 @@ pub fn streams_random_lengths_every_mode_vs_rustcrypto() -> TestResult {
 /// the independent requests finish while the streams run.
 pub fn many_streams_and_independent_requests_on_every_cpu() -> TestResult {
     for device in devices() {
+        let unadvertised_before = device.allows_unadvertised();
         device.set_allow_unadvertised(true);
         let cpus = crate::arch::percpu::cpu_count();
         let handles: Vec<_> = (0..cpus * 3)
@@ -147,18 +150,10 @@ pub fn many_streams_and_independent_requests_on_every_cpu() -> TestResult {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("spawn: {e:?}"))?;
         let results: Vec<TestResult> = handles.into_iter().map(|h| h.join()).collect();
-        device.set_allow_unadvertised(false);
+        device.set_allow_unadvertised(unadvertised_before);
         results.into_iter().collect::<TestResult>()?;
     }
     Ok(())
-}
-
-fn expect_err<T>(what: &str, got: Result<T, Error>, want: Error) -> TestResult {
-    match got {
-        Err(e) if e == want => Ok(()),
-        Err(e) => Err(format!("{what}: got error \"{e}\", expected \"{want}\"")),
-        Ok(_) => Err(format!("{what}: succeeded, expected \"{want}\"")),
-    }
 }
 
 /// A chunk of a bad length fails its stream with that error, later feeds get `StreamBroken`;
@@ -244,6 +239,7 @@ pub fn failing_chunk_fails_the_stream_and_later_streams_work() -> TestResult {
                 1024,
             )?;
         }
+        let unadvertised_before = device.allows_unadvertised();
         device.set_allow_unadvertised(true);
         let refused = (|| -> TestResult {
             for cipher in [Cipher::AesEcb, Cipher::AesXts] {
@@ -258,7 +254,7 @@ pub fn failing_chunk_fails_the_stream_and_later_streams_work() -> TestResult {
             }
             Ok(())
         })();
-        device.set_allow_unadvertised(false);
+        device.set_allow_unadvertised(unadvertised_before);
         refused?;
         ensure!(
             device.data.iter().all(|q| q.slots_in_use() == 0),
