@@ -39,6 +39,7 @@ pub const SWITCHES: &[(&str, &str)] = &[
     ("queues", "percpu|shared"),
     ("chain", "pipelined|serial"),
     ("profile", "off|on"),
+    ("event_idx", "on|off"),
 ];
 
 /// Why a command line, or a command's arguments, were refused. Each prints as one line.

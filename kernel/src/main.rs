@@ -105,7 +105,16 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
             d.header_type
         );
     }
-    let crypto = virtio::crypto::probe_all(&devices);
+    let event_idx = match cmdline.switch("event_idx") {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            println!("error: event_idx={other}: expected event_idx=on or event_idx=off");
+            qemu::exit(ExitCode::Failure);
+        }
+    };
+    let crypto =
+        virtio::crypto::probe_all(&devices, virtio::crypto::probe::driver_features(event_idx));
     if crypto > 0 && virtio::crypto::init_all() == 0 {
         println!("error: no virtio-crypto device could be brought up");
         qemu::exit(ExitCode::Failure);

@@ -342,6 +342,11 @@ impl<H: Hal> CipherRequest<H> {
         CipherRequest { request, health }
     }
 
+    /// Whether the device answered (or the request failed): `wait` will not sleep.
+    pub fn is_done(&self) -> bool {
+        self.request.is_done()
+    }
+
     /// Sleeps until the device answers (at most the device's timeout); returns the output.
     pub fn wait(self) -> Result<CipherOutput<H>, Error> {
         let deadline = platform::get()

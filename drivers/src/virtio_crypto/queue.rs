@@ -109,48 +109,105 @@ type PopResult = Result<(Posted, u32), (Option<Posted>, Error)>;
 struct Ring<H: Hal> {
     vq: Box<VirtQueue<H, QUEUE_SIZE>>,
     in_flight: Vec<Option<Posted>>,
-    used: UsedRing,
+    view: RingView,
     /// Entries popped so far, mod 2^16: the used-ring slot of the next entry is this mod SIZE
     /// (it moves in step with virtio-drivers' private `last_used_idx`).
     popped: u16,
+    /// Entries added so far, mod 2^16 (in step with virtio-drivers' private avail index).
+    added: u16,
+    /// `added` at the last kick-prepare: the "old" index of the EVENT_IDX need-event check.
+    kicked: u16,
+    /// VIRTIO_RING_F_EVENT_IDX was negotiated: notifications both ways go by ring indices
+    /// (`avail_event`, `used_event`) instead of flags.
+    event_idx: bool,
+    /// Interrupts stay off for good (a poller drains the queue: `bench limit`).
+    polled: bool,
 }
 
-/// A read-only view of the used ring, for what virtio-drivers does not expose: the full 32-bit
-/// id of a used element (it returns the id cut to 16 bits, which would let an id of
-/// 0x1_0000 + t pass for token t).
-struct UsedRing {
-    base: NonNull<u8>,
+/// Whether a side that published index `new` (having last notified at `old`) must notify the
+/// other, which asked to hear once the index passes `event` (virtio 1.1, 2.6.7.2 and 2.6.10.2).
+/// Everything is mod 2^16: correct across the wrap of the 16-bit indices, and when several
+/// entries were added since the last notification (`event` anywhere in `[old, new)`).
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
-// SAFETY: the used ring is DMA memory owned by the queue for its whole life; reads are volatile.
-unsafe impl Send for UsedRing {}
+/// The check virtio-drivers 0.13 makes instead (`avail_idx >= avail_event + 1`): plain `>=` on
+/// 16-bit indices, wrong once they wrap. Kept for the host test that shows the difference.
+#[cfg(test)]
+pub(crate) fn virtio_drivers_should_notify(event: u16, new: u16) -> bool {
+    new >= event.wrapping_add(1)
+}
 
-impl UsedRing {
+/// What virtio-drivers does not expose of the rings: the full 32-bit id of a used element (it
+/// returns the id cut to 16 bits, which would let an id of 0x1_0000 + t pass for token t), the
+/// device's `avail_event` and the driver's `used_event`.
+struct RingView {
+    avail: NonNull<u8>,
+    used: NonNull<u8>,
+}
+
+// SAFETY: both rings are DMA memory owned by the queue for its whole life; every access is
+// volatile and made under the queue lock.
+unsafe impl Send for RingView {}
+
+impl RingView {
     const HEADER: usize = 4; // flags: u16, idx: u16
-    const ELEMENT: usize = 8; // id: u32, len: u32
+    const USED_ELEMENT: usize = 8; // id: u32, len: u32
+    const AVAIL_ELEMENT: usize = 2; // head: u16
+    const USED_LEN: usize = Self::HEADER + QUEUE_SIZE * Self::USED_ELEMENT + 2;
+    const AVAIL_LEN: usize = Self::HEADER + QUEUE_SIZE * Self::AVAIL_ELEMENT + 2;
 
     fn raw_id(&self, popped: u16) -> u32 {
         let slot = popped as usize % QUEUE_SIZE;
-        // SAFETY: `base` maps the whole used ring (header + QUEUE_SIZE elements), see `new`.
+        // SAFETY: `used` maps the whole used ring (USED_LEN bytes), see `Ring::new`.
         unsafe {
             core::ptr::read_volatile(
-                self.base
+                self.used
                     .as_ptr()
-                    .add(Self::HEADER + slot * Self::ELEMENT)
+                    .add(Self::HEADER + slot * Self::USED_ELEMENT)
                     .cast::<u32>(),
+            )
+        }
+    }
+
+    /// The device's `avail_event`: notify it once the avail index passes this.
+    fn avail_event(&self) -> u16 {
+        // SAFETY: the field after the used ring's elements, inside USED_LEN (see `Ring::new`).
+        unsafe {
+            core::ptr::read_volatile(
+                self.used
+                    .as_ptr()
+                    .add(Self::HEADER + QUEUE_SIZE * Self::USED_ELEMENT)
+                    .cast::<u16>(),
+            )
+        }
+    }
+
+    /// The driver's `used_event`: interrupt once the used index passes this.
+    fn set_used_event(&self, index: u16) {
+        // SAFETY: the field after the avail ring's elements, inside AVAIL_LEN (see `Ring::new`);
+        // only the driver writes it, under the queue lock.
+        unsafe {
+            core::ptr::write_volatile(
+                self.avail
+                    .as_ptr()
+                    .add(Self::HEADER + QUEUE_SIZE * Self::AVAIL_ELEMENT)
+                    .cast::<u16>(),
+                index,
             )
         }
     }
 }
 
-/// Passes everything to the real transport and remembers where queue `index`'s used ring is.
-struct UsedRingFinder<'t, T: Transport> {
+/// Passes everything to the real transport and remembers where queue `index`'s rings are.
+struct RingFinder<'t, T: Transport> {
     transport: &'t mut T,
     index: u16,
-    device_area: Option<PhysAddr>,
+    areas: Option<(PhysAddr, PhysAddr)>,
 }
 
-impl<T: Transport> Transport for UsedRingFinder<'_, T> {
+impl<T: Transport> Transport for RingFinder<'_, T> {
     fn device_type(&self) -> DeviceType {
         self.transport.device_type()
     }
@@ -187,7 +244,7 @@ impl<T: Transport> Transport for UsedRingFinder<'_, T> {
         device_area: PhysAddr,
     ) {
         if queue == self.index {
-            self.device_area = Some(device_area);
+            self.areas = Some((driver_area, device_area));
         }
         self.transport
             .queue_set(queue, size, descriptors, driver_area, device_area)
@@ -295,6 +352,7 @@ impl<H: Hal> QueueGuard<'_, H> {
         match token {
             Ok(token) => {
                 trace("publish-avail");
+                self.ring.added = self.ring.added.wrapping_add(1);
                 self.ring.in_flight[token as usize] = Some(posted);
                 Ok(token)
             }
@@ -306,16 +364,55 @@ impl<H: Hal> QueueGuard<'_, H> {
     }
 
     /// Whether the device asked to be notified of new buffers (kick prepare). A full barrier
-    /// first: the avail index was published by a store, and the device's NO_NOTIFY flag is read
-    /// by a load; without it the load may pass the store (x86's store buffer), the device may
-    /// have re-enabled notifications after checking the old avail index, and both sides sleep
-    /// (Linux's `virtio_mb()` at the start of `virtqueue_kick_prepare`).
-    fn kick_prepare(&self) -> bool {
+    /// first: the avail index was published by a store, and the device's NO_NOTIFY flag (or
+    /// `avail_event`) is read by a load; without it the load may pass the store (x86's store
+    /// buffer), the device may have re-enabled notifications after checking the old avail
+    /// index, and both sides sleep (Linux's `virtio_mb()` at the start of
+    /// `virtqueue_kick_prepare`). With EVENT_IDX the check covers every entry added since the
+    /// last kick-prepare, mod 2^16 ([`need_event`]).
+    fn kick_prepare(&mut self) -> bool {
         core::sync::atomic::fence(Ordering::SeqCst);
         trace("mb");
-        let notify = self.ring.vq.should_notify();
+        let ring = &mut *self.ring;
+        let notify = if ring.event_idx {
+            let notify = need_event(ring.view.avail_event(), ring.added, ring.kicked);
+            ring.kicked = ring.added;
+            notify
+        } else {
+            ring.vq.should_notify()
+        };
         trace("read-no-notify");
         notify
+    }
+
+    /// Asks the device not to interrupt for used entries: a drain is running (it will see them)
+    /// or a poller owns the queue.
+    fn suppress_interrupts(&mut self) {
+        if self.ring.event_idx {
+            // Half the index space ahead: the device publishes at most QUEUE_SIZE entries past
+            // `popped` before the drain moves it, so it never reaches this.
+            let far = self.ring.popped.wrapping_add(0x8000);
+            self.ring.view.set_used_event(far);
+        } else {
+            self.ring.vq.set_dev_notify(false);
+        }
+    }
+
+    /// Asks for an interrupt at the next used entry (unless a poller owns the queue), then
+    /// looks at the used ring once more: an entry published before the device could see the
+    /// request is found here instead of waiting for an interrupt that will not come. The
+    /// barrier orders the store of the request before the load of the used index (Linux's
+    /// `virtqueue_enable_cb` followed by `virtqueue_poll`). Returns whether entries wait.
+    fn enable_interrupts(&mut self) -> bool {
+        if !self.ring.polled {
+            if self.ring.event_idx {
+                self.ring.view.set_used_event(self.ring.popped);
+            } else {
+                self.ring.vq.set_dev_notify(true);
+            }
+            core::sync::atomic::fence(Ordering::SeqCst);
+        }
+        self.ring.vq.can_pop()
     }
 
     /// Pops the next used entry, if any, with its request. `Err` means the device broke the
@@ -324,7 +421,7 @@ impl<H: Hal> QueueGuard<'_, H> {
     fn pop(&mut self) -> Option<PopResult> {
         let token = self.ring.vq.peek_used()?;
         // virtio-drivers returns the 32-bit id cut to 16 bits: check the full id ourselves.
-        let raw_id = self.ring.used.raw_id(self.ring.popped);
+        let raw_id = self.ring.view.raw_id(self.ring.popped);
         let entry = (raw_id == token as u32)
             .then(|| {
                 self.ring
@@ -352,6 +449,11 @@ impl<H: Hal> QueueGuard<'_, H> {
         Some(match used {
             Ok(len) => {
                 self.ring.popped = self.ring.popped.wrapping_add(1);
+                if self.ring.event_idx {
+                    // virtio-drivers just moved `used_event` to `popped`; the drain that pops
+                    // wants no interrupts until it is done.
+                    self.suppress_interrupts();
+                }
                 Ok((entry, len))
             }
             Err(_) => Err((
@@ -390,7 +492,18 @@ impl<H: Hal> CryptoQueue<H> {
         index: u16,
         doorbell: Box<dyn Notify>,
     ) -> Result<Self, Error> {
-        let ring = Ring::new(transport, index)?;
+        Self::with_event_idx(transport, index, doorbell, false)
+    }
+
+    /// Like [`new`](Self::new) on a device that negotiated VIRTIO_RING_F_EVENT_IDX
+    /// (`event_idx`): doorbells and interrupts are then suppressed by ring indices.
+    pub fn with_event_idx<T: Transport>(
+        transport: &mut T,
+        index: u16,
+        doorbell: Box<dyn Notify>,
+        event_idx: bool,
+    ) -> Result<Self, Error> {
+        let ring = Ring::new(transport, index, event_idx)?;
         Ok(CryptoQueue {
             core: Arc::new(QueueCore {
                 index,
@@ -410,33 +523,38 @@ impl<H: Hal> CryptoQueue<H> {
 
 impl<H: Hal> Ring<H> {
     /// Sets up virtqueue `index`'s rings on `transport`.
-    fn new<T: Transport>(transport: &mut T, index: u16) -> Result<Self, Error> {
-        let mut finder = UsedRingFinder {
+    fn new<T: Transport>(transport: &mut T, index: u16, event_idx: bool) -> Result<Self, Error> {
+        let mut finder = RingFinder {
             transport,
             index,
-            device_area: None,
+            areas: None,
         };
-        let vq =
-            VirtQueue::<H, QUEUE_SIZE>::new(&mut finder, index, false, false).map_err(|_| {
-                Error::NotSupported {
-                    what: "a virtqueue of 1024 entries",
-                }
-            })?;
-        let device_area = finder.device_area.ok_or(Error::NotSupported {
-            what: "a queue without a used ring",
+        let vq = VirtQueue::<H, QUEUE_SIZE>::new(&mut finder, index, false, event_idx).map_err(
+            |_| Error::NotSupported {
+                what: "a virtqueue of 1024 entries",
+            },
+        )?;
+        let (driver_area, device_area) = finder.areas.ok_or(Error::NotSupported {
+            what: "a queue without rings",
         })?;
-        let used_len = UsedRing::HEADER + QUEUE_SIZE * UsedRing::ELEMENT;
-        // SAFETY: `device_area` is the used ring virtio-drivers just allocated for this queue;
-        // translating it gives memory that lives as long as the queue.
-        let used = UsedRing {
-            base: unsafe { H::mmio_phys_to_virt(device_area, used_len) },
+        // SAFETY: the areas are the avail and used rings virtio-drivers just allocated for this
+        // queue; translating them gives memory that lives as long as the queue.
+        let view = unsafe {
+            RingView {
+                avail: H::mmio_phys_to_virt(driver_area, RingView::AVAIL_LEN),
+                used: H::mmio_phys_to_virt(device_area, RingView::USED_LEN),
+            }
         };
         let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
         Ok(Ring {
             vq: Box::new(vq),
             in_flight,
-            used,
+            view,
             popped: 0,
+            added: 0,
+            kicked: 0,
+            event_idx,
+            polled: false,
         })
     }
 }
@@ -495,6 +613,11 @@ impl<H: Hal> CryptoQueue<H> {
     /// Returns how many completed. Never allocates.
     pub fn handle_interrupt(&self) -> usize {
         self.core.drain()
+    }
+
+    /// Hands the queue to a poller or back to interrupts (see `QueueCore::set_polled`).
+    pub fn set_polled(&self, polled: bool) {
+        self.core.set_polled(polled)
     }
 
     /// Marks the queue broken and fails every request in flight with `error` (device reset
@@ -608,7 +731,8 @@ impl<H: Hal> QueueCore<H> {
     /// ([`fail_after_reset`](Self::fail_after_reset) first). The queue stays closed until
     /// [`reopen`](Self::reopen).
     pub fn rebuild<T: Transport>(&self, transport: &mut T) -> Result<(), Error> {
-        let fresh = Ring::<H>::new(transport, self.index)?;
+        let event_idx = self.ring.lock().event_idx;
+        let fresh = Ring::<H>::new(transport, self.index, event_idx)?;
         let old = {
             let mut ring = self.ring.lock();
             if ring.in_flight.iter().any(Option::is_some) {
@@ -620,6 +744,24 @@ impl<H: Hal> QueueCore<H> {
         };
         drop(old); // outside the lock: frees the old rings' DMA memory
         Ok(())
+    }
+
+    /// Hands the queue to a poller (`true`: the device is asked for no interrupts at all, and
+    /// only [`CryptoQueue::handle_interrupt`] calls finish its requests) or back to interrupts
+    /// (`false`, which drains what finished meanwhile). For measuring the device's own rate.
+    pub(crate) fn set_polled(self: &Arc<Self>, polled: bool) {
+        {
+            let mut guard = QueueGuard {
+                ring: self.ring.lock(),
+            };
+            guard.ring.polled = polled;
+            if polled {
+                guard.suppress_interrupts();
+            }
+        }
+        if !polled {
+            self.drain();
+        }
     }
 
     /// Opens a rebuilt queue to new requests.
@@ -648,6 +790,78 @@ impl<H: Hal> QueueCore<H> {
         self.storage().reclaim_after_reset()
     }
 
+    /// Marks a built request (slot in `Building`) in flight with its handler and returns what
+    /// the ring needs of it, with the device generation it is bound to. In flight before the
+    /// add: the device may answer before `add` returns.
+    fn prepare(&self, slot: u16, handler: Option<Arc<dyn OnComplete<H>>>) -> (Posted, Option<u64>) {
+        let storage = self.storage();
+        let mut st = storage.slots[slot as usize].state.lock();
+        let (base, _) = storage.region(slot, &st);
+        let posted = Posted {
+            slot,
+            readable: (base, st.readable),
+            writable: (base + st.readable, st.writable),
+            min_used: st.min_used,
+        };
+        st.phase = Phase::InFlight;
+        st.on_complete = handler;
+        (posted, st.generation)
+    }
+
+    /// Undoes `prepare` for a request that was not added: back in `Building`, owned by the
+    /// caller; its handler is dropped outside the slot lock.
+    fn unprepare(&self, slot: u16) {
+        let handler = {
+            let mut st = self.storage().slots[slot as usize].state.lock();
+            st.phase = Phase::Building;
+            st.on_complete.take()
+        };
+        drop(handler);
+    }
+
+    /// Adds a prepared request unless the queue is closed or the request's generation is gone.
+    /// Checked under the lock: `fail_all`/`close` set `broken` before draining under the same
+    /// lock, so a request is either drained by them or refused here, never stranded.
+    fn admit(
+        &self,
+        guard: &mut QueueGuard<'_, H>,
+        posted: Posted,
+        generation: Option<u64>,
+    ) -> Result<u16, Error> {
+        let stale = match (generation, self.lifecycle.get()) {
+            (Some(g), Some(l)) => g != l.generation(),
+            _ => false,
+        };
+        if self.is_broken() {
+            Err(self.closed_error())
+        } else if stale {
+            Err(Error::SessionLost)
+        } else {
+            let token = guard.add(posted)?;
+            self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+            Ok(token)
+        }
+    }
+
+    /// Ends a lock hold after requests were added (`unkicked` of them since the last
+    /// kick-prepare): asks whether the device wants a doorbell and rings it after dropping the
+    /// lock (or, for the `Locked` baseline, before).
+    fn kick(&self, mut guard: QueueGuard<'_, H>, unkicked: usize) {
+        if unkicked == 0 {
+            return;
+        }
+        let notify = guard.kick_prepare();
+        if notify && self.kick_mode() == KickMode::Locked {
+            self.ring_doorbell();
+            drop(guard);
+        } else {
+            drop(guard);
+            if notify {
+                self.ring_doorbell();
+            }
+        }
+    }
+
     /// Posts a built request (slot in `Building`): marks it in flight, adds its descriptors under
     /// the queue lock, rings the doorbell after it. While the ring is full it waits (`wait`) for
     /// space, at most the queue's timeout (`Timeout`), and gives up when the queue is closed
@@ -659,21 +873,7 @@ impl<H: Hal> QueueCore<H> {
         handler: Option<Arc<dyn OnComplete<H>>>,
         wait: SpaceWait,
     ) -> Result<(), Error> {
-        let storage = self.storage();
-        let (posted, generation) = {
-            let mut st = storage.slots[slot as usize].state.lock();
-            let (base, _) = storage.region(slot, &st);
-            let posted = Posted {
-                slot,
-                readable: (base, st.readable),
-                writable: (base + st.readable, st.writable),
-                min_used: st.min_used,
-            };
-            // In flight before the add: the device may answer before `add` returns.
-            st.phase = Phase::InFlight;
-            st.on_complete = handler;
-            (posted, st.generation)
-        };
+        let (posted, generation) = self.prepare(slot, handler);
         let descriptors = usize::from(posted.readable.1 > 0) + usize::from(posted.writable.1 > 0);
         let platform = crate::sync::platform::get();
         let deadline = platform.now_ns().saturating_add(self.timeout_ns());
@@ -681,32 +881,9 @@ impl<H: Hal> QueueCore<H> {
             let mut guard = QueueGuard {
                 ring: self.ring.lock(),
             };
-            // Checked under the lock: `fail_all`/`close` set `broken` before draining under the
-            // same lock, so a request is either drained by them or refused here, never stranded.
-            let stale = match (generation, self.lifecycle.get()) {
-                (Some(g), Some(l)) => g != l.generation(),
-                _ => false,
-            };
-            let added = if self.is_broken() {
-                Err(self.closed_error())
-            } else if stale {
-                Err(Error::SessionLost)
-            } else {
-                guard.add(posted)
-            };
-            match added {
+            match self.admit(&mut guard, posted, generation) {
                 Ok(_token) => {
-                    self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-                    let notify = guard.kick_prepare();
-                    if notify && self.kick_mode() == KickMode::Locked {
-                        self.ring_doorbell();
-                        drop(guard);
-                    } else {
-                        drop(guard);
-                        if notify {
-                            self.ring_doorbell();
-                        }
-                    }
+                    self.kick(guard, 1);
                     return Ok(());
                 }
                 Err(Error::QueueFull) if wait == SpaceWait::Never => {
@@ -745,13 +922,62 @@ impl<H: Hal> QueueCore<H> {
                 }
             }
         };
-        let handler = {
-            let mut st = storage.slots[slot as usize].state.lock();
-            st.phase = Phase::Building;
-            st.on_complete.take()
-        };
-        drop(handler);
+        self.unprepare(slot);
         Err(error)
+    }
+
+    /// Posts built requests (slots in `Building`) in order, completion collected by waiting:
+    /// added under as few lock holds as the ring allows, with one kick-prepare (and at most one
+    /// doorbell) at the end instead of one per request. A full ring rings for what was added,
+    /// then waits for space like [`post`](Self::post). Returns how many were posted (a prefix
+    /// of `slots`) and the error that stopped the rest, whose slots are back in `Building`.
+    pub(crate) fn post_batch(self: &Arc<Self>, slots: &[u16]) -> (usize, Result<(), Error>) {
+        const CHUNK: usize = 32;
+        let mut done = 0;
+        let mut unkicked = 0;
+        while done < slots.len() {
+            let chunk = &slots[done..(done + CHUNK).min(slots.len())];
+            let mut prepared: heapless::Vec<(Posted, Option<u64>), CHUNK> = heapless::Vec::new();
+            for &slot in chunk {
+                let _ = prepared.push(self.prepare(slot, None));
+            }
+            let mut guard = QueueGuard {
+                ring: self.ring.lock(),
+            };
+            let mut added = 0;
+            let mut error = None;
+            for &(posted, generation) in &prepared {
+                match self.admit(&mut guard, posted, generation) {
+                    Ok(_token) => added += 1,
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            unkicked += added;
+            if done + added == slots.len() || error.is_some() {
+                self.kick(guard, unkicked);
+                unkicked = 0;
+            } else {
+                // The doorbell waits for the last chunk (the device sees these then).
+                drop(guard);
+            }
+            for &(posted, _) in &prepared[added..] {
+                self.unprepare(posted.slot);
+            }
+            done += added;
+            match error {
+                None => {}
+                // Wait for space with the next request, then go on in batches.
+                Some(Error::QueueFull) => match self.post(slots[done], None, SpaceWait::Sleep) {
+                    Ok(()) => done += 1,
+                    Err(e) => return (done, Err(e)),
+                },
+                Some(e) => return (done, Err(e)),
+            }
+        }
+        (done, Ok(()))
     }
 
     fn ring_doorbell(&self) {
@@ -799,17 +1025,29 @@ impl<H: Hal> QueueCore<H> {
             return 0;
         }
         let mut total = 0;
+        let mut first = true;
         loop {
             let mut done: heapless::Vec<(u16, Result<u32, Error>, bool), BATCH> =
                 heapless::Vec::new();
             let mut broken = false;
+            let mut empty = false;
             {
                 let mut guard = QueueGuard {
                     ring: self.ring.lock(),
                 };
+                if first {
+                    // No interrupt per entry while this drain pops them (it ends with
+                    // `enable_interrupts`).
+                    guard.suppress_interrupts();
+                    first = false;
+                }
                 while done.len() < BATCH - 1 {
                     match guard.pop() {
-                        None => break,
+                        None if guard.enable_interrupts() => guard.suppress_interrupts(),
+                        None => {
+                            empty = true;
+                            break;
+                        }
                         Some(Ok((entry, len))) => {
                             let result = if len as usize > entry.writable.1 {
                                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -860,7 +1098,7 @@ impl<H: Hal> QueueCore<H> {
                 }
                 break;
             }
-            if finished < BATCH - 1 {
+            if empty {
                 break;
             }
         }

@@ -14,6 +14,7 @@
 //! has it, leaves the memory with the queue until the device gives it back.
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use virtio_drivers::Hal;
 use zerocopy::{Immutable, IntoBytes};
@@ -168,6 +169,76 @@ impl<H: Hal> RequestBuilder<H> {
         // The handler gets a new handle for the slot; this one must not release it.
         core::mem::forget(request);
         Ok(())
+    }
+}
+
+/// Requests built on one queue and posted together by [`submit`](Self::submit): one
+/// kick-prepare, and at most one doorbell, for all of them instead of one per request. Keep one
+/// and reuse it: once its vectors have grown it allocates nothing.
+pub struct RequestBatch<H: Hal> {
+    builders: Vec<RequestBuilder<H>>,
+    slots: Vec<u16>,
+}
+
+impl<H: Hal> Default for RequestBatch<H> {
+    fn default() -> Self {
+        RequestBatch {
+            builders: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+}
+
+impl<H: Hal> RequestBatch<H> {
+    pub fn with_capacity(requests: usize) -> Self {
+        RequestBatch {
+            builders: Vec::with_capacity(requests),
+            slots: Vec::with_capacity(requests),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.builders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.builders.is_empty()
+    }
+
+    /// Adds a built request. All requests of a batch go to one queue: another queue's is
+    /// refused (and released).
+    pub fn push(&mut self, builder: RequestBuilder<H>) -> Result<(), Error> {
+        builder.check_complete()?;
+        if let Some(first) = self.builders.first()
+            && !Arc::ptr_eq(&first.request.core, &builder.request.core)
+        {
+            return Err(Error::NotSupported {
+                what: "a request batch over several queues",
+            });
+        }
+        self.builders.push(builder);
+        Ok(())
+    }
+
+    /// Posts every request in order and appends each to `posted` (collect them with
+    /// [`Request::wait`]). A full ring rings for what was added and sleeps for space, as
+    /// [`RequestBuilder::submit`] does. On an error the requests posted before it are in
+    /// `posted`, the others are released, and the error is returned. The batch is empty after.
+    pub fn submit(&mut self, posted: &mut Vec<Request<H>>) -> Result<(), Error> {
+        let Some(first) = self.builders.first() else {
+            return Ok(());
+        };
+        let core = first.request.core.clone();
+        self.slots.clear();
+        self.slots
+            .extend(self.builders.iter().map(|b| b.request.slot));
+        let (count, result) = core.post_batch(&self.slots);
+        for (i, builder) in self.builders.drain(..).enumerate() {
+            if i < count {
+                posted.push(builder.request);
+            }
+        }
+        result
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Vectors {
     /// (queue index, MSI-X entry) for every queue, `None` without MSI-X.
     queue_entry: Vec<(u16, Option<u16>)>,
     config_entry: Option<u16>,
+    /// The features negotiated at probe: a reset device must take exactly these again.
+    features: u64,
 }
 
 impl Vectors {
@@ -161,9 +163,10 @@ impl Recover<VirtioPciTransport> for &Vectors {
         &mut self,
         transport: &mut VirtioPciTransport,
     ) -> Result<(), vcrypt_drivers::error::Error> {
-        probe::negotiate(transport)
-            .map(|_| ())
-            .map_err(|_| recovery_error("the features negotiated before the reset"))
+        match probe::negotiate(transport, self.features) {
+            Ok(features) if features == self.features => Ok(()),
+            _ => Err(recovery_error("the features negotiated before the reset")),
+        }
     }
 
     fn route_queue(
@@ -337,6 +340,7 @@ fn init_device(
             (InterruptMode::PerQueueVectors | InterruptMode::SharedVector, Some(_)) => Some(0),
             _ => None,
         },
+        features: probed.features,
     };
     for q in (0..control_index).chain(core::iter::once(control_index)) {
         let (entry, cpu, line) = match mode {
@@ -365,8 +369,13 @@ fn init_device(
         queue_lines.push(line);
         let doorbell = transport.doorbell(q);
         built.push(
-            CryptoQueue::new(transport, q, Box::new(doorbell))
-                .map_err(|e| format!("queue {q}: {e}"))?,
+            CryptoQueue::with_event_idx(
+                transport,
+                q,
+                Box::new(doorbell),
+                probed.features & probe::FEATURE_EVENT_IDX != 0,
+            )
+            .map_err(|e| format!("queue {q}: {e}"))?,
         );
     }
     vectors.program_config(transport)?;

@@ -1,10 +1,10 @@
 //! Finding and initialising virtio-crypto devices: reset, feature negotiation, configuration,
 //! MSI-X capability, and one inventory line per device.
 //!
-//! Features taken: VIRTIO_F_VERSION_1 only (modern interface; required). Declined:
-//! - EVENT_IDX: virtio-drivers 0.13's `should_notify` compares the 16-bit avail index with
-//!   `avail_event` without wrap-around arithmetic, so after the index wraps a notification can be
-//!   skipped and a request would hang. Plain NO_NOTIFY flags are wrap-safe.
+//! Features taken: VIRTIO_F_VERSION_1 (modern interface; required) and VIRTIO_RING_F_EVENT_IDX
+//! unless `event_idx=off` (doorbells and interrupts suppressed by ring indices; the driver makes
+//! the need-event check itself, mod 2^16, because virtio-drivers 0.13's is not wrap-safe: see
+//! `vcrypt_drivers::virtio_crypto::queue::need_event`). Declined:
 //! - INDIRECT_DESC: needs virtio-drivers' `alloc` feature (an allocation per request); a request
 //!   here is at most 5 descriptors, and the rings have 1024.
 //! - RING_RESET: the driver never resets a single queue.
@@ -28,8 +28,14 @@ pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 pub const VIRTIO_CRYPTO_DEVICE_ID: u16 = 0x1054;
 /// VIRTIO_F_VERSION_1.
 pub const FEATURE_VERSION_1: u64 = 1 << 32;
-/// The features the driver accepts (see the module documentation).
-pub const DRIVER_FEATURES: u64 = FEATURE_VERSION_1;
+/// VIRTIO_RING_F_EVENT_IDX.
+pub const FEATURE_EVENT_IDX: u64 = 1 << 29;
+
+/// The features the driver accepts (see the module documentation): with or without EVENT_IDX
+/// (the `event_idx` switch).
+pub fn driver_features(event_idx: bool) -> u64 {
+    FEATURE_VERSION_1 | if event_idx { FEATURE_EVENT_IDX } else { 0 }
+}
 
 /// A virtio-crypto device after probing: features negotiated (FEATURES_OK), queues not yet set up.
 pub struct ProbedDevice {
@@ -54,8 +60,8 @@ pub fn read_config(transport: &VirtioPciTransport) -> Result<CryptoConfig, Strin
     CryptoConfig::from_bytes(&bytes).ok_or_else(|| String::from("device configuration too short"))
 }
 
-/// Resets the device, negotiates features and reads its configuration.
-pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
+/// Resets the device, negotiates features (of `wanted`) and reads its configuration.
+pub fn probe(pci: &PciDevice, wanted: u64) -> Result<ProbedDevice, String> {
     for (i, bar) in pci
         .bars
         .iter()
@@ -69,7 +75,7 @@ pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
     let mut transport = VirtioPciTransport::new(pci, DeviceType::Crypto)
         .map_err(|e| format!("virtio PCI capabilities: {e}"))?;
     transport.reset();
-    let features = negotiate(&mut transport)?;
+    let features = negotiate(&mut transport, wanted)?;
     let config = read_config(&transport)?;
     let queue_sizes = (0..transport.num_queues())
         .map(|q| transport.max_queue_size(q) as u16)
@@ -84,9 +90,9 @@ pub fn probe(pci: &PciDevice) -> Result<ProbedDevice, String> {
     })
 }
 
-/// From a reset device: ACKNOWLEDGE | DRIVER, the driver's features, FEATURES_OK read back
-/// (at probe and again by recovery after every reset). Returns the features.
-pub fn negotiate(transport: &mut VirtioPciTransport) -> Result<u64, String> {
+/// From a reset device: ACKNOWLEDGE | DRIVER, the features of `wanted` it offers, FEATURES_OK
+/// read back (at probe and again by recovery after every reset). Returns the features.
+pub fn negotiate(transport: &mut VirtioPciTransport, wanted: u64) -> Result<u64, String> {
     transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
     let offered = transport.read_device_features();
     if offered & FEATURE_VERSION_1 == 0 {
@@ -94,7 +100,7 @@ pub fn negotiate(transport: &mut VirtioPciTransport) -> Result<u64, String> {
             "device does not offer VIRTIO_F_VERSION_1 (features {offered:#x})"
         ));
     }
-    let features = offered & DRIVER_FEATURES;
+    let features = offered & wanted;
     transport.write_driver_features(features);
     transport
         .set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
@@ -134,12 +140,13 @@ pub fn probed() -> &'static [SpinLock<ProbedDevice>] {
     PROBED.get().map_or(&[], |v| v.as_slice())
 }
 
-/// Probes every virtio-crypto function in `devices`, printing an inventory line for each and a
-/// clear line for each that fails. Returns how many probed; `probed()` lists them.
-pub fn probe_all(devices: &[PciDevice]) -> usize {
+/// Probes every virtio-crypto function in `devices`, taking the features of `wanted` each offers
+/// ([`driver_features`]), printing an inventory line for each and a clear line for each that
+/// fails. Returns how many probed; `probed()` lists them.
+pub fn probe_all(devices: &[PciDevice], wanted: u64) -> usize {
     let mut probed = Vec::new();
     for pci in devices.iter().filter(|d| is_virtio_crypto(d)) {
-        match probe(pci) {
+        match probe(pci, wanted) {
             Ok(device) => {
                 log::debug!(
                     "virtio-crypto {}: negotiated features {:#x}",
