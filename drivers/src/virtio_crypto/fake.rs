@@ -258,7 +258,8 @@ pub struct FakeRing {
 }
 
 impl FakeRing {
-    fn new(addrs: RingAddrs) -> Self {
+    /// Another device-side view of the rings at `addrs` (to publish used entries from a hook).
+    pub fn new(addrs: RingAddrs) -> Self {
         FakeRing {
             addrs,
             last_avail: 0,
@@ -357,6 +358,38 @@ impl FakeRing {
         }
         self.used_idx()
             .store(idx.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Sets the device's `avail_event` (EVENT_IDX: "kick me once the avail index passes this").
+    pub fn set_avail_event(&mut self, index: u16) {
+        let at = self.addrs.used + 4 + 8 * self.addrs.size as u64;
+        self.u16_at(at).store(index, Ordering::Release);
+    }
+
+    /// The driver's `used_event` (EVENT_IDX: "interrupt me once the used index passes this").
+    pub fn used_event(&self) -> u16 {
+        let at = self.addrs.avail + 4 + 2 * self.addrs.size as u64;
+        self.u16_at(at).load(Ordering::Acquire)
+    }
+
+    /// The driver's avail flags (bit 0: VIRTQ_AVAIL_F_NO_INTERRUPT).
+    pub fn avail_flags(&self) -> u16 {
+        self.u16_at(self.addrs.avail).load(Ordering::Acquire)
+    }
+
+    /// The avail index as published by the driver.
+    pub fn avail_index(&self) -> u16 {
+        self.avail_idx().load(Ordering::Acquire)
+    }
+
+    /// Whether the device must interrupt after publishing used entries up to `new` (having last
+    /// interrupted at `old`), by the driver's current `used_event` or NO_INTERRUPT flag.
+    pub fn wants_interrupt(&self, event_idx: bool, new: u16, old: u16) -> bool {
+        if event_idx {
+            super::queue::need_event(self.used_event(), new, old)
+        } else {
+            self.avail_flags() & 1 == 0
+        }
     }
 
     /// Sets or clears VIRTQ_USED_F_NO_NOTIFY (the device's "don't kick me").

@@ -29,6 +29,8 @@ pub(crate) mod fake;
 pub mod lifecycle;
 #[cfg(test)]
 mod lifecycle_props;
+#[cfg(test)]
+mod notify_tests;
 pub mod queue;
 #[cfg(test)]
 mod queue_tests;

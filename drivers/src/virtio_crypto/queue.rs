@@ -95,6 +95,14 @@ std::thread_local! {
         const { core::cell::RefCell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+std::thread_local! {
+    /// Runs once, under the queue lock, just before this thread's next drain asks for
+    /// interrupts again (tests: a completion lands in the window the drain's re-check covers).
+    pub(crate) static BEFORE_ENABLE: core::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
 #[inline]
 fn trace(_event: &'static str) {
     #[cfg(test)]
@@ -404,6 +412,10 @@ impl<H: Hal> QueueGuard<'_, H> {
     /// barrier orders the store of the request before the load of the used index (Linux's
     /// `virtqueue_enable_cb` followed by `virtqueue_poll`). Returns whether entries wait.
     fn enable_interrupts(&mut self) -> bool {
+        #[cfg(test)]
+        if let Some(hook) = BEFORE_ENABLE.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
         if !self.ring.polled {
             if self.ring.event_idx {
                 self.ring.view.set_used_event(self.ring.popped);
