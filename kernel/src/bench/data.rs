@@ -1,6 +1,8 @@
 //! `bench data`: AES-CBC throughput and latency (p50/p99) against request size (16 B .. 64 KiB,
 //! 16 in flight) and against requests in flight (1, 2, 4 .. 256, 4 KiB), so the point where the
-//! device saturates shows. Submitters keep a sliding window of requests in flight.
+//! device saturates shows. Submitters keep a window of requests in flight and refill it as one
+//! batch (one kick) with every request that has finished. Each row is also a share of the
+//! device's own rate for its size ([`super::limit`]), measured first in the same boot.
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -10,9 +12,11 @@ use alloc::vec::Vec;
 
 use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::sync::IrqSpinLock;
+use vcrypt_drivers::virtio_crypto::cipher::CipherRequest;
+use vcrypt_drivers::virtio_crypto::request::RequestBatch;
 
-use super::BenchConfig;
 use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use super::{BenchConfig, limit};
 use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
@@ -35,38 +39,56 @@ fn point(
         let src = vec![0xa5u8; size];
         let iv = [0u8; 16];
         let mut pending = VecDeque::new();
+        let mut batch = RequestBatch::with_capacity(window);
+        let mut posted = Vec::with_capacity(window);
         let mut samples = Vec::with_capacity(MAX_SAMPLES_PER_WORKER);
         let mut ops = 0u64;
         loop {
             // At least one request, however late the worker starts.
             let running = tsc::now_ns() < deadline || ops + pending.len() as u64 == 0;
             if running && pending.len() < window {
-                let p = device
-                    .start_cipher_request(
-                        queue,
-                        session.id(),
-                        Cipher::AesCbc,
-                        Direction::Encrypt,
-                        &iv,
-                        &src,
-                    )
-                    .map_err(|e| format!("{e}"))?;
-                pending.push_back((tsc::now_ns(), p));
-                continue;
+                while pending.len() + batch.len() < window {
+                    let builder = device
+                        .build_cipher_request(
+                            queue,
+                            session.id(),
+                            Cipher::AesCbc,
+                            Direction::Encrypt,
+                            &iv,
+                            &src,
+                        )
+                        .map_err(|e| format!("{e}"))?;
+                    batch.push(builder).map_err(|e| format!("{e}"))?;
+                }
+                let now = tsc::now_ns();
+                batch.submit(&mut posted).map_err(|e| format!("{e}"))?;
+                pending.extend(
+                    posted
+                        .drain(..)
+                        .map(|r| (now, CipherRequest::from_request(r, device.health().clone()))),
+                );
             }
+            // Wait for the oldest, then take every other one already back: the refill is
+            // then one batch.
             let Some((start, p)) = pending.pop_front() else {
                 break;
             };
-            let out = p.wait().map_err(|e| format!("{e}"))?;
-            let out_len = out.len();
-            drop(out);
-            if out_len != size {
-                return Err(format!("{out_len} bytes back for {size}"));
+            let mut finished = Some((start, p));
+            while let Some((start, p)) = finished.take() {
+                let out = p.wait().map_err(|e| format!("{e}"))?;
+                let out_len = out.len();
+                drop(out);
+                if out_len != size {
+                    return Err(format!("{out_len} bytes back for {size}"));
+                }
+                if samples.len() < MAX_SAMPLES_PER_WORKER {
+                    samples.push(((tsc::now_ns() - start) / 1000) as u32);
+                }
+                ops += 1;
+                if pending.front().is_some_and(|(_, p)| p.is_done()) {
+                    finished = pending.pop_front();
+                }
             }
-            if samples.len() < MAX_SAMPLES_PER_WORKER {
-                samples.push(((tsc::now_ns() - start) / 1000) as u32);
-            }
-            ops += 1;
         }
         SAMPLES.lock().extend_from_slice(&samples);
         Ok(ops)
@@ -82,6 +104,23 @@ fn point(
     Ok((ops, busy, elapsed, pct(50), pct(99)))
 }
 
+/// Which side sets a row's rate: the device (85% of its own rate or more), the guest's CPUs
+/// (busy on average 90% or more), or else the trips into QEMU, whose handling holds QEMU's
+/// global lock against the device's work (design.md 2, "cost model").
+fn limited_by(pct_of_device: u64, busy: &[u32], trips: &trips::TripCounts, ops: u64) -> String {
+    let busy_avg = busy.iter().sum::<u32>() / busy.len().max(1) as u32;
+    if pct_of_device >= 85 {
+        String::from("device")
+    } else if busy_avg >= 900 {
+        String::from("guest CPU")
+    } else {
+        format!(
+            "QEMU trips ({:.2}/req)",
+            trips.total() as f64 / ops.max(1) as f64
+        )
+    }
+}
+
 pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let sizes = [16usize, 64, 256, 1024, 4096, 16384, 65536];
     let depths = [1usize, 2, 4, 8, 16, 32, 64, 128, 256];
@@ -90,6 +129,21 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         .map(|&s| (s, 16, "size"))
         .chain(depths.iter().map(|&d| (4096, d, "in_flight")))
         .collect();
+    // The device's own rate per size, the 100% of the `%dev` column.
+    let mut device_rates = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let batch = limit::largest_batch(size);
+        progress(
+            "data",
+            i,
+            sizes.len(),
+            &format!("device rate at {size} B (batches of {batch}, polled)"),
+        );
+        device_rates.push((
+            size,
+            limit::device_rate(config, size, batch, config.point_ns / 2)?,
+        ));
+    }
     let mut rows = Vec::new();
     let mut table = Vec::new();
     for (i, &(size, in_flight, sweep)) in points.iter().enumerate() {
@@ -104,8 +158,14 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         let trips = trips::all_cpus().since(&trips_before);
         let ops_s = per_second(ops, elapsed);
         let mb_s = ops_s * size as u64 / 1_000_000;
+        let device_rate = device_rates
+            .iter()
+            .find(|(s, _)| *s == size)
+            .map_or(0, |(_, r)| *r);
+        let pct_of_device = ops_s * 100 / device_rate.max(1);
+        let limit = limited_by(pct_of_device, &busy, &trips, ops);
         table.push(format!(
-            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {mb_s:>7} {p50:>8} {p99:>8} {:>8}   {}",
+            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {pct_of_device:>5}% {mb_s:>7} {p50:>8} {p99:>8} {:>8}   {:<28} {limit}",
             trips_text(&trips, ops),
             busy_text(&busy)
         ));
@@ -115,6 +175,9 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("size", size)
                 .num("in_flight", in_flight)
                 .num("ops_per_s", ops_s)
+                .num("device_ops_per_s", device_rate)
+                .num("pct_of_device", pct_of_device)
+                .str("limited_by", &limit)
                 .num("mb_per_s", mb_s)
                 .num("p50_us", p50)
                 .num("p99_us", p99)
@@ -131,6 +194,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     ("size", "B"),
                     ("in_flight", "requests"),
                     ("ops_per_s", "ops/s"),
+                    ("device_ops_per_s", "ops/s"),
+                    ("pct_of_device", "%"),
                     ("mb_per_s", "MB/s"),
                     ("p50_us", "us"),
                     ("p99_us", "us"),
@@ -141,9 +206,12 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .emit(),
         );
     }
-    println!("bench data: AES-CBC throughput and latency");
+    println!("bench data: AES-CBC throughput and latency; %dev = share of the device's own rate");
+    for (size, rate) in &device_rates {
+        println!("  device rate at {size} B: {rate} ops/s");
+    }
     println!(
-        "sweep       size in_flight     ops/s    MB/s  p50(us)  p99(us) trips/1k   busy per CPU (sum)"
+        "sweep       size in_flight     ops/s   %dev    MB/s  p50(us)  p99(us) trips/1k   busy per CPU (sum)           limited by"
     );
     for line in table {
         println!("{line}");

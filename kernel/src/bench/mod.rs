@@ -1,7 +1,8 @@
 //! Benchmarks that reproduce the seeds' experiments side by side in one boot:
 //! `bench ctrl` (control queue: busy-poll vs sleep, seed 000), `bench kick` (doorbell inside vs
-//! outside the queue lock, seed 002), `bench data` (throughput and latency against request size
-//! and requests in flight), `bench scale` (shared vs per-CPU queues over every device, seed 003),
+//! outside the queue lock, seed 002), `bench limit` (the device's own rate: batches with one
+//! kick, polled, no interrupts), `bench data` (throughput and latency against request size and
+//! requests in flight, each row as a share of the device's rate), `bench scale` (shared vs per-CPU queues over every device, seed 003),
 //! `bench chain` (chained-IV streams, serial vs pipelined, seed 001), `bench rsa` (RSA
 //! sign/verify/encrypt/decrypt ops/s). `bench` runs them all. Options: `dur=<ms>` per point
 //! (default 1000).
@@ -13,6 +14,7 @@ mod chain;
 mod ctrl;
 mod data;
 mod kick;
+mod limit;
 mod report;
 mod rsa;
 mod scale;
@@ -46,6 +48,10 @@ pub static BENCHES: &[Bench] = &[
     Bench {
         name: "kick",
         run: kick::run,
+    },
+    Bench {
+        name: "limit",
+        run: limit::run,
     },
     Bench {
         name: "data",
@@ -96,7 +102,7 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
                 Some(b) => chosen.push(b),
                 None => {
                     println!(
-                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, data, scale, chain, rsa)"
+                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, limit, data, scale, chain, rsa)"
                     );
                     qemu::exit(ExitCode::Failure)
                 }
