@@ -758,10 +758,8 @@ impl<H: Hal> CryptoDevice<H> {
         } else {
             builder.push(input)?;
         }
-        if let Some(status) = builder.writable_mut().last_mut() {
-            *status = 0xff; // no status code: the device must overwrite it
-        }
         builder
+            .preset_status(0xff) // no status code: the device must overwrite it
             .bind_generation(params.generation)
             .expect_used(wire::INHDR_LEN);
         let request = builder.submit()?;
@@ -863,10 +861,8 @@ impl<H: Hal> RsaRequest<H> {
         let mut builder =
             CryptoQueue::from_core(self.core.clone()).reserve(readable.len(), writable)?;
         builder.push(readable)?;
-        if let Some(status) = builder.writable_mut().last_mut() {
-            *status = 0xff;
-        }
         builder
+            .preset_status(0xff)
             .bind_generation(self.params.generation)
             .expect_used(wire::INHDR_LEN);
         builder.submit()

@@ -244,9 +244,7 @@ impl<H: Hal> CryptoDevice<H> {
         )?;
         builder.push_struct(&header)?.push(iv)?.push(src)?;
         // A status the device must overwrite (0xff is no status code).
-        if let Some(status) = builder.writable_mut().last_mut() {
-            *status = 0xff;
-        }
+        builder.preset_status(0xff);
         builder.expect_used(src.len() + wire::INHDR_LEN);
         Ok(builder)
     }

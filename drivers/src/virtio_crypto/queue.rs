@@ -39,7 +39,7 @@ use virtio_drivers::{Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::lifecycle::Lifecycle;
-use super::request::{Request, RequestBuilder};
+use super::request::{Request, RequestBuilder, Seal};
 use super::slots::{OnComplete, Phase, Storage, StorageConfig};
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
@@ -605,7 +605,7 @@ impl<H: Hal> CryptoQueue<H> {
         let deadline = crate::sync::platform::get()
             .now_ns()
             .saturating_add(self.timeout_ns());
-        let slot = self
+        let (slot, base) = self
             .core
             .storage()
             .reserve(readable, writable, &|| self.is_broken(), deadline)
@@ -617,7 +617,13 @@ impl<H: Hal> CryptoQueue<H> {
             let _none = self.core.storage().release(slot, false);
             return Err(self.closed_error());
         }
-        Ok(RequestBuilder::new(self.core.clone(), slot))
+        Ok(RequestBuilder::new(
+            self.core.clone(),
+            slot,
+            base,
+            readable,
+            writable,
+        ))
     }
 
     /// Drains the used ring: the interrupt handler's work, also used by pollers. Completes each
@@ -805,7 +811,12 @@ impl<H: Hal> QueueCore<H> {
     /// Marks a built request (slot in `Building`) in flight with its handler and returns what
     /// the ring needs of it, with the device generation it is bound to. In flight before the
     /// add: the device may answer before `add` returns.
-    fn prepare(&self, slot: u16, handler: Option<Arc<dyn OnComplete<H>>>) -> (Posted, Option<u64>) {
+    fn prepare(
+        &self,
+        slot: u16,
+        seal: Seal,
+        handler: Option<Arc<dyn OnComplete<H>>>,
+    ) -> (Posted, Option<u64>) {
         let storage = self.storage();
         let mut st = storage.slots[slot as usize].state.lock();
         let (base, _) = storage.region(slot, &st);
@@ -813,11 +824,13 @@ impl<H: Hal> QueueCore<H> {
             slot,
             readable: (base, st.readable),
             writable: (base + st.readable, st.writable),
-            min_used: st.min_used,
+            min_used: seal.min_used,
         };
         st.phase = Phase::InFlight;
         st.on_complete = handler;
-        (posted, st.generation)
+        st.min_used = seal.min_used;
+        st.generation = seal.generation;
+        (posted, seal.generation)
     }
 
     /// Undoes `prepare` for a request that was not added: back in `Building`, owned by the
@@ -882,10 +895,11 @@ impl<H: Hal> QueueCore<H> {
     pub(crate) fn post(
         self: &Arc<Self>,
         slot: u16,
+        seal: Seal,
         handler: Option<Arc<dyn OnComplete<H>>>,
         wait: SpaceWait,
     ) -> Result<(), Error> {
-        let (posted, generation) = self.prepare(slot, handler);
+        let (posted, generation) = self.prepare(slot, seal, handler);
         let descriptors = usize::from(posted.readable.1 > 0) + usize::from(posted.writable.1 > 0);
         let platform = crate::sync::platform::get();
         let deadline = platform.now_ns().saturating_add(self.timeout_ns());
@@ -943,15 +957,18 @@ impl<H: Hal> QueueCore<H> {
     /// doorbell) at the end instead of one per request. A full ring rings for what was added,
     /// then waits for space like [`post`](Self::post). Returns how many were posted (a prefix
     /// of `slots`) and the error that stopped the rest, whose slots are back in `Building`.
-    pub(crate) fn post_batch(self: &Arc<Self>, slots: &[u16]) -> (usize, Result<(), Error>) {
+    pub(crate) fn post_batch(
+        self: &Arc<Self>,
+        slots: &[(u16, Seal)],
+    ) -> (usize, Result<(), Error>) {
         const CHUNK: usize = 32;
         let mut done = 0;
         let mut unkicked = 0;
         while done < slots.len() {
             let chunk = &slots[done..(done + CHUNK).min(slots.len())];
             let mut prepared: heapless::Vec<(Posted, Option<u64>), CHUNK> = heapless::Vec::new();
-            for &slot in chunk {
-                let _ = prepared.push(self.prepare(slot, None));
+            for &(slot, seal) in chunk {
+                let _ = prepared.push(self.prepare(slot, seal, None));
             }
             let mut guard = QueueGuard {
                 ring: self.ring.lock(),
@@ -982,10 +999,12 @@ impl<H: Hal> QueueCore<H> {
             match error {
                 None => {}
                 // Wait for space with the next request, then go on in batches.
-                Some(Error::QueueFull) => match self.post(slots[done], None, SpaceWait::Sleep) {
-                    Ok(()) => done += 1,
-                    Err(e) => return (done, Err(e)),
-                },
+                Some(Error::QueueFull) => {
+                    match self.post(slots[done].0, slots[done].1, None, SpaceWait::Sleep) {
+                        Ok(()) => done += 1,
+                        Err(e) => return (done, Err(e)),
+                    }
+                }
                 Some(e) => return (done, Err(e)),
             }
         }
@@ -1005,12 +1024,34 @@ impl<H: Hal> QueueCore<H> {
         let mut st = storage.slots[slot as usize].state.lock();
         match st.phase {
             Phase::InFlight => {
+                if !device_may_own {
+                    // The writable bytes the device did not write (all of them on a failure)
+                    // still hold an earlier request's: zero them before anyone can read them.
+                    let written = match result {
+                        Ok(len) => (len as usize).min(st.writable),
+                        Err(_) => 0,
+                    };
+                    let (base, _) = storage.region(slot, &st);
+                    let tail = st.writable - written;
+                    // SAFETY: the device returned the request (or never had it), so the slot's
+                    // region is the CPU's; this is inside its writable part, which `reserve`
+                    // sized; the slot lock is held, so no owner reads it meanwhile.
+                    unsafe {
+                        core::ptr::write_bytes((base + st.readable + written) as *mut u8, 0, tail);
+                    }
+                }
                 st.outcome = Some(result);
                 st.device_may_own = device_may_own;
                 st.phase = Phase::Done;
                 if let Some(handler) = st.on_complete.take() {
+                    let (readable, writable) = (st.readable, st.writable);
                     drop(st);
-                    handler.on_complete(Request::for_handler(self.clone(), slot));
+                    handler.on_complete(Request::for_handler(
+                        self.clone(),
+                        slot,
+                        readable,
+                        writable,
+                    ));
                 } else if let Some(waiter) = &st.waiter {
                     // Woken under the slot lock: the waiter removes its own registration under
                     // the same lock, so the `Arc` is never dropped here.

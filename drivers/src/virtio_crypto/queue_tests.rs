@@ -850,3 +850,51 @@ fn submit_with_on_a_full_ring_in_interrupt_context_fails_at_once() {
     assert_eq!(result, Err(Error::QueueFull));
     assert_eq!(rig.queue.counters.full_waits.load(Ordering::Relaxed), 1);
 }
+
+/// A slot's memory is reused without being cleared at build time, so the completion clears what
+/// the device did not write: a caller sees its own input, the device's output and zeros, never
+/// an earlier request's bytes (after a short answer, after a failure, through `writable_mut`).
+#[test]
+fn a_reused_slot_shows_no_bytes_of_the_request_before() {
+    host::install();
+    let mut transport = FakeTransport::new(1);
+    let queue = CryptoQueue::new(&mut transport, 0, Box::new(CountingNotify::new())).unwrap();
+    queue
+        .provision(StorageConfig {
+            slots: 1,
+            inline_bytes: 64,
+            large_blocks: 0,
+            large_bytes: 0,
+        })
+        .unwrap();
+    let mut ring = transport.ring(0);
+    let mut answer = |fill: u8, len: u32| {
+        let chain = ring.pending().pop().expect("a request on the ring");
+        chain.write(&[fill; 8][..len.min(8) as usize]);
+        ring.complete(chain.id as u32, len);
+        queue.handle_interrupt();
+    };
+    // The device fills all 8 bytes.
+    let full = submit(&queue, bufs(&[b"secret!!"], &[8])).unwrap();
+    answer(0xaa, 8);
+    assert_eq!(finished(&full).writable, [0xaa; 8]);
+    drop(full);
+    // The same slot; the device writes 3 bytes: the other 5 read as zeros.
+    let short = submit(&queue, bufs(&[b"12345678"], &[8])).unwrap();
+    answer(0xbb, 3);
+    assert_eq!(finished(&short).writable, [0xbb, 0xbb, 0xbb, 0, 0, 0, 0, 0]);
+    drop(short);
+    // The device claims more than was posted: a failure, and nothing of before shows.
+    let failed = submit(&queue, bufs(&[b"abcdefgh"], &[8])).unwrap();
+    answer(0xcc, 9);
+    let f = finished(&failed);
+    assert!(is_malformed(&f.result));
+    assert!(f.writable.iter().all(|&b| b == 0), "{:?}", f.writable);
+    drop(failed);
+    // A builder's preset view of the writable part is zeroed too.
+    let full = submit(&queue, bufs(&[b"secret!!"], &[8])).unwrap();
+    answer(0xdd, 8);
+    drop(full);
+    let mut builder = queue.reserve(8, 8).unwrap();
+    assert_eq!(builder.writable_mut(), [0u8; 8]);
+}

@@ -25,29 +25,66 @@ use crate::error::Error;
 use crate::sync::platform;
 
 /// A request being built in its slot. Dropping it releases the slot.
+///
+/// The builder works on its slot's memory without locks: the slot is `Building` and this is its
+/// only handle, so nothing else reads or writes the region until it is posted. What the queue
+/// needs to know of it besides the bytes travels with it as a [`Seal`] and is recorded when it
+/// is posted.
 pub struct RequestBuilder<H: Hal> {
     request: Request<H>,
     cursor: usize,
+    /// Address of the slot's region (at least readable + writable bytes).
+    base: usize,
+    seal: Seal,
+}
+
+/// What posting records about a request besides its bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Seal {
+    /// The least used length a correct answer has.
+    pub(crate) min_used: u32,
+    /// The device generation the request's session belongs to.
+    pub(crate) generation: Option<u64>,
 }
 
 impl<H: Hal> RequestBuilder<H> {
-    pub(crate) fn new(core: Arc<QueueCore<H>>, slot: u16) -> Self {
-        let mut builder = RequestBuilder {
+    /// A builder for the slot `reserve` took, with its region at `base`.
+    pub(crate) fn new(
+        core: Arc<QueueCore<H>>,
+        slot: u16,
+        base: usize,
+        readable: usize,
+        writable: usize,
+    ) -> Self {
+        RequestBuilder {
             request: Request {
                 core,
                 slot,
+                readable,
+                writable,
                 from_callback: false,
             },
             cursor: 0,
-        };
-        // No stale bytes of an earlier request reach the device or a caller.
-        builder.request.region_mut().fill(0);
-        builder
+            base,
+            seal: Seal::default(),
+        }
+    }
+
+    /// The whole region (readable then writable). Its bytes are whatever the slot held before
+    /// until written: the readable part must be pushed in full before posting, and the
+    /// writable part is only handed out zeroed (`writable_mut`) or written by the device (the
+    /// completion zeroes what the device did not write).
+    fn region_mut(&mut self) -> &mut [u8] {
+        let len = self.request.readable + self.request.writable;
+        // SAFETY: `base` is the slot's region, at least `len` bytes (`Storage::reserve`). The
+        // slot is `Building` and this builder is its only handle (`&mut self`), so neither the
+        // device nor another CPU touches the region meanwhile.
+        unsafe { core::slice::from_raw_parts_mut(self.base as *mut u8, len) }
     }
 
     /// Appends device-readable bytes. Fails if they overflow the size reserved.
     pub fn push(&mut self, bytes: &[u8]) -> Result<&mut Self, Error> {
-        let readable = self.request.lengths().0;
+        let readable = self.request.readable;
         let end = self.cursor + bytes.len();
         if end > readable {
             return Err(Error::RequestTooLarge {
@@ -56,7 +93,7 @@ impl<H: Hal> RequestBuilder<H> {
             });
         }
         let cursor = self.cursor;
-        self.request.region_mut()[cursor..end].copy_from_slice(bytes);
+        self.region_mut()[cursor..end].copy_from_slice(bytes);
         self.cursor = end;
         Ok(self)
     }
@@ -76,23 +113,33 @@ impl<H: Hal> RequestBuilder<H> {
                 max: self.cursor as u64,
             });
         }
-        self.request.region_mut()[offset..end].copy_from_slice(bytes);
+        self.region_mut()[offset..end].copy_from_slice(bytes);
         Ok(self)
     }
 
-    /// The device-writable part, to preset (a status sentinel the device must overwrite).
+    /// The device-writable part, zeroed, to preset (a reply sentinel the device must
+    /// overwrite).
     pub fn writable_mut(&mut self) -> &mut [u8] {
-        let (readable, writable) = self.request.lengths();
-        &mut self.request.region_mut()[readable..readable + writable]
+        let readable = self.request.readable;
+        let writable = &mut self.region_mut()[readable..];
+        writable.fill(0);
+        writable
+    }
+
+    /// Presets the last device-writable byte (the status the device must overwrite), without
+    /// touching the rest (the device writes it all, or the completion zeroes what it did not).
+    pub fn preset_status(&mut self, status: u8) -> &mut Self {
+        let readable = self.request.readable;
+        if let Some(last) = self.region_mut()[readable..].last_mut() {
+            *last = status;
+        }
+        self
     }
 
     /// The least used length a correct answer has (the reply and status the device must
     /// write): a shorter one fails the request with `MalformedCompletion`.
     pub fn expect_used(&mut self, min: usize) -> &mut Self {
-        self.request.core.storage().slots[self.request.slot as usize]
-            .state
-            .lock()
-            .min_used = min.min(u32::MAX as usize) as u32;
+        self.seal.min_used = min.min(u32::MAX as usize) as u32;
         self
     }
 
@@ -100,14 +147,12 @@ impl<H: Hal> RequestBuilder<H> {
     /// refused with `SessionLost` if the device was reset since (checked under the queue lock, so
     /// an old session id never reaches the new device, where it may name another session).
     pub fn bind_generation(&mut self, generation: u64) -> &mut Self {
-        self.request.core.storage().slots[self.request.slot as usize]
-            .state
-            .lock()
-            .generation = Some(generation);
+        self.seal.generation = Some(generation);
         self
     }
 
-    /// Zeroizes the readable part when the slot is released (it carries key material).
+    /// Zeroizes the readable part when the slot is released (it carries key material), also
+    /// if the request is never posted.
     pub fn wipe_on_release(&mut self) -> &mut Self {
         self.request.core.storage().slots[self.request.slot as usize]
             .state
@@ -117,7 +162,7 @@ impl<H: Hal> RequestBuilder<H> {
     }
 
     fn check_complete(&self) -> Result<(), Error> {
-        if self.cursor != self.request.lengths().0 {
+        if self.cursor != self.request.readable {
             return Err(Error::MalformedCompletion {
                 what: "a request was submitted before its readable part was filled",
             });
@@ -130,7 +175,9 @@ impl<H: Hal> RequestBuilder<H> {
     pub fn submit(self) -> Result<Request<H>, Error> {
         self.check_complete()?;
         let request = self.request;
-        request.core.post(request.slot, None, SpaceWait::Sleep)?;
+        request
+            .core
+            .post(request.slot, self.seal, None, SpaceWait::Sleep)?;
         Ok(request)
     }
 
@@ -139,7 +186,9 @@ impl<H: Hal> RequestBuilder<H> {
     pub fn submit_polled(self) -> Result<Request<H>, Error> {
         self.check_complete()?;
         let request = self.request;
-        request.core.post(request.slot, None, SpaceWait::Poll)?;
+        request
+            .core
+            .post(request.slot, self.seal, None, SpaceWait::Poll)?;
         Ok(request)
     }
 
@@ -161,7 +210,10 @@ impl<H: Hal> RequestBuilder<H> {
         } else {
             SpaceWait::Never
         };
-        if let Err(e) = request.core.post(request.slot, Some(handler), wait) {
+        if let Err(e) = request
+            .core
+            .post(request.slot, self.seal, Some(handler), wait)
+        {
             // Possibly in interrupt context: the drop must not free a spill.
             request.from_callback = true;
             return Err(e);
@@ -177,7 +229,7 @@ impl<H: Hal> RequestBuilder<H> {
 /// and reuse it: once its vectors have grown it allocates nothing.
 pub struct RequestBatch<H: Hal> {
     builders: Vec<RequestBuilder<H>>,
-    slots: Vec<u16>,
+    slots: Vec<(u16, Seal)>,
 }
 
 impl<H: Hal> Default for RequestBatch<H> {
@@ -231,7 +283,7 @@ impl<H: Hal> RequestBatch<H> {
         let core = first.request.core.clone();
         self.slots.clear();
         self.slots
-            .extend(self.builders.iter().map(|b| b.request.slot));
+            .extend(self.builders.iter().map(|b| (b.request.slot, b.seal)));
         let (count, result) = core.post_batch(&self.slots);
         for (i, builder) in self.builders.drain(..).enumerate() {
             if i < count {
@@ -246,23 +298,32 @@ impl<H: Hal> RequestBatch<H> {
 pub struct Request<H: Hal> {
     core: Arc<QueueCore<H>>,
     slot: u16,
+    /// Sizes of the device-readable and device-writable parts (fixed once reserved).
+    readable: usize,
+    writable: usize,
     /// Handed to an `OnComplete` handler, possibly in interrupt context: dropping it must not
     /// free a spill.
     from_callback: bool,
 }
 
 impl<H: Hal> Request<H> {
-    pub(crate) fn for_handler(core: Arc<QueueCore<H>>, slot: u16) -> Self {
+    pub(crate) fn for_handler(
+        core: Arc<QueueCore<H>>,
+        slot: u16,
+        readable: usize,
+        writable: usize,
+    ) -> Self {
         Request {
             core,
             slot,
+            readable,
+            writable,
             from_callback: true,
         }
     }
 
     fn lengths(&self) -> (usize, usize) {
-        let st = self.core.storage().slots[self.slot as usize].state.lock();
-        (st.readable, st.writable)
+        (self.readable, self.writable)
     }
 
     fn phase(&self) -> Phase {

@@ -248,14 +248,16 @@ impl<H: virtio_drivers::Hal> Storage<H> {
 
     /// Takes a free slot for a request of `readable + writable` bytes, sleeping while none is
     /// free; `broken` ends the wait (`DeviceNeedsReset`), and so does `deadline_ns` (`Timeout`).
-    /// Task context (may allocate a spill for an oversized request).
+    /// Returns the slot and the address of its region (at least `readable + writable` bytes,
+    /// fixed while the slot is not free). Task context (may allocate a spill for an oversized
+    /// request).
     pub(crate) fn reserve(
         &self,
         readable: usize,
         writable: usize,
         broken: &dyn Fn() -> bool,
         deadline_ns: u64,
-    ) -> Result<u16, Error> {
+    ) -> Result<(u16, usize), Error> {
         let total = readable + writable;
         let (slot, large) = loop {
             let taken = {
@@ -290,10 +292,9 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         };
         let mut old_spill = None;
         let mut new_spill = None;
-        {
+        if memory == Memory::Spill {
             let st = self.slots[slot as usize].state.lock();
-            let reusable = st.spill.as_ref().is_some_and(|b| b.len() >= total);
-            if memory == Memory::Spill && !reusable {
+            if st.spill.as_ref().is_none_or(|b| b.len() < total) {
                 drop(st);
                 // Outside the slot lock: the heap lock is a leaf taken with interrupts off.
                 new_spill = Some(DmaBlock::new(total));
@@ -322,9 +323,10 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         st.min_used = 0;
         st.generation = None;
         st.wipe_readable = false;
+        let (base, _) = self.region(slot, &st);
         drop(st);
         drop(old_spill); // task context
-        Ok(slot)
+        Ok((slot, base))
     }
 
     /// Base address and length of the region `memory` names for `slot`.

@@ -34,6 +34,7 @@ fn required_fields(bench: &str) -> &'static [&'static str] {
             "hold_total_ns",
         ],
         "rsa" => &["bits", "op", "in_flight", "ops_per_s", "busy_pct"],
+        "limit" => &["size", "batch", "ops_per_s", "ns_per_op", "requests"],
         "chain" => &[
             "mode",
             "chain",
@@ -60,6 +61,10 @@ fn required_fields(bench: &str) -> &'static [&'static str] {
             "size",
             "in_flight",
             "ops_per_s",
+            "device_ops_per_s",
+            "pct_of_device",
+            "limited_by",
+            "trips_per_1k",
             "mb_per_s",
             "p50_us",
             "p99_us",
