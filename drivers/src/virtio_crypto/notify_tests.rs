@@ -221,8 +221,10 @@ fn a_batch_larger_than_the_ring_waits_for_space_and_loses_nothing() {
         let stop = &stop;
         s.spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                let _ = rx.recv_timeout(std::time::Duration::from_millis(5));
-                if answer_all(ring) > 0 {
+                // Only a doorbell makes it look (a lost one leaves the submitter waiting).
+                if rx.recv_timeout(std::time::Duration::from_millis(5)).is_ok()
+                    && answer_all(ring) > 0
+                {
                     ring.set_avail_event(ring.avail_index());
                     queue.handle_interrupt();
                 }
@@ -412,6 +414,100 @@ fn no_completion_is_stranded_by_interrupt_suppression() {
             rig.queue.counters.completed.load(Ordering::Relaxed),
             TOTAL,
             "event_idx {event_idx}"
+        );
+    }
+}
+
+/// A doorbell like a trip into QEMU: the device takes what is on the ring while the doorbell
+/// is being rung (the device thread acknowledges), and the ringer returns a while later.
+struct SlowBell {
+    count: std::sync::Arc<core::sync::atomic::AtomicUsize>,
+    signal: std::sync::Mutex<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+}
+
+impl super::queue::Notify for SlowBell {
+    fn notify(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        {
+            let signal = self.signal.lock().unwrap();
+            let _ = signal.0.send(());
+            let _ = signal.1.recv_timeout(std::time::Duration::from_secs(1));
+        }
+        thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
+/// Four submitters on one queue, one request at a time each, and a device that looks at the
+/// ring only when its doorbell rings: requests added while another submitter is ringing ride
+/// on its doorbell (the ringer rings once more for them), so there are fewer doorbells than
+/// requests, and none is stranded (its waiter would time out).
+#[test]
+fn requests_added_during_a_doorbell_ride_on_it_and_none_is_stranded() {
+    const PER_THREAD: u64 = 2_000;
+    for event_idx in [false, true] {
+        host::install();
+        let (tx, rx) = mpsc::channel();
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let count = std::sync::Arc::new(core::sync::atomic::AtomicUsize::new(0));
+        let bell = SlowBell {
+            count: count.clone(),
+            signal: std::sync::Mutex::new((tx, ack_rx)),
+        };
+        let mut transport = FakeTransport::new(1);
+        let queue =
+            CryptoQueue::with_event_idx(&mut transport, 0, Box::new(bell), event_idx).unwrap();
+        let mut ring = transport.ring(0);
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            let queue = &queue;
+            let stop = &stop;
+            s.spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if rx.recv_timeout(std::time::Duration::from_millis(5)).is_ok() {
+                        answer_all(&mut ring);
+                        ring.set_avail_event(ring.avail_index());
+                        let _ = ack_tx.send(());
+                        queue.handle_interrupt();
+                    }
+                }
+            });
+            // Stops the device thread however the submitters end (a failed one panics).
+            struct StopOnDrop<'a>(&'a AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _stop_device = StopOnDrop(stop);
+            let submitters: Vec<_> = (0..4u64)
+                .map(|t| {
+                    s.spawn(move || {
+                        for i in 0..PER_THREAD {
+                            let k = t << 32 | i;
+                            let request = build(queue, k).submit().unwrap();
+                            check_answer(k, &request);
+                        }
+                    })
+                })
+                .collect();
+            for submitter in submitters {
+                submitter.join().unwrap();
+            }
+        });
+        let rode = queue.counters.rode_doorbell.load(Ordering::Relaxed);
+        let rung = count.load(Ordering::SeqCst) as u64;
+        assert!(
+            rode > 0,
+            "event_idx {event_idx}: no request rode a doorbell"
+        );
+        assert!(
+            rung < 4 * PER_THREAD,
+            "event_idx {event_idx}: {rung} doorbells for {} requests",
+            4 * PER_THREAD
+        );
+        assert_eq!(
+            queue.counters.completed.load(Ordering::Relaxed),
+            4 * PER_THREAD
         );
     }
 }

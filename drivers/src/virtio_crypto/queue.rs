@@ -130,6 +130,9 @@ struct Ring<H: Hal> {
     event_idx: bool,
     /// Interrupts stay off for good (a poller drains the queue: `bench limit`).
     polled: bool,
+    /// A submitter is ringing the doorbell (unlocked kick mode). Others only add: the ringer
+    /// looks at the ring again after its doorbell and rings once more for what they added.
+    doorbell_pending: bool,
 }
 
 /// Whether a side that published index `new` (having last notified at `old`) must notify the
@@ -292,6 +295,8 @@ pub struct QueueCounters {
     pub notifies: AtomicU64,
     pub malformed: AtomicU64,
     pub full_waits: AtomicU64,
+    /// Submissions that left their doorbell to a submitter already ringing.
+    pub rode_doorbell: AtomicU64,
     /// What the akcipher checks did with the device's answers.
     pub akcipher: super::akcipher::AkcipherCounters,
 }
@@ -383,12 +388,11 @@ impl<H: Hal> QueueGuard<'_, H> {
         trace("mb");
         let ring = &mut *self.ring;
         let notify = if ring.event_idx {
-            let notify = need_event(ring.view.avail_event(), ring.added, ring.kicked);
-            ring.kicked = ring.added;
-            notify
+            need_event(ring.view.avail_event(), ring.added, ring.kicked)
         } else {
             ring.vq.should_notify()
         };
+        ring.kicked = ring.added;
         trace("read-no-notify");
         notify
     }
@@ -567,6 +571,7 @@ impl<H: Hal> Ring<H> {
             kicked: 0,
             event_idx,
             polled: false,
+            doorbell_pending: false,
         })
     }
 }
@@ -871,18 +876,40 @@ impl<H: Hal> QueueCore<H> {
     /// Ends a lock hold after requests were added (`unkicked` of them since the last
     /// kick-prepare): asks whether the device wants a doorbell and rings it after dropping the
     /// lock (or, for the `Locked` baseline, before).
+    ///
+    /// Unlocked, one submitter rings at a time: one that finds a doorbell pending only adds
+    /// (its requests ride on it), and the ringer, once its doorbell returns, looks at the ring
+    /// again under the lock and rings once more if anything was added meanwhile and the device
+    /// wants to hear. A doorbell is a trip into QEMU that waits for its global lock, so the
+    /// requests of every CPU that add during one share the next.
     fn kick(&self, mut guard: QueueGuard<'_, H>, unkicked: usize) {
         if unkicked == 0 {
             return;
         }
-        let notify = guard.kick_prepare();
-        if notify && self.kick_mode() == KickMode::Locked {
-            self.ring_doorbell();
-            drop(guard);
-        } else {
-            drop(guard);
-            if notify {
+        if self.kick_mode() == KickMode::Locked {
+            if guard.kick_prepare() {
                 self.ring_doorbell();
+            }
+            return;
+        }
+        if guard.ring.doorbell_pending {
+            self.counters.rode_doorbell.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !guard.kick_prepare() {
+            return;
+        }
+        guard.ring.doorbell_pending = true;
+        drop(guard);
+        loop {
+            self.ring_doorbell();
+            let mut guard = QueueGuard {
+                ring: self.ring.lock(),
+            };
+            let more = guard.ring.added != guard.ring.kicked;
+            if !more || !guard.kick_prepare() {
+                guard.ring.doorbell_pending = false;
+                return;
             }
         }
     }

@@ -50,6 +50,9 @@ struct Cpu {
     slice_start: AtomicU64,
     /// TSC when the idle task halted, 0 when not halted.
     halted_since: AtomicU64,
+    /// A reschedule IPI was sent to this CPU and it has not taken an interrupt since: more
+    /// wakes need none (the one on its way makes it look at its run queue).
+    resched_ipi_pending: AtomicBool,
     idle_ns: AtomicU64,
     /// Reschedule IPIs this CPU has taken.
     resched_ipis: AtomicU64,
@@ -73,6 +76,7 @@ impl Cpu {
             halted_since: AtomicU64::new(0),
             idle_ns: AtomicU64::new(0),
             resched_ipis: AtomicU64::new(0),
+            resched_ipi_pending: AtomicBool::new(false),
             remote_wakes: AtomicU64::new(0),
         }
     }
@@ -228,7 +232,9 @@ fn kick(target: usize) {
         if current_is_idle(cpu) {
             cpu.need_resched.store(true, Ordering::SeqCst);
         }
-    } else if cpu.halted_since.load(Ordering::SeqCst) != 0 {
+    } else if cpu.halted_since.load(Ordering::SeqCst) != 0
+        && !cpu.resched_ipi_pending.swap(true, Ordering::SeqCst)
+    {
         apic::send_ipi(percpu::apic_id_of(target), RESCHED_VECTOR);
     }
 }
@@ -440,6 +446,9 @@ fn idle_loop() -> ! {
 /// Called first in every interrupt: ends an idle period.
 fn irq_enter() {
     let cpu = this_cpu();
+    // Any interrupt ends the halt the pending IPI was for: the idle loop looks at the run
+    // queue before it halts again.
+    cpu.resched_ipi_pending.store(false, Ordering::SeqCst);
     let since = cpu.halted_since.swap(0, Ordering::SeqCst);
     if since != 0 {
         cpu.idle_ns.fetch_add(

@@ -222,6 +222,10 @@ pub static TESTS: &[Test] = &[
         "bench::every_bench_runs_and_emits_parsable_json",
         bench::every_bench_runs_and_emits_parsable_json,
     ),
+    test(
+        "irq::wakes_of_a_halted_cpu_share_one_ipi",
+        irq::wakes_of_a_halted_cpu_share_one_ipi,
+    ),
     // Last: checks what the whole run may have broken.
     test(
         "irq::reschedule_ipis_still_reach_the_scheduler",
