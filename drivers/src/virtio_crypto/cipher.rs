@@ -14,6 +14,7 @@ use virtio_drivers::Hal;
 use super::device::{CryptoDevice, DeviceHealth};
 use super::queue::CryptoQueue;
 use super::request::{Request, RequestBuilder};
+use super::slots::OwnedBuffers;
 use super::status::{RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
@@ -312,6 +313,78 @@ impl<H: Hal> CryptoDevice<H> {
         Ok(CipherRequest::from_request(request, self.health().clone()))
     }
 
+    /// Like [`start_cipher_request`](Self::start_cipher_request) without copying the data: the
+    /// device reads `buffers.src` and writes `buffers.dst` (of the same length) where they are;
+    /// only the header, IV and status go through the queue's memory. [`OwnedCipherRequest::wait`]
+    /// gives both buffers back, the output in `dst`. On an error the buffers come back with it.
+    pub fn start_cipher_owned(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        buffers: OwnedBuffers,
+    ) -> Result<OwnedCipherRequest<H>, OwnedFailure> {
+        let builder = self.build_cipher_owned(queue, session_id, cipher, direction, iv, buffers)?;
+        let (request, failure) = builder.submit_keeping();
+        match failure {
+            None => Ok(self.owned_request(request)),
+            Some(error) => Err(OwnedFailure::of(error, request)),
+        }
+    }
+
+    /// Validates and builds (does not post) a zero-copy cipher request: submit it alone or in
+    /// a [`RequestBatch`](super::request::RequestBatch), then collect it through
+    /// [`owned_request`](Self::owned_request).
+    pub fn build_cipher_owned(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        cipher: Cipher,
+        direction: Direction,
+        iv: &[u8],
+        buffers: OwnedBuffers,
+    ) -> Result<RequestBuilder<H>, OwnedFailure> {
+        let (src_len, dst_len) = (buffers.src.len(), buffers.dst.len());
+        let built = (|| {
+            self.ready()?;
+            self.check_request(cipher, iv, src_len, dst_len)?;
+            let header = wire::CipherDataHeader::new(
+                direction.opcode(),
+                cipher.algo(),
+                session_id,
+                iv.len() as u32,
+                src_len as u32,
+            );
+            let mut builder = queue.reserve(wire::DATA_HDR_LEN + iv.len(), wire::INHDR_LEN)?;
+            builder.push_struct(&header)?.push(iv)?;
+            Ok(builder)
+        })();
+        match built {
+            Ok(mut builder) => {
+                builder
+                    .preset_status(0xff)
+                    .expect_used(dst_len + wire::INHDR_LEN)
+                    .hand_over(buffers);
+                Ok(builder)
+            }
+            Err(error) => Err(OwnedFailure {
+                error,
+                buffers: Some(buffers),
+            }),
+        }
+    }
+
+    /// A posted zero-copy request (built by [`build_cipher_owned`](Self::build_cipher_owned)),
+    /// to wait for.
+    pub fn owned_request(&self, request: Request<H>) -> OwnedCipherRequest<H> {
+        OwnedCipherRequest {
+            request,
+            health: self.health().clone(),
+        }
+    }
+
     /// Runs one cipher request and returns the output in a new vector.
     pub fn cipher_request(
         &self,
@@ -354,6 +427,72 @@ impl<H: Hal> CipherRequest<H> {
             Ok(_) => CipherOutput::new(self.request),
             Err(Error::Timeout) => Err(self.health.timed_out()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// A zero-copy cipher request in flight ([`CryptoDevice::start_cipher_owned`]).
+pub struct OwnedCipherRequest<H: Hal> {
+    request: Request<H>,
+    health: Arc<DeviceHealth<H>>,
+}
+
+/// Why a zero-copy request failed, with the caller's buffers when the device no longer has
+/// them (`None` only after a failure that left them with the device: they are freed after its
+/// reset).
+#[derive(Debug)]
+pub struct OwnedFailure {
+    pub error: Error,
+    pub buffers: Option<OwnedBuffers>,
+}
+
+impl OwnedFailure {
+    fn of<H: Hal>(error: Error, mut request: Request<H>) -> Self {
+        OwnedFailure {
+            error,
+            buffers: request.take_buffers(),
+        }
+    }
+}
+
+impl<H: Hal> OwnedCipherRequest<H> {
+    pub fn is_done(&self) -> bool {
+        self.request.is_done()
+    }
+
+    /// Sleeps until the device answers (at most the device's timeout); returns the buffers,
+    /// the output in `dst`.
+    pub fn wait(mut self) -> Result<OwnedBuffers, OwnedFailure> {
+        let deadline = platform::get()
+            .now_ns()
+            .saturating_add(self.health.timeout_ns());
+        let used = match self.request.wait_until(Some(deadline)) {
+            Ok(used) => used as usize,
+            Err(Error::Timeout) => {
+                let error = self.health.timed_out();
+                return Err(OwnedFailure::of(error, self.request));
+            }
+            Err(e) => return Err(OwnedFailure::of(e, self.request)),
+        };
+        let checked = match self.request.writable().last() {
+            None => Err(Error::MalformedCompletion {
+                what: "a cipher request without a status byte",
+            }),
+            Some(&status) => status_to_result(status, RequestKind::Data),
+        };
+        let buffers = self.request.take_buffers();
+        let complete = buffers
+            .as_ref()
+            .is_some_and(|b| used >= b.dst.len() + wire::INHDR_LEN);
+        match (checked, buffers) {
+            (Ok(()), Some(buffers)) if complete => Ok(buffers),
+            (Ok(()), buffers) => Err(OwnedFailure {
+                error: Error::MalformedCompletion {
+                    what: "the device wrote less than the output and status",
+                },
+                buffers,
+            }),
+            (Err(error), buffers) => Err(OwnedFailure { error, buffers }),
         }
     }
 }

@@ -65,13 +65,16 @@ pub enum KickMode {
     Locked = 1,
 }
 
-/// One posted request, by token: its slot and the two regions given to `add` (`pop_used` must
-/// get the same ones back).
+/// One posted request, by token: its slot and the regions given to `add` (`pop_used` must get
+/// the same ones back): the slot's readable bytes, then the caller's own buffers if it handed
+/// some over (source, destination), then the slot's writable bytes.
 #[derive(Clone, Copy)]
 struct Posted {
     slot: u16,
     readable: (usize, usize),
     writable: (usize, usize),
+    /// The caller's source and destination buffers (address, length), zero copy.
+    external: Option<((usize, usize), (usize, usize))>,
     /// The least used length a correct answer has (the reply the device must write).
     min_used: u32,
 }
@@ -331,25 +334,65 @@ pub struct QueueGuard<'a, H: Hal> {
     ring: SpinGuard<'a, Ring<H>, IrqsOff>,
 }
 
-/// Rebuilds the slices `add` was given from a posted request's regions (fixed arrays: no
-/// allocation, usable in interrupt context).
+/// The buffers of one request as `add` takes them: readable then writable, empty ones left
+/// out (fixed arrays: no allocation, usable in interrupt context).
+struct Slices<'a> {
+    readable: [&'a [u8]; 2],
+    writable: [&'a mut [u8]; 2],
+    readable_count: usize,
+    writable_count: usize,
+}
+
+/// Rebuilds the slices `add` was given from a posted request's regions.
 ///
 /// # Safety
 /// The regions must be valid memory for the returned lifetime and not otherwise accessed
-/// meanwhile (they are a slot's memory, owned by the device between `add` and `pop_used`).
-unsafe fn as_slices<'a>(posted: &Posted) -> ([&'a [u8]; 1], [&'a mut [u8]; 1], usize, usize) {
-    let (r_addr, r_len) = posted.readable;
-    let (w_addr, w_len) = posted.writable;
-    // SAFETY: guaranteed by the caller.
-    let readable = unsafe { core::slice::from_raw_parts(r_addr as *const u8, r_len) };
-    // SAFETY: guaranteed by the caller.
-    let writable = unsafe { core::slice::from_raw_parts_mut(w_addr as *mut u8, w_len) };
-    (
-        [readable],
-        [writable],
-        usize::from(r_len > 0),
-        usize::from(w_len > 0),
-    )
+/// meanwhile (a slot's memory and the caller's buffers it holds, owned by the device between
+/// `add` and `pop_used`); the readable and writable regions must not overlap.
+unsafe fn as_slices<'a>(posted: &Posted) -> Slices<'a> {
+    let (src, dst) = match posted.external {
+        Some((src, dst)) => (src, dst),
+        None => ((0, 0), (0, 0)),
+    };
+    let mut slices = Slices {
+        readable: [&[], &[]],
+        writable: [&mut [], &mut []],
+        readable_count: 0,
+        writable_count: 0,
+    };
+    for (addr, len) in [posted.readable, src] {
+        if len > 0 {
+            // SAFETY: guaranteed by the caller.
+            slices.readable[slices.readable_count] =
+                unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
+            slices.readable_count += 1;
+        }
+    }
+    for (addr, len) in [dst, posted.writable] {
+        if len > 0 {
+            // SAFETY: guaranteed by the caller.
+            slices.writable[slices.writable_count] =
+                unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) };
+            slices.writable_count += 1;
+        }
+    }
+    slices
+}
+
+impl Posted {
+    /// Descriptors the request takes in the ring (one per non-empty region).
+    fn descriptors(&self) -> usize {
+        let (src, dst) = self.external.unwrap_or(((0, 0), (0, 0)));
+        [self.readable, src, dst, self.writable]
+            .iter()
+            .filter(|(_, len)| *len > 0)
+            .count()
+    }
+
+    /// Bytes the device may write: the caller's destination, then the slot's writable part.
+    fn writable_len(&self) -> usize {
+        self.external.map_or(0, |(_, (_, len))| len) + self.writable.1
+    }
 }
 
 impl<H: Hal> QueueGuard<'_, H> {
@@ -359,8 +402,11 @@ impl<H: Hal> QueueGuard<'_, H> {
         // and untouched by the CPU while the slot is `InFlight`/`Abandoned`, until `pop` hands
         // it back after the device used it (module invariants of `slots`).
         let token = unsafe {
-            let (inputs, mut outputs, r, w) = as_slices(&posted);
-            self.ring.vq.add(&inputs[..r], &mut outputs[..w])
+            let mut s = as_slices(&posted);
+            self.ring.vq.add(
+                &s.readable[..s.readable_count],
+                &mut s.writable[..s.writable_count],
+            )
         };
         match token {
             Ok(token) => {
@@ -457,10 +503,12 @@ impl<H: Hal> QueueGuard<'_, H> {
         // SAFETY: these are the regions `add` posted under this token (the in-flight table is
         // indexed by token), still owned by the queue.
         let used = unsafe {
-            let (inputs, mut outputs, r, w) = as_slices(&entry);
-            self.ring
-                .vq
-                .pop_used(token, &inputs[..r], &mut outputs[..w])
+            let mut s = as_slices(&entry);
+            self.ring.vq.pop_used(
+                token,
+                &s.readable[..s.readable_count],
+                &mut s.writable[..s.writable_count],
+            )
         };
         Some(match used {
             Ok(len) => {
@@ -829,6 +877,12 @@ impl<H: Hal> QueueCore<H> {
             slot,
             readable: (base, st.readable),
             writable: (base + st.readable, st.writable),
+            external: st.external.as_ref().map(|b| {
+                (
+                    (b.src.as_ptr() as usize, b.src.len()),
+                    (b.dst.as_ptr() as usize, b.dst.len()),
+                )
+            }),
             min_used: seal.min_used,
         };
         st.phase = Phase::InFlight;
@@ -927,7 +981,7 @@ impl<H: Hal> QueueCore<H> {
         wait: SpaceWait,
     ) -> Result<(), Error> {
         let (posted, generation) = self.prepare(slot, seal, handler);
-        let descriptors = usize::from(posted.readable.1 > 0) + usize::from(posted.writable.1 > 0);
+        let descriptors = posted.descriptors();
         let platform = crate::sync::platform::get();
         let deadline = platform.now_ns().saturating_add(self.timeout_ns());
         let error = loop {
@@ -1052,10 +1106,12 @@ impl<H: Hal> QueueCore<H> {
         match st.phase {
             Phase::InFlight => {
                 if !device_may_own {
-                    // The writable bytes the device did not write (all of them on a failure)
-                    // still hold an earlier request's: zero them before anyone can read them.
+                    // The slot's writable bytes the device did not write (all of them on a
+                    // failure) still hold an earlier request's: zero them before anyone can
+                    // read them. (A caller's own destination comes first and is its own.)
+                    let before = st.external.as_ref().map_or(0, |b| b.dst.len());
                     let written = match result {
-                        Ok(len) => (len as usize).min(st.writable),
+                        Ok(len) => (len as usize).saturating_sub(before).min(st.writable),
                         Err(_) => 0,
                     };
                     let (base, _) = storage.region(slot, &st);
@@ -1129,7 +1185,7 @@ impl<H: Hal> QueueCore<H> {
                             break;
                         }
                         Some(Ok((entry, len))) => {
-                            let result = if len as usize > entry.writable.1 {
+                            let result = if len as usize > entry.writable_len() {
                                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                                 Err(Error::MalformedCompletion {
                                     what: "used length longer than the buffers posted",

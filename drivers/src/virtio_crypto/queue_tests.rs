@@ -898,3 +898,110 @@ fn a_reused_slot_shows_no_bytes_of_the_request_before() {
     let mut builder = queue.reserve(8, 8).unwrap();
     assert_eq!(builder.writable_mut(), [0u8; 8]);
 }
+
+/// Zero copy: the device reads the caller's source and writes its destination where they are
+/// (the destination comes back as the same allocation, with the output), only the header, IV
+/// and status use the queue's memory; failures give both buffers back.
+#[test]
+fn owned_buffers_are_used_in_place_and_come_back() {
+    use super::cipher::OwnedFailure;
+    use super::slots::OwnedBuffers;
+    let (dev, _fake, _bell) = live_device(1);
+    let s = Session::new(&*dev, Cipher::AesCbc, Direction::Encrypt, &[7u8; 16]).unwrap();
+    let iv = [9u8; 16];
+    let src: Vec<u8> = (0..64 * 1024).map(|i| (i * 7) as u8).collect();
+    let dst = vec![0u8; src.len()];
+    let (src_at, dst_at) = (src.as_ptr(), dst.as_ptr());
+    let queue = &dev.data[0];
+    let request = dev
+        .start_cipher_owned(
+            queue,
+            s.id(),
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &iv,
+            OwnedBuffers { src, dst },
+        )
+        .unwrap();
+    let back = request.wait().unwrap();
+    assert_eq!((back.src.as_ptr(), back.dst.as_ptr()), (src_at, dst_at));
+    assert!(
+        back.src
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i * 7) as u8)
+    );
+    assert!(back.dst.iter().zip(&back.src).all(|(&d, &s)| d == s ^ XOR));
+    assert_eq!(queue.slots_in_use(), 0);
+
+    // Refused before posting (an IV of the wrong length): both buffers come back untouched.
+    let OwnedFailure { error, buffers } = dev
+        .start_cipher_owned(
+            queue,
+            s.id(),
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &iv[..8],
+            back,
+        )
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::InvalidIvLength { .. }));
+    let back = buffers.expect("buffers of a refused request");
+    assert_eq!(back.dst.as_ptr(), dst_at);
+
+    // Answered with an error status (a session the device does not know): buffers back too.
+    let failed = dev
+        .start_cipher_owned(queue, 0xdead, Cipher::AesCbc, Direction::Encrypt, &iv, back)
+        .unwrap()
+        .wait()
+        .err()
+        .unwrap();
+    assert_eq!(failed.error, Error::UnknownSession);
+    assert_eq!(
+        failed
+            .buffers
+            .expect("buffers of a failed request")
+            .src
+            .as_ptr(),
+        src_at
+    );
+    assert_eq!(queue.slots_in_use(), 0);
+}
+
+/// The descriptors of a request with handed-over buffers point at those buffers: readable slot
+/// bytes, the source, the destination, the writable slot bytes, in that order.
+#[test]
+fn handed_over_buffers_are_the_descriptors() {
+    use super::slots::OwnedBuffers;
+    let mut rig = rig();
+    let (src, dst) = (vec![1u8; 5000], vec![0u8; 5000]);
+    let (src_at, dst_at) = (src.as_ptr() as u64, dst.as_ptr() as u64);
+    let mut builder = rig.queue.reserve(4, 1).unwrap();
+    builder.push(b"head").unwrap();
+    builder.hand_over(OwnedBuffers { src, dst });
+    let mut request = builder.submit().unwrap();
+    let chain = rig.ring.pending().pop().unwrap();
+    let shape: Vec<(u64, u32, bool)> = chain
+        .descs
+        .iter()
+        .map(|d| (d.addr, d.len, d.writable()))
+        .collect();
+    assert_eq!(shape.len(), 4, "{shape:x?}");
+    assert_eq!(&shape[1..3], [(src_at, 5000, false), (dst_at, 5000, true)]);
+    assert_eq!(
+        (shape[0].1, shape[0].2, shape[3].1, shape[3].2),
+        (4, false, 1, true)
+    );
+    assert!(
+        request.take_buffers().is_none(),
+        "taken back while in flight"
+    );
+    chain.write(&[0xee; 5001]);
+    rig.ring.complete(chain.id as u32, 5001);
+    rig.queue.handle_interrupt();
+    assert_eq!(finished(&request).result, Ok(5001));
+    let back = request.take_buffers().unwrap();
+    assert_eq!(back.dst.as_ptr() as u64, dst_at);
+    assert!(back.dst.iter().all(|&b| b == 0xee));
+}

@@ -20,7 +20,7 @@ use virtio_drivers::Hal;
 use zerocopy::{Immutable, IntoBytes};
 
 use super::queue::{QueueCore, SpaceWait};
-use super::slots::{OnComplete, Phase};
+use super::slots::{OnComplete, OwnedBuffers, Phase};
 use crate::error::Error;
 use crate::sync::platform;
 
@@ -151,6 +151,19 @@ impl<H: Hal> RequestBuilder<H> {
         self
     }
 
+    /// Points the device at the caller's own buffers instead of copying them (zero copy):
+    /// `src` is read after the readable bytes pushed, `dst` written before the writable part.
+    /// The request keeps them until [`Request::take_buffers`] (or frees them when dropped).
+    pub fn hand_over(&mut self, buffers: OwnedBuffers) -> &mut Self {
+        let old = self.request.core.storage().slots[self.request.slot as usize]
+            .state
+            .lock()
+            .external
+            .replace(buffers);
+        drop(old);
+        self
+    }
+
     /// Zeroizes the readable part when the slot is released (it carries key material), also
     /// if the request is never posted.
     pub fn wipe_on_release(&mut self) -> &mut Self {
@@ -179,6 +192,20 @@ impl<H: Hal> RequestBuilder<H> {
             .core
             .post(request.slot, self.seal, None, SpaceWait::Sleep)?;
         Ok(request)
+    }
+
+    /// Like [`submit`](Self::submit), but a request that could not be posted comes back with
+    /// the error (still unposted: its handed-over buffers can be taken back).
+    pub fn submit_keeping(self) -> (Request<H>, Option<Error>) {
+        if let Err(e) = self.check_complete() {
+            return (self.request, Some(e));
+        }
+        let request = self.request;
+        let error = request
+            .core
+            .post(request.slot, self.seal, None, SpaceWait::Sleep)
+            .err();
+        (request, error)
     }
 
     /// Like [`submit`](Self::submit), but never sleeps: on a full ring it drains the queue and
@@ -386,6 +413,18 @@ impl<H: Hal> Request<H> {
         }
         let (readable, _) = self.lengths();
         &mut self.region_mut()[readable..]
+    }
+
+    /// The caller's buffers handed over with [`RequestBuilder::hand_over`], once the device is
+    /// done with them (`None` while in flight, and after a failure that left them with the
+    /// device: they are freed after its reset).
+    pub fn take_buffers(&mut self) -> Option<OwnedBuffers> {
+        let mut st = self.core.storage().slots[self.slot as usize].state.lock();
+        if matches!(st.phase, Phase::Done | Phase::Building) && !st.device_may_own {
+            st.external.take()
+        } else {
+            None
+        }
     }
 
     /// Whether the device returned the request (or it failed).

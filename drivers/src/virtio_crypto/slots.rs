@@ -146,9 +146,41 @@ pub trait OnComplete<H: virtio_drivers::Hal>: Send + Sync {
     fn on_complete(&self, request: super::request::Request<H>);
 }
 
+/// A caller's own buffers a request points the device at instead of copying them (zero copy):
+/// `src` is device-readable, `dst` device-writable. Kernel heap memory is identity-mapped, so
+/// their addresses are what the device gets.
+pub struct OwnedBuffers {
+    pub src: Vec<u8>,
+    pub dst: Vec<u8>,
+}
+
+impl core::fmt::Debug for OwnedBuffers {
+    /// Lengths only: the bytes may be secret.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "OwnedBuffers {{ src: {} B, dst: {} B }}",
+            self.src.len(),
+            self.dst.len()
+        )
+    }
+}
+
+/// What a released slot leaves for its releaser to free (in task context): a spill, a caller's
+/// buffers nobody took back.
+#[must_use]
+#[derive(Default)]
+pub(crate) struct Leftovers {
+    _spill: Option<DmaBlock>,
+    _external: Option<OwnedBuffers>,
+}
+
 pub(crate) struct SlotState<H: virtio_drivers::Hal> {
     pub(crate) phase: Phase,
     pub(crate) memory: Memory,
+    /// The caller's buffers, while the request points at them (kept here so they outlive the
+    /// device's use even if the request is dropped in flight; freed only in task context).
+    pub(crate) external: Option<OwnedBuffers>,
     /// A heap block for a request too large for the preallocated ones; kept for reuse and freed
     /// only in task context (by the next reservation that does not need it, or a task's drop).
     pub(crate) spill: Option<DmaBlock>,
@@ -209,6 +241,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                         phase: Phase::Free,
                         memory: Memory::Inline,
                         spill: None,
+                        external: None,
                         readable: 0,
                         writable: 0,
                         outcome: None,
@@ -314,6 +347,8 @@ impl<H: virtio_drivers::Hal> Storage<H> {
             None if memory != Memory::Spill => old_spill = st.spill.take(),
             None => {}
         }
+        // Left by a request released in interrupt context; freed below, in task context.
+        let old_external = st.external.take();
         st.phase = Phase::Building;
         st.memory = memory;
         st.readable = readable;
@@ -326,6 +361,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         let (base, _) = self.region(slot, &st);
         drop(st);
         drop(old_spill); // task context
+        drop(old_external);
         Ok((slot, base))
     }
 
@@ -343,11 +379,11 @@ impl<H: virtio_drivers::Hal> Storage<H> {
     }
 
     /// Puts `slot` back on the free list (its state lock must not be held). Wipes key material
-    /// first. With `take_spill` the slot's heap spill is handed back for the caller to free (in
-    /// task context); otherwise nothing is freed, and this is callable from interrupt context.
-    #[must_use]
-    pub(crate) fn release(&self, slot: u16, take_spill: bool) -> Option<DmaBlock> {
-        let (large, spill) = {
+    /// first. With `take_heap` the slot's heap memory (spill, a caller's buffers) is handed back
+    /// for the caller to free (in task context); otherwise nothing is freed, and this is
+    /// callable from interrupt context.
+    pub(crate) fn release(&self, slot: u16, take_heap: bool) -> Leftovers {
+        let (large, leftovers) = {
             let mut st = self.slots[slot as usize].state.lock();
             if st.wipe_readable {
                 let (base, len) = self.region(slot, &st);
@@ -361,15 +397,22 @@ impl<H: virtio_drivers::Hal> Storage<H> {
             st.phase = Phase::Free;
             st.outcome = None;
             st.on_complete = None;
-            let spill = if take_spill { st.spill.take() } else { None };
+            let heap = if take_heap {
+                Leftovers {
+                    _spill: st.spill.take(),
+                    _external: st.external.take(),
+                }
+            } else {
+                Leftovers::default()
+            };
             let large = match st.memory {
                 Memory::Large(i) => Some(i),
                 _ => None,
             };
-            (large, spill)
+            (large, heap)
         };
         self.release_now(slot, large);
-        spill
+        leftovers
     }
 
     fn release_now(&self, slot: u16, large: Option<u8>) {

@@ -12,21 +12,52 @@ use alloc::vec::Vec;
 
 use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::sync::IrqSpinLock;
-use vcrypt_drivers::virtio_crypto::cipher::CipherRequest;
+use vcrypt_drivers::virtio_crypto::cipher::{CipherRequest, OwnedCipherRequest};
 use vcrypt_drivers::virtio_crypto::request::RequestBatch;
+use vcrypt_drivers::virtio_crypto::slots::OwnedBuffers;
 
 use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
 use super::{BenchConfig, limit};
 use crate::arch::{percpu, trips, tsc};
+use crate::mm::dma::KernelHal;
 use crate::println;
 
 static SAMPLES: IrqSpinLock<Vec<u32>> = IrqSpinLock::new("bench-samples", Vec::new());
 const MAX_SAMPLES_PER_WORKER: usize = 50_000;
 
+/// A request of the bench in flight: copied into the queue's memory, or zero copy.
+enum Pending {
+    Copied(CipherRequest<KernelHal>),
+    Owned(OwnedCipherRequest<KernelHal>),
+}
+
+impl Pending {
+    fn is_done(&self) -> bool {
+        match self {
+            Pending::Copied(p) => p.is_done(),
+            Pending::Owned(p) => p.is_done(),
+        }
+    }
+
+    /// Waits; returns the output's length (and the buffers of a zero-copy request, to reuse).
+    fn wait(self, pool: &mut Vec<OwnedBuffers>) -> Result<usize, String> {
+        match self {
+            Pending::Copied(p) => Ok(p.wait().map_err(|e| format!("{e}"))?.len()),
+            Pending::Owned(p) => {
+                let buffers = p.wait().map_err(|e| format!("{}", e.error))?;
+                let len = buffers.dst.len();
+                pool.push(buffers);
+                Ok(len)
+            }
+        }
+    }
+}
+
 fn point(
     config: &BenchConfig,
     size: usize,
     in_flight: usize,
+    zero_copy: bool,
 ) -> Result<(u64, Vec<u32>, u64, u64, u64), String> {
     let device = config.device;
     let workers = in_flight.min(percpu::cpu_count());
@@ -38,6 +69,13 @@ fn point(
         let queue = device.data_queue_for(percpu::cpu_index());
         let src = vec![0xa5u8; size];
         let iv = [0u8; 16];
+        // Zero copy: each request in flight has its own source and destination.
+        let mut pool: Vec<OwnedBuffers> = (0..if zero_copy { window } else { 0 })
+            .map(|_| OwnedBuffers {
+                src: src.clone(),
+                dst: vec![0; size],
+            })
+            .collect();
         let mut pending = VecDeque::new();
         let mut batch = RequestBatch::with_capacity(window);
         let mut posted = Vec::with_capacity(window);
@@ -48,25 +86,40 @@ fn point(
             let running = tsc::now_ns() < deadline || ops + pending.len() as u64 == 0;
             if running && pending.len() < window {
                 while pending.len() + batch.len() < window {
-                    let builder = device
-                        .build_cipher_request(
+                    let built = match pool.pop() {
+                        Some(buffers) => device
+                            .build_cipher_owned(
+                                queue,
+                                session.id(),
+                                Cipher::AesCbc,
+                                Direction::Encrypt,
+                                &iv,
+                                buffers,
+                            )
+                            .map_err(|e| e.error),
+                        None => device.build_cipher_request(
                             queue,
                             session.id(),
                             Cipher::AesCbc,
                             Direction::Encrypt,
                             &iv,
                             &src,
-                        )
+                        ),
+                    };
+                    batch
+                        .push(built.map_err(|e| format!("{e}"))?)
                         .map_err(|e| format!("{e}"))?;
-                    batch.push(builder).map_err(|e| format!("{e}"))?;
                 }
                 let now = tsc::now_ns();
                 batch.submit(&mut posted).map_err(|e| format!("{e}"))?;
-                pending.extend(
-                    posted
-                        .drain(..)
-                        .map(|r| (now, CipherRequest::from_request(r, device.health().clone()))),
-                );
+                pending.extend(posted.drain(..).map(|r| {
+                    let p = if zero_copy {
+                        Pending::Owned(device.owned_request(r))
+                    } else {
+                        Pending::Copied(CipherRequest::from_request(r, device.health().clone()))
+                    };
+                    (now, p)
+                }));
             }
             // Wait for the oldest, then take every other one already back: the refill is
             // then one batch.
@@ -75,9 +128,7 @@ fn point(
             };
             let mut finished = Some((start, p));
             while let Some((start, p)) = finished.take() {
-                let out = p.wait().map_err(|e| format!("{e}"))?;
-                let out_len = out.len();
-                drop(out);
+                let out_len = p.wait(&mut pool)?;
                 if out_len != size {
                     return Err(format!("{out_len} bytes back for {size}"));
                 }
@@ -124,10 +175,12 @@ fn limited_by(pct_of_device: u64, busy: &[u32], trips: &trips::TripCounts, ops: 
 pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let sizes = [16usize, 64, 256, 1024, 4096, 16384, 65536];
     let depths = [1usize, 2, 4, 8, 16, 32, 64, 128, 256];
+    // The "zero_copy" sweep repeats the larger sizes with the caller's buffers handed over.
     let points: Vec<(usize, usize, &str)> = sizes
         .iter()
         .map(|&s| (s, 16, "size"))
         .chain(depths.iter().map(|&d| (4096, d, "in_flight")))
+        .chain([4096, 16384, 65536].map(|s| (s, 16, "zero_copy")))
         .collect();
     // The device's own rate per size, the 100% of the `%dev` column.
     let mut device_rates = Vec::new();
@@ -151,10 +204,18 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             "data",
             i,
             points.len(),
-            &format!("{size} B, {in_flight} in flight"),
+            &format!(
+                "{size} B, {in_flight} in flight{}",
+                if sweep == "zero_copy" {
+                    ", zero copy"
+                } else {
+                    ""
+                }
+            ),
         );
         let trips_before = trips::all_cpus();
-        let (ops, busy, elapsed, p50, p99) = point(config, size, in_flight)?;
+        let zero_copy = sweep == "zero_copy";
+        let (ops, busy, elapsed, p50, p99) = point(config, size, in_flight, zero_copy)?;
         let trips = trips::all_cpus().since(&trips_before);
         let ops_s = per_second(ops, elapsed);
         let mb_s = ops_s * size as u64 / 1_000_000;
@@ -185,9 +246,13 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .trips(&trips, ops)
                 .num("duration_ms", elapsed / 1_000_000)
                 .plot(
-                    sweep,
+                    if sweep == "in_flight" {
+                        "in_flight"
+                    } else {
+                        "size"
+                    },
                     &["ops_per_s", "mb_per_s", "p50_us", "p99_us"],
-                    &[],
+                    &["sweep"],
                     &[],
                 )
                 .units(&[
