@@ -152,6 +152,13 @@ MUST_PRINT=
 step "service suites, 1 CPU, 2 devices" pass VCRYPT_SMP=1 VCRYPT_DEVICES=2 -- cargo run --quiet -- test service:: crypto::compl
 step "driver suites, ctrl=poll" pass -- cargo run --quiet -- test crypto:: ctrl=poll
 step "driver suites, kick=locked" pass -- cargo run --quiet -- test crypto:: kick=locked
+# Notification suppression by ring indices (the default) and by flags: the volume and
+# differential tests among them.
+MUST_PRINT="notifications by flags (no EVENT_IDX)"
+step "driver suites, event_idx=off" pass -- cargo run --quiet -- test crypto:: event_idx=off
+MUST_PRINT="notifications by ring index (EVENT_IDX)"
+step "driver suites, event_idx=on" pass -- cargo run --quiet -- test crypto:: event_idx=on
+MUST_PRINT=
 MUST_PRINT="test pci::msix_entries_read_back ... not applicable: no device has an MSI-X capability (VCRYPT_VECTORS=0)"
 MAY_SKIP=yes
 step "self-tests, no MSI-X (INTx through the I/O APIC)" pass VCRYPT_VECTORS=0 -- cargo run --quiet
@@ -258,6 +265,8 @@ EXPECT_LINE="error: command line: unknown switch \"kik=locked\" (known: log="
 step "an unknown switch is refused" fail -- cargo run --quiet -- kcapi kik=locked
 EXPECT_LINE="error: command line: switch ctrl= is given more than once"
 step "a repeated switch is refused" fail -- cargo run --quiet -- test ctrl=poll ctrl=sleep
+EXPECT_LINE="error: event_idx=maybe: expected event_idx=on or event_idx=off"
+step "a bad event_idx value is refused" fail -- cargo run --quiet -- test event_idx=maybe
 EXPECT_LINE="error: kcapi: -k is given more than once"
 step "a repeated option is refused" fail -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' -k $key \
     -k $key -p 00

@@ -8,6 +8,9 @@ use alloc::vec::Vec;
 
 use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::error::Error;
+use vcrypt_drivers::virtio_crypto::cipher::CipherRequest;
+use vcrypt_drivers::virtio_crypto::request::RequestBatch;
+use vcrypt_drivers::virtio_crypto::slots::OwnedBuffers;
 
 use super::TestResult;
 use super::reference::{Rng, reference};
@@ -218,9 +221,32 @@ pub fn differential_1000_per_mode_vs_rustcrypto() -> TestResult {
                         };
                         let enc = Session::new(device, cipher, Direction::Encrypt, &key)
                             .map_err(|e| format!("{}: {e}", context()))?;
-                        let mut out = vec![0u8; plain.len()];
-                        enc.encrypt(&iv, &plain, &mut out)
-                            .map_err(|e| format!("{}: encrypt: {e}", context()))?;
+                        // Odd cases go zero copy (the device reads and writes our buffers).
+                        let mut out = if case % 2 == 1 {
+                            let queue = device.data_queue_for(crate::arch::percpu::cpu_index());
+                            device
+                                .start_cipher_owned(
+                                    queue,
+                                    enc.id(),
+                                    cipher,
+                                    Direction::Encrypt,
+                                    &iv,
+                                    OwnedBuffers {
+                                        src: plain.clone(),
+                                        dst: vec![0; plain.len()],
+                                    },
+                                )
+                                .and_then(|r| r.wait())
+                                .map_err(|e| {
+                                    format!("{}: encrypt (zero copy): {}", context(), e.error)
+                                })?
+                                .dst
+                        } else {
+                            let mut out = vec![0u8; plain.len()];
+                            enc.encrypt(&iv, &plain, &mut out)
+                                .map_err(|e| format!("{}: encrypt: {e}", context()))?;
+                            out
+                        };
                         ensure!(
                             out == reference(cipher, Direction::Encrypt, &key, &iv, &plain),
                             "{}: ciphertext differs from RustCrypto",
@@ -550,27 +576,95 @@ pub fn volume_300k_data_100k_control() -> TestResult {
                         let (mut data_done, mut control_done) = (0u64, 0u64);
                         let mut i = t;
                         let zero = [0u8; 16];
+                        let mut round = 0u64;
                         while i < DATA {
-                            let batch: Vec<u64> = (0..IN_FLIGHT as u64)
+                            let numbers: Vec<u64> = (0..IN_FLIGHT as u64)
                                 .map(|k| i + k * tasks)
                                 .filter(|&n| n < DATA)
                                 .collect();
-                            let pending: Vec<_> = batch
-                                .iter()
-                                .map(|n| {
-                                    device.start_cipher_request(
-                                        queue,
-                                        session.id(),
-                                        Cipher::AesCbc,
-                                        Direction::Encrypt,
-                                        &(*n as u128).to_le_bytes(),
-                                        &zero,
-                                    )
-                                })
-                                .collect::<Result<_, _>>()
-                                .map_err(|e| format!("request {i}: submit: {e}"))?;
-                            for (n, p) in batch.iter().zip(pending) {
-                                let out = p.wait().map_err(|e| format!("request {n}: {e}"))?;
+                            // Rounds take turns: one request at a time, one batch (one kick),
+                            // one batch of zero-copy requests.
+                            let outputs = match round % 3 {
+                                0 => {
+                                    let pending: Vec<_> = numbers
+                                        .iter()
+                                        .map(|n| {
+                                            device.start_cipher_request(
+                                                queue,
+                                                session.id(),
+                                                Cipher::AesCbc,
+                                                Direction::Encrypt,
+                                                &(*n as u128).to_le_bytes(),
+                                                &zero,
+                                            )
+                                        })
+                                        .collect::<Result<_, _>>()
+                                        .map_err(|e| format!("request {i}: submit: {e}"))?;
+                                    pending
+                                        .into_iter()
+                                        .map(|p| p.wait().map(|out| out.to_vec()))
+                                        .collect::<Vec<_>>()
+                                }
+                                zero_copy => {
+                                    let mut batch = RequestBatch::with_capacity(numbers.len());
+                                    for n in &numbers {
+                                        let iv = (*n as u128).to_le_bytes();
+                                        let builder = if zero_copy == 2 {
+                                            device
+                                                .build_cipher_owned(
+                                                    queue,
+                                                    session.id(),
+                                                    Cipher::AesCbc,
+                                                    Direction::Encrypt,
+                                                    &iv,
+                                                    OwnedBuffers {
+                                                        src: zero.to_vec(),
+                                                        dst: vec![0xee; 16],
+                                                    },
+                                                )
+                                                .map_err(|e| e.error)
+                                        } else {
+                                            device.build_cipher_request(
+                                                queue,
+                                                session.id(),
+                                                Cipher::AesCbc,
+                                                Direction::Encrypt,
+                                                &iv,
+                                                &zero,
+                                            )
+                                        };
+                                        batch
+                                            .push(builder.map_err(|e| format!("request {n}: {e}"))?)
+                                            .map_err(|e| format!("request {n}: {e}"))?;
+                                    }
+                                    let mut posted = Vec::new();
+                                    batch
+                                        .submit(&mut posted)
+                                        .map_err(|e| format!("batch at {i}: {e}"))?;
+                                    posted
+                                        .into_iter()
+                                        .map(|r| {
+                                            if zero_copy == 2 {
+                                                device
+                                                    .owned_request(r)
+                                                    .wait()
+                                                    .map(|b| b.dst)
+                                                    .map_err(|e| e.error)
+                                            } else {
+                                                CipherRequest::from_request(
+                                                    r,
+                                                    device.health().clone(),
+                                                )
+                                                .wait()
+                                                .map(|out| out.to_vec())
+                                            }
+                                        })
+                                        .collect()
+                                }
+                            };
+                            round += 1;
+                            for (n, out) in numbers.iter().zip(outputs) {
+                                let out = out.map_err(|e| format!("request {n}: {e}"))?;
                                 let mut expected = (*n as u128).to_le_bytes().into();
                                 aes.encrypt_block(&mut expected);
                                 ensure!(out[..] == expected[..], "request {n}: wrong ciphertext");

@@ -117,7 +117,8 @@ pub fn print_inventory(device: &ProbedDevice) {
     let queues: Vec<String> = device.queue_sizes.iter().map(|s| format!("{s}")).collect();
     println!(
         "virtio-crypto {}: services {} | cipher {} | hash {} | mac {} | aead {} | akcipher {} | \
-         max_dataqueues {} | max_cipher_key_len {} | max_size {} | queue sizes [{}] | msix vectors {}",
+         max_dataqueues {} | max_cipher_key_len {} | max_size {} | queue sizes [{}] | msix vectors {} | \
+         notifications by {}",
         device.pci.address,
         c.services(),
         c.ciphers(),
@@ -130,6 +131,11 @@ pub fn print_inventory(device: &ProbedDevice) {
         c.max_size,
         queues.join(" "),
         device.msix.as_ref().map_or(0, |m| m.table_size()),
+        if device.features & FEATURE_EVENT_IDX != 0 {
+            "ring index (EVENT_IDX)"
+        } else {
+            "flags (no EVENT_IDX)"
+        },
     );
 }
 
