@@ -37,7 +37,7 @@ check "every figure drawn ($figures figures, $svgs SVGs)" test "$figures" -ge 6 
 # Every ops/s of the run appears in the figures' numbers as a (field, value) table cell pair.
 values=$(grep -o '"ops_per_s":[0-9]*' "$out/run/rows.jsonl" | cut -d: -f2)
 count=$(echo "$values" | grep -c .)
-check "16 data rows (got $count)" test "$count" -eq 16
+check "19 data rows (got $count)" test "$count" -eq 19
 for ops in $values; do
     check "ops_per_s $ops in index.html" grep -q "<td>ops_per_s</td><td>$ops</td>" "$html"
 done

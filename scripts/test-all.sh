@@ -134,8 +134,11 @@ MUST_PRINT="cpus online: 2"
 MUST_NOT_PRINT='^(qemu-system-x86_64: Cannot find a valid session id: 3735928559|.*unexpected interrupt on vector)' 
 step "self-tests, 2 CPUs, 1 device" pass VCRYPT_SMP=2 VCRYPT_DEVICES=1 -- cargo run --quiet
 MUST_NOT_PRINT=
-MUST_PRINT="cpus online: 1"
+# One CPU: the IPI test has no other CPU (and says so, which also proves the boot had one CPU).
+MUST_PRINT="test irq::wakes_of_a_halted_cpu_share_one_ipi ... not applicable: one CPU"
+MAY_SKIP=yes
 step "self-tests, 1 CPU" pass VCRYPT_SMP=1 -- cargo run --quiet
+MAY_SKIP=
 MUST_PRINT="cpus online: 4"
 step "self-tests, 4 CPUs" pass VCRYPT_SMP=4 -- cargo run --quiet
 MUST_PRINT="cpus online: 8"

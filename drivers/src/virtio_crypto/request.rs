@@ -28,7 +28,7 @@ use crate::sync::platform;
 ///
 /// The builder works on its slot's memory without locks: the slot is `Building` and this is its
 /// only handle, so nothing else reads or writes the region until it is posted. What the queue
-/// needs to know of it besides the bytes travels with it as a [`Seal`] and is recorded when it
+/// needs to know of it besides the bytes travels with it (its seal) and is recorded when it
 /// is posted.
 pub struct RequestBuilder<H: Hal> {
     request: Request<H>,

@@ -557,6 +557,12 @@ pub fn is_halted(cpu: usize) -> bool {
     CPUS[cpu].halted_since.load(Ordering::SeqCst) != 0
 }
 
+/// When CPU `cpu`'s current halt began (TSC), 0 when it is not halted: two equal non-zero
+/// readings are one halt.
+pub fn halt_started(cpu: usize) -> u64 {
+    CPUS[cpu].halted_since.load(Ordering::SeqCst)
+}
+
 /// Stops preemption on this CPU (nests). Used by `SpinLock`.
 pub fn preempt_disable() {
     this_cpu().preempt_count.fetch_add(1, Ordering::SeqCst);
