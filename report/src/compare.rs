@@ -257,8 +257,7 @@ mod tests {
 
     #[test]
     fn compare_writes_both_runs_overlaid() {
-        let base = std::env::temp_dir().join(format!("vcrypt-report-cmp-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&base);
+        let base = crate::output::tests::temp_dir("cmp");
         let (a_dir, b_dir, out) = (base.join("a"), base.join("b"), base.join("out"));
         for (dir, ops) in [(&a_dir, "26318"), (&b_dir, "30000")] {
             fs::create_dir_all(dir).unwrap();

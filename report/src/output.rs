@@ -356,15 +356,31 @@ pub fn write_run_report(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::samples::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
+    /// A scratch folder, removed when dropped (tests leave nothing behind).
+    pub(crate) struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl std::ops::Deref for Scratch {
+        type Target = PathBuf;
+        fn deref(&self) -> &PathBuf {
+            &self.0
+        }
+    }
+
+    pub(crate) fn temp_dir(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("vcrypt-report-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        dir
+        Scratch(dir)
     }
 
     #[test]

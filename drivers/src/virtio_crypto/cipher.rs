@@ -171,11 +171,25 @@ impl<H: Hal> CryptoDevice<H> {
         key: &[u8],
     ) -> Result<(u64, u64), Error> {
         self.ready()?;
+        let request = self.cipher_create_request(cipher, direction, key)?;
+        self.create_session(&request, key)
+    }
+
+    /// The create-session request for a cipher session with `key`, once the device could take
+    /// it (algorithm offered, key length allowed).
+    pub(crate) fn cipher_create_request(
+        &self,
+        cipher: Cipher,
+        direction: Direction,
+        key: &[u8],
+    ) -> Result<wire::CipherCreateSession, Error> {
         self.check_cipher(cipher)?;
         cipher.check_key_len(key.len(), self.config.max_cipher_key_len)?;
-        let request =
-            wire::CipherCreateSession::new(cipher.algo(), key.len() as u32, direction.op());
-        self.create_session(&request, key)
+        Ok(wire::CipherCreateSession::new(
+            cipher.algo(),
+            key.len() as u32,
+            direction.op(),
+        ))
     }
 
     /// Checks a cipher request against the algorithm and the device limits.

@@ -1005,3 +1005,51 @@ fn handed_over_buffers_are_the_descriptors() {
     assert_eq!(back.dst.as_ptr() as u64, dst_at);
     assert!(back.dst.iter().all(|&b| b == 0xee));
 }
+
+/// The control path's batch: 20 creates and then 20 destroys each ride one doorbell, every
+/// entry gets its own result (a key of a bad length among them fails alone), and the live count
+/// follows exactly.
+#[test]
+fn sessions_created_and_destroyed_in_batches_ring_once_each() {
+    let (dev, _fake, bell) = live_device(1);
+    let good = [5u8; 16];
+    let bad = [5u8; 15];
+    let mut keys: Vec<&[u8]> = vec![&good; 20];
+    keys.insert(7, &bad);
+    let rung = bell.count();
+    let created = dev.create_cipher_sessions(Cipher::AesCbc, Direction::Encrypt, &keys);
+    assert_eq!(bell.count(), rung + 1, "one doorbell for 21 creates");
+    assert_eq!(created.len(), 21);
+    assert!(matches!(
+        created[7],
+        Err(Error::InvalidKeyLength { got: 15, .. })
+    ));
+    let ids: Vec<u64> = created
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 7)
+        .map(|(_, r)| *r.as_ref().unwrap())
+        .collect();
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 20, "20 distinct session ids");
+    assert_eq!(dev.live_sessions(), 20);
+    let out = dev
+        .cipher_request(
+            &dev.data[0],
+            ids[3],
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &[0; 16],
+            &[1; 16],
+        )
+        .unwrap();
+    assert_eq!(out, [1 ^ XOR; 16]);
+    let rung = bell.count();
+    let mut to_destroy = ids.clone();
+    to_destroy.push(0xdead_beef);
+    let destroyed = dev.destroy_cipher_sessions(&to_destroy);
+    assert_eq!(bell.count(), rung + 1, "one doorbell for 21 destroys");
+    assert!(destroyed[..20].iter().all(Result::is_ok), "{destroyed:?}");
+    assert!(destroyed[20].is_err(), "an unknown session");
+    assert_eq!(dev.live_sessions(), 0);
+}

@@ -12,10 +12,14 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::sync::IrqSpinLock;
 
-use super::device::CryptoDevice;
+use alloc::vec::Vec;
+
+use super::device::{CryptoDevice, CtrlMode};
+use super::request::{Request, RequestBatch, RequestBuilder};
 use super::status::{RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
+use crate::sync::platform;
 
 /// Sessions QEMU's builtin backend holds at once (not advertised in the config space).
 pub const MAX_SESSIONS: usize = 256;
@@ -106,12 +110,25 @@ impl<H: Hal> CryptoDevice<H> {
         self.ready()?;
         let generation = self.generation();
         self.sessions.take(generation)?;
-        let result = self.send_create(request, key);
+        let result = self
+            .build_create(request, key)
+            .and_then(|builder| self.control_round_trip(builder))
+            .and_then(|done| create_reply(&done));
+        self.settle_create(result, generation)
+    }
+
+    /// The session count after a create ended with `result`: a failed create gives its place
+    /// back, except a timed-out one (the device may still create it; it stays counted until a
+    /// reset). A session created and then lost to a reset is `DeviceReset`.
+    fn settle_create(
+        &self,
+        result: Result<u64, Error>,
+        generation: u64,
+    ) -> Result<(u64, u64), Error> {
         match result {
             Ok(id) if self.generation() == generation => Ok((id, generation)),
             // Created, then lost to a reset before the caller could use it.
             Ok(_) => Err(Error::DeviceReset),
-            // The device may still create it: it stays counted (until a reset).
             Err(Error::Timeout) => Err(Error::Timeout),
             Err(e) => {
                 self.sessions.give_back(generation);
@@ -120,7 +137,12 @@ impl<H: Hal> CryptoDevice<H> {
         }
     }
 
-    fn send_create<R: IntoBytes + Immutable>(&self, request: &R, key: &[u8]) -> Result<u64, Error> {
+    /// Builds (does not post) a create-session request.
+    fn build_create<R: IntoBytes + Immutable>(
+        &self,
+        request: &R,
+        key: &[u8],
+    ) -> Result<RequestBuilder<H>, Error> {
         let mut builder = self.control.reserve(
             request.as_bytes().len() + key.len(),
             wire::SESSION_INPUT_LEN,
@@ -134,14 +156,127 @@ impl<H: Hal> CryptoDevice<H> {
         };
         builder.writable_mut().copy_from_slice(sentinel.as_bytes());
         builder.expect_used(wire::SESSION_INPUT_LEN);
-        let done = self.control_round_trip(builder)?;
-        let reply = wire::SessionInput::read_from_bytes(done.writable()).map_err(|_| {
-            Error::MalformedCompletion {
-                what: "session input of the wrong size",
+        Ok(builder)
+    }
+
+    /// Creates cipher sessions, one per key, posted together: one kick-prepare and at most one
+    /// doorbell for all of them (the control path's batch). Each gets its own result, in the
+    /// order of `keys`, as [`create_cipher_session`](Self::create_cipher_session) would give it.
+    /// Under `ctrl=poll` they are created one at a time.
+    pub fn create_cipher_sessions(
+        &self,
+        cipher: super::cipher::Cipher,
+        direction: super::cipher::Direction,
+        keys: &[&[u8]],
+    ) -> Vec<Result<u64, Error>> {
+        if self.ctrl_mode() == CtrlMode::Poll {
+            return keys
+                .iter()
+                .map(|key| self.create_cipher_session(cipher, direction, key))
+                .collect();
+        }
+        let generation = self.generation();
+        let mut results: Vec<Option<Result<u64, Error>>> = Vec::with_capacity(keys.len());
+        let mut batch = RequestBatch::with_capacity(keys.len());
+        let mut batched = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            let built = self.ready().and_then(|()| {
+                let request = self.cipher_create_request(cipher, direction, key)?;
+                self.sessions.take(generation)?;
+                let built = self.build_create(&request, key);
+                if built.is_err() {
+                    self.sessions.give_back(generation);
+                }
+                built
+            });
+            match built.and_then(|builder| batch.push(builder)) {
+                Ok(()) => {
+                    batched.push(i);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
             }
-        })?;
-        status_to_result(reply.status.get(), RequestKind::CreateSession)?;
-        Ok(reply.session_id.get())
+        }
+        let posted = self.post_control_batch(&mut batch, batched.len());
+        for (i, (sent, outcome)) in batched.into_iter().zip(posted) {
+            results[i] = Some(match outcome.and_then(|done| create_reply(&done)) {
+                Err(e) if !sent => {
+                    self.sessions.give_back(generation);
+                    Err(e)
+                }
+                result => self.settle_create(result, generation).map(|(id, _)| id),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::DeviceReset)))
+            .collect()
+    }
+
+    /// Destroys cipher sessions of the current generation, posted together like
+    /// [`create_cipher_sessions`](Self::create_cipher_sessions); one result per id, in order.
+    pub fn destroy_cipher_sessions(&self, ids: &[u64]) -> Vec<Result<(), Error>> {
+        if self.ctrl_mode() == CtrlMode::Poll {
+            return ids
+                .iter()
+                .map(|&id| self.destroy_cipher_session(id))
+                .collect();
+        }
+        let generation = self.generation();
+        let mut results: Vec<Option<Result<(), Error>>> = Vec::with_capacity(ids.len());
+        let mut batch = RequestBatch::with_capacity(ids.len());
+        let mut batched = Vec::with_capacity(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            let built = self
+                .ready()
+                .and_then(|()| self.build_destroy(Service::Cipher, id))
+                .and_then(|builder| batch.push(builder));
+            match built {
+                Ok(()) => {
+                    batched.push(i);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let posted = self.post_control_batch(&mut batch, batched.len());
+        for (i, (_, outcome)) in batched.into_iter().zip(posted) {
+            let result = outcome.and_then(|done| destroy_reply(&done));
+            if result.is_ok() {
+                self.sessions.give_back(generation);
+            }
+            results[i] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::DeviceReset)))
+            .collect()
+    }
+
+    /// Posts a batch of `count` control requests with one kick and waits for each (at most the
+    /// device's timeout); one outcome per request, in order: the finished request, or why it
+    /// failed, and whether it was posted at all (one that was not never reached the device).
+    fn post_control_batch(
+        &self,
+        batch: &mut RequestBatch<H>,
+        count: usize,
+    ) -> Vec<(bool, Result<Request<H>, Error>)> {
+        let mut posted = Vec::with_capacity(count);
+        let error = batch.submit(&mut posted).err();
+        let deadline = platform::get()
+            .now_ns()
+            .saturating_add(self.health().timeout_ns());
+        let mut outcomes: Vec<(bool, Result<Request<H>, Error>)> = posted
+            .into_iter()
+            .map(|request| match request.wait_until(Some(deadline)) {
+                Ok(_) => (true, Ok(request)),
+                Err(Error::Timeout) => (true, Err(self.health().timed_out())),
+                Err(e) => (true, Err(e)),
+            })
+            .collect();
+        let refused = error.unwrap_or(Error::DeviceReset);
+        outcomes.resize_with(count, || (false, Err(refused)));
+        outcomes
     }
 
     /// Destroys a session of `service` made in the current generation.
@@ -162,6 +297,15 @@ impl<H: Hal> CryptoDevice<H> {
             return Err(Error::SessionLost);
         }
         self.ready()?;
+        let builder = self.build_destroy(service, session_id)?;
+        let done = self.control_round_trip(builder)?;
+        destroy_reply(&done)?;
+        self.sessions.give_back(generation);
+        Ok(())
+    }
+
+    /// Builds (does not post) a destroy-session request.
+    fn build_destroy(&self, service: Service, session_id: u64) -> Result<RequestBuilder<H>, Error> {
         let request = wire::DestroySession::new(service.destroy_opcode(), session_id);
         let mut builder = self
             .control
@@ -169,15 +313,28 @@ impl<H: Hal> CryptoDevice<H> {
         builder.push_struct(&request)?;
         builder.writable_mut().fill(0xff);
         builder.expect_used(wire::INHDR_LEN);
-        let done = self.control_round_trip(builder)?;
-        let status = done.writable().last().copied().unwrap_or(0xff);
-        status_to_result(status, RequestKind::DestroySession)?;
-        self.sessions.give_back(generation);
-        Ok(())
+        Ok(builder)
     }
 
     /// Destroys a cipher session.
     pub fn destroy_cipher_session(&self, session_id: u64) -> Result<(), Error> {
         self.destroy_session(Service::Cipher, session_id)
     }
+}
+
+/// The session id in a finished create-session request's reply, or why it failed.
+fn create_reply<H: Hal>(done: &Request<H>) -> Result<u64, Error> {
+    let reply = wire::SessionInput::read_from_bytes(done.writable()).map_err(|_| {
+        Error::MalformedCompletion {
+            what: "session input of the wrong size",
+        }
+    })?;
+    status_to_result(reply.status.get(), RequestKind::CreateSession)?;
+    Ok(reply.session_id.get())
+}
+
+/// The status of a finished destroy-session request.
+fn destroy_reply<H: Hal>(done: &Request<H>) -> Result<(), Error> {
+    let status = done.writable().last().copied().unwrap_or(0xff);
+    status_to_result(status, RequestKind::DestroySession)
 }

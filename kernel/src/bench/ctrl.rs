@@ -1,7 +1,9 @@
 //! `bench ctrl`: session create+destroy pairs per second, busy-polled under one control lock
 //! (`ctrl=poll`, depth 1: what the first seed replaced) vs sleeping on a completion with many in
-//! flight (`ctrl=sleep`), with 1 worker, one per CPU and 8 per CPU. Per row: ops/s, busy % per
-//! CPU and their sum, and the destroy-session latency as a log2 histogram in microseconds.
+//! flight (`ctrl=sleep`), with 1 worker, one per CPU and 8 per CPU; then `batch`: each worker
+//! creates 16 sessions with one kick and destroys them with another (the control path's batch
+//! API). Per row: ops/s, busy % per CPU and their sum, trips, and the destroy-session latency
+//! as a log2 histogram in microseconds (for `batch`, of a whole batch of destroys).
 
 use alloc::format;
 use alloc::string::String;
@@ -17,22 +19,29 @@ use super::report::{Row, busy_text, per_second, progress, run_workers, trips_tex
 use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
+/// Sessions per kick in the `batch` rows (fewer with many workers).
+const BATCH: usize = 16;
+/// Sessions all `batch` workers hold at once, at most (the device holds 256).
+const SESSIONS_IN_BATCHES: usize = 128;
+
 pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let device = config.device;
     let cpus = percpu::cpu_count();
     let worker_counts = [1, cpus, 8 * cpus];
-    let modes = [CtrlMode::Poll, CtrlMode::Sleep];
+    // (mode, name, sessions per kick)
+    let modes = [
+        (CtrlMode::Poll, "poll", 1),
+        (CtrlMode::Sleep, "sleep", 1),
+        (CtrlMode::Sleep, "batch", BATCH),
+    ];
     let total = worker_counts.len() * modes.len();
     let original = device.ctrl_mode();
     let mut rows = Vec::new();
     let mut table = Vec::new();
-    for (m, mode) in modes.into_iter().enumerate() {
+    for (m, (mode, name, batch)) in modes.into_iter().enumerate() {
         for (w, workers) in worker_counts.into_iter().enumerate() {
-            let name = if mode == CtrlMode::Poll {
-                "poll"
-            } else {
-                "sleep"
-            };
+            // The device holds 256 sessions: all workers' batches together stay at 128.
+            let per_kick = batch.min(SESSIONS_IN_BATCHES / workers).max(1);
             progress(
                 "ctrl",
                 m * worker_counts.len() + w,
@@ -47,16 +56,34 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 let key = [0x11u8; 16];
                 let mut pairs = 0;
                 // At least one pair, however late the worker starts: a point never reports nothing.
+                let keys = [&key[..]; BATCH];
+                let keys = &keys[..per_kick];
                 while pairs == 0 || tsc::now_ns() < deadline {
-                    let id = device
-                        .create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key)
+                    if per_kick == 1 {
+                        let id = device
+                            .create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key)
+                            .map_err(|e| format!("create: {e}"))?;
+                        let start = tsc::now_ns();
+                        device
+                            .destroy_cipher_session(id)
+                            .map_err(|e| format!("destroy: {e}"))?;
+                        hist.record((tsc::now_ns() - start) / 1000);
+                        pairs += 1;
+                        continue;
+                    }
+                    let ids = device
+                        .create_cipher_sessions(Cipher::AesCbc, Direction::Encrypt, keys)
+                        .into_iter()
+                        .collect::<Result<Vec<u64>, _>>()
                         .map_err(|e| format!("create: {e}"))?;
                     let start = tsc::now_ns();
                     device
-                        .destroy_cipher_session(id)
+                        .destroy_cipher_sessions(&ids)
+                        .into_iter()
+                        .collect::<Result<Vec<()>, _>>()
                         .map_err(|e| format!("destroy: {e}"))?;
                     hist.record((tsc::now_ns() - start) / 1000);
-                    pairs += 1;
+                    pairs += ids.len() as u64;
                 }
                 Ok(pairs)
             });
@@ -65,7 +92,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             let trips = trips::all_cpus().since(&trips_before);
             let ops = per_second(pairs, elapsed);
             table.push(format!(
-                "{name:<6} {workers:>7} {ops:>10} {:>8}   {}",
+                "{name:<6} {workers:>7} {per_kick:>8} {ops:>10} {:>8}   {}",
                 trips_text(&trips, pairs),
                 busy_text(&busy)
             ));
@@ -74,6 +101,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 Row::new("ctrl")
                     .str("mode", name)
                     .num("workers", workers)
+                    .num("sessions_per_kick", per_kick)
                     .num("pairs", pairs)
                     .num("ops_per_s", ops)
                     .busy(&busy)
@@ -90,6 +118,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     )
                     .units(&[
                         ("workers", "tasks"),
+                        ("sessions_per_kick", "sessions"),
                         ("pairs", "pairs"),
                         ("ops_per_s", "pairs/s"),
                         ("busy_pct", "%"),
@@ -104,7 +133,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         }
     }
     println!("bench ctrl: session create+destroy pairs per second");
-    println!("mode   workers      ops/s trips/1k   busy per CPU (sum)");
+    println!("mode   workers per kick      ops/s trips/1k   busy per CPU (sum)");
     for line in table {
         println!("{line}");
     }

@@ -13,6 +13,7 @@ fn required_fields(bench: &str) -> &'static [&'static str] {
         "ctrl" => &[
             "mode",
             "workers",
+            "sessions_per_kick",
             "ops_per_s",
             "busy_pct",
             "busy_sum_pct",
