@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::sync::{SpinLock, WaitQueue, platform};
 use crate::virtio_crypto::device::{Cipher, CipherRequest, CryptoDevice, Direction};
 use crate::virtio_crypto::queue::CryptoQueue;
+use crate::virtio_crypto::request::RequestBatch;
 
 /// Which queue a CPU submits to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,5 +244,42 @@ impl<H: Hal + 'static> ServiceSession<H> {
             iv,
             src,
         )
+    }
+
+    /// Like [`start`](Self::start) for several requests (`(iv, src)` each) posted together on
+    /// this CPU's queue: one kick-prepare, at most one doorbell. The requests are appended to
+    /// `out` in order; on an error those posted before it are there, and the error is returned.
+    pub fn start_batch<'a>(
+        &self,
+        inputs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        out: &mut Vec<CipherRequest<H>>,
+    ) -> Result<(), Error> {
+        let (index, queue) = self.service.route(platform::get().current_cpu());
+        let session = self.session_on(index)?;
+        let device = self.service.devices[index];
+        if session.generation() != device.generation() {
+            return Err(Error::SessionLost);
+        }
+        let mut batch = RequestBatch::default();
+        for (iv, src) in inputs {
+            let mut builder = device.build_cipher_request(
+                queue,
+                session.id(),
+                self.cipher,
+                self.direction,
+                iv,
+                src,
+            )?;
+            builder.bind_generation(session.generation());
+            batch.push(builder)?;
+        }
+        let mut posted = Vec::new();
+        let result = batch.submit(&mut posted);
+        out.extend(
+            posted
+                .into_iter()
+                .map(|r| CipherRequest::from_request(r, device.health().clone())),
+        );
+        result
     }
 }
