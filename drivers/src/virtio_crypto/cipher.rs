@@ -244,23 +244,55 @@ impl<H: Hal> CryptoDevice<H> {
         iv: &[u8],
         src: &[u8],
     ) -> Result<RequestBuilder<H>, Error> {
+        let mut builder = self.begin_cipher_request(
+            queue,
+            session_id,
+            (cipher, direction),
+            iv,
+            (src.len(), src.len()),
+            true,
+        )?;
+        builder.push(src)?;
+        Ok(builder)
+    }
+
+    /// Validates a cipher request of `src_len` bytes into `dst_len`, reserves its slot and
+    /// pushes the header and IV; the status byte is preset and the reply expected. With
+    /// `data_in_slot` the slot also holds the data (the caller pushes `src`); without, the
+    /// caller hands its own buffers over.
+    fn begin_cipher_request(
+        &self,
+        queue: &CryptoQueue<H>,
+        session_id: u64,
+        (cipher, direction): (Cipher, Direction),
+        iv: &[u8],
+        (src_len, dst_len): (usize, usize),
+        data_in_slot: bool,
+    ) -> Result<RequestBuilder<H>, Error> {
         self.ready()?;
-        self.check_request(cipher, iv, src.len(), src.len())?;
+        self.check_request(cipher, iv, src_len, dst_len)?;
         let header = wire::CipherDataHeader::new(
             direction.opcode(),
             cipher.algo(),
             session_id,
             iv.len() as u32,
-            src.len() as u32,
+            src_len as u32,
         );
+        let in_slot = if data_in_slot {
+            (src_len, dst_len)
+        } else {
+            (0, 0)
+        };
         let mut builder = queue.reserve(
-            wire::DATA_HDR_LEN + iv.len() + src.len(),
-            src.len() + wire::INHDR_LEN,
+            wire::DATA_HDR_LEN + iv.len() + in_slot.0,
+            in_slot.1 + wire::INHDR_LEN,
         )?;
-        builder.push_struct(&header)?.push(iv)?.push(src)?;
-        // A status the device must overwrite (0xff is no status code).
-        builder.preset_status(0xff);
-        builder.expect_used(src.len() + wire::INHDR_LEN);
+        builder
+            .push_struct(&header)?
+            .push(iv)?
+            // A status the device must overwrite (0xff is no status code).
+            .preset_status(0xff)
+            .expect_used(dst_len + wire::INHDR_LEN);
         Ok(builder)
     }
 
@@ -360,27 +392,17 @@ impl<H: Hal> CryptoDevice<H> {
         iv: &[u8],
         buffers: OwnedBuffers,
     ) -> Result<RequestBuilder<H>, OwnedFailure> {
-        let (src_len, dst_len) = (buffers.src.len(), buffers.dst.len());
-        let built = (|| {
-            self.ready()?;
-            self.check_request(cipher, iv, src_len, dst_len)?;
-            let header = wire::CipherDataHeader::new(
-                direction.opcode(),
-                cipher.algo(),
-                session_id,
-                iv.len() as u32,
-                src_len as u32,
-            );
-            let mut builder = queue.reserve(wire::DATA_HDR_LEN + iv.len(), wire::INHDR_LEN)?;
-            builder.push_struct(&header)?.push(iv)?;
-            Ok(builder)
-        })();
-        match built {
+        let begun = self.begin_cipher_request(
+            queue,
+            session_id,
+            (cipher, direction),
+            iv,
+            (buffers.src.len(), buffers.dst.len()),
+            false,
+        );
+        match begun {
             Ok(mut builder) => {
-                builder
-                    .preset_status(0xff)
-                    .expect_used(dst_len + wire::INHDR_LEN)
-                    .hand_over(buffers);
+                builder.hand_over(buffers);
                 Ok(builder)
             }
             Err(error) => Err(OwnedFailure {
