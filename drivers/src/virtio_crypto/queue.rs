@@ -47,6 +47,9 @@ use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
 /// Entries per virtqueue (QEMU's virtio-crypto offers 1024).
 pub const QUEUE_SIZE: usize = 1024;
 
+/// Doorbells one submitter rings at most for requests others added while it was ringing.
+const MAX_RINGS_FOR_OTHERS: usize = 4;
+
 /// How long a request (and a wait for ring space or a slot) may take before `Timeout`.
 pub const DEFAULT_TIMEOUT_NS: u64 = 10_000_000_000;
 
@@ -955,7 +958,10 @@ impl<H: Hal> QueueCore<H> {
         }
         guard.ring.doorbell_pending = true;
         drop(guard);
-        loop {
+        // Bounded: a ringer (perhaps in interrupt context) is not kept ringing for others for
+        // ever. Its last doorbell covers what was added until it cleared the flag; whoever adds
+        // after that rings for itself.
+        for _ in 0..MAX_RINGS_FOR_OTHERS {
             self.ring_doorbell();
             let mut guard = QueueGuard {
                 ring: self.ring.lock(),
@@ -966,6 +972,8 @@ impl<H: Hal> QueueCore<H> {
                 return;
             }
         }
+        self.ring.lock().doorbell_pending = false;
+        self.ring_doorbell();
     }
 
     /// Posts a built request (slot in `Building`): marks it in flight, adds its descriptors under
