@@ -897,6 +897,13 @@ fn a_reused_slot_shows_no_bytes_of_the_request_before() {
     drop(full);
     let mut builder = queue.reserve(8, 8).unwrap();
     assert_eq!(builder.writable_mut(), [0u8; 8]);
+    drop(builder);
+    // A request refused because its readable part was not filled shows zeros where it was not.
+    let mut builder = queue.reserve(8, 8).unwrap();
+    builder.push(b"abc").unwrap();
+    let (refused, error) = builder.submit_keeping();
+    assert!(error.is_some());
+    assert_eq!(refused.readable(), b"abc\0\0\0\0\0");
 }
 
 /// Zero copy: the device reads the caller's source and writes its destination where they are

@@ -196,8 +196,11 @@ impl<H: Hal> RequestBuilder<H> {
 
     /// Like [`submit`](Self::submit), but a request that could not be posted comes back with
     /// the error (still unposted: its handed-over buffers can be taken back).
-    pub fn submit_keeping(self) -> (Request<H>, Option<Error>) {
+    pub fn submit_keeping(mut self) -> (Request<H>, Option<Error>) {
         if let Err(e) = self.check_complete() {
+            // What was not pushed still holds an earlier request's bytes.
+            let cursor = self.cursor;
+            self.region_mut()[cursor..].fill(0);
             return (self.request, Some(e));
         }
         let request = self.request;
