@@ -172,18 +172,28 @@ pub fn reschedule_ipis_still_reach_the_scheduler() -> TestResult {
         if cpu == me {
             continue;
         }
-        // Spawning onto a halted CPU must wake it with an IPI, not wait for its next tick.
+        // Spawning onto a halted CPU must wake it with an IPI, not wait for its next tick. The
+        // CPU may wake on its own (a tick) between the check and the spawn, and then needs no
+        // IPI: a few attempts, one of which must find it still halted.
+        let mut woken_by_ipi = false;
+        for _ in 0..5 {
+            ensure!(
+                wait_for(|| sched::is_halted(cpu)),
+                "CPU {cpu} never went idle"
+            );
+            let before = sched::resched_ipis(cpu);
+            let task =
+                sched::spawn("wake-halted", Some(cpu), || ()).map_err(|e| format!("{e:?}"))?;
+            task.join_timeout(WAIT_NS)
+                .map_err(|_| format!("a task spawned on halted CPU {cpu} did not run"))?;
+            if sched::resched_ipis(cpu) > before {
+                woken_by_ipi = true;
+                break;
+            }
+        }
         ensure!(
-            wait_for(|| sched::is_halted(cpu)),
-            "CPU {cpu} never went idle"
-        );
-        let before = sched::resched_ipis(cpu);
-        let task = sched::spawn("wake-halted", Some(cpu), || ()).map_err(|e| format!("{e:?}"))?;
-        task.join_timeout(WAIT_NS)
-            .map_err(|_| format!("a task spawned on halted CPU {cpu} did not run"))?;
-        ensure!(
-            sched::resched_ipis(cpu) > before,
-            "waking halted CPU {cpu} took no reschedule IPI"
+            woken_by_ipi,
+            "waking halted CPU {cpu} took no reschedule IPI in 5 attempts"
         );
     }
     ensure!(
