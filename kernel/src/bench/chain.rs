@@ -16,8 +16,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use vcrypt_drivers::crypto::{ChainMode, Cipher, Direction, Session};
 
 use super::BenchConfig;
-use super::report::{Row, busy_text, per_second, progress, run_workers};
-use crate::arch::{percpu, tsc};
+use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
 /// Chunks a stream (and an independent worker) keeps outstanding.
@@ -130,15 +130,19 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     &format!("{name}, independent {chunk} B"),
                 );
                 done += 1;
+                let trips_before = trips::all_cpus();
                 let (bytes, busy, elapsed, _) = point(config, cipher, direction, None, 0, chunk)?;
+                let trips = trips::all_cpus().since(&trips_before);
+                let requests = bytes / chunk as u64;
                 let reference = per_second(bytes, elapsed);
                 let mb_s = reference / 1_000_000;
                 table.push(format!(
-                    "{name:<8} {:>8} {chunk:>6} {:<12} {mb_s:>7} {:>7}% {:>9}   {}",
+                    "{name:<8} {:>8} {chunk:>6} {:<12} {mb_s:>7} {:>7}% {:>9} {:>8}   {}",
                     "-",
                     "independent",
                     100,
                     format!("{WINDOW} max"),
+                    trips_text(&trips, requests),
                     busy_text(&busy)
                 ));
                 rows.push(
@@ -152,6 +156,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                         .num("pct_of_independent", 100)
                         .num("window", WINDOW)
                         .busy(&busy)
+                        .trips(&trips, requests)
                         .num("duration_ms", elapsed / 1_000_000)
                         .plot("chunk", PLOT_Y, PLOT_SERIES, &[])
                         .units(UNITS)
@@ -170,8 +175,11 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                             ),
                         );
                         done += 1;
+                        let trips_before = trips::all_cpus();
                         let (bytes, busy, elapsed, in_ring_ns) =
                             point(config, cipher, direction, Some(chain), stream_bytes, chunk)?;
+                        let trips = trips::all_cpus().since(&trips_before);
+                        let requests = bytes / chunk as u64;
                         let rate = per_second(bytes, elapsed);
                         let mb_s = rate / 1_000_000;
                         let pct = rate * 100 / reference.max(1);
@@ -179,10 +187,11 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                         let workers = percpu::cpu_count() as u64;
                         let in_flight_x100 = in_ring_ns * 100 / (elapsed * workers).max(1);
                         table.push(format!(
-                            "{name:<8} {:>7}K {chunk:>6} {:<12} {mb_s:>7} {pct:>7}% {:>9}   {}",
+                            "{name:<8} {:>7}K {chunk:>6} {:<12} {mb_s:>7} {pct:>7}% {:>9} {:>8}   {}",
                             stream_bytes / 1024,
                             chain.name(),
                             hundredths(in_flight_x100),
+                            trips_text(&trips, requests),
                             busy_text(&busy)
                         ));
                         rows.push(
@@ -196,6 +205,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                                 .num("pct_of_independent", pct)
                                 .num("avg_in_flight", hundredths(in_flight_x100))
                                 .busy(&busy)
+                                .trips(&trips, requests)
                                 .num("duration_ms", elapsed / 1_000_000)
                                 .plot("chunk", PLOT_Y, PLOT_SERIES, &[])
                                 .units(UNITS)
@@ -214,7 +224,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         percpu::cpu_count()
     );
     println!(
-        "mode       stream  chunk chain           MB/s  of indep in flight   busy per CPU (sum)"
+        "mode       stream  chunk chain           MB/s  of indep in flight trips/1k   busy per CPU (sum)"
     );
     for line in table {
         println!("{line}");

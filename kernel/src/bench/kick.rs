@@ -14,8 +14,8 @@ use vcrypt_drivers::sync::spinlock::{set_stats_enabled, stats_enabled};
 use vcrypt_drivers::virtio_crypto::queue::KickMode;
 
 use super::BenchConfig;
-use super::report::{Row, busy_text, per_second, progress, run_workers};
-use crate::arch::{percpu, tsc};
+use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
 fn us(ns: u64) -> String {
@@ -49,6 +49,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             }
             let stats_were_enabled = stats_enabled();
             set_stats_enabled(true);
+            let trips_before = trips::all_cpus();
             let result = run_workers(workers, config.point_ns, move |_, deadline| {
                 let session =
                     Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[0x22u8; 16])
@@ -68,6 +69,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             set_stats_enabled(stats_were_enabled);
             device.set_kick_mode(original);
             let (ops, busy, elapsed) = result?;
+            let trips = trips::all_cpus().since(&trips_before);
             let mut lock = LockStatSnapshot::default();
             for q in &device.data {
                 lock.merge(&q.lock_stats());
@@ -75,7 +77,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             let ops_s = per_second(ops, elapsed);
             let mb_s = ops_s * size as u64 / 1_000_000;
             table.push(format!(
-                "{size:>6} {name:<9} {ops_s:>8} {mb_s:>6}  {:>12} {:>11} {:>9} {:>10} {:>12} {:>9} {:>10} {:>13}   {}",
+                "{size:>6} {name:<9} {ops_s:>8} {mb_s:>6}  {:>12} {:>11} {:>9} {:>10} {:>12} {:>9} {:>10} {:>13} {:>8}   {}",
                 lock.acquisitions,
                 lock.contentions,
                 us(lock.wait_min),
@@ -84,6 +86,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 us(lock.hold_min),
                 us(lock.hold_max),
                 us(lock.hold_total),
+                trips_text(&trips, ops),
                 busy_text(&busy)
             ));
             rows.push(
@@ -94,6 +97,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     .num("ops_per_s", ops_s)
                     .num("mb_per_s", mb_s)
                     .busy(&busy)
+                    .trips(&trips, ops)
                     .num("acquisitions", lock.acquisitions)
                     .num("contentions", lock.contentions)
                     .num("wait_min_ns", lock.wait_min)
@@ -129,7 +133,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         "bench kick: AES-CBC requests, {workers} workers; queue lock statistics (times in us)"
     );
     println!(
-        "  size mode         ops/s   MB/s  acquisitions contentions  wait-min   wait-max   wait-total  hold-min   hold-max    hold-total   busy per CPU (sum)"
+        "  size mode         ops/s   MB/s  acquisitions contentions  wait-min   wait-max   wait-total  hold-min   hold-max    hold-total trips/1k   busy per CPU (sum)"
     );
     for line in table {
         println!("{line}");

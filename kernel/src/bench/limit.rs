@@ -15,7 +15,7 @@ use vcrypt_drivers::virtio_crypto::request::RequestBatch;
 
 use super::BenchConfig;
 use super::report::{Row, progress, run_workers};
-use crate::arch::{percpu, tsc};
+use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
 /// Request sizes and batch sizes of `bench limit`.
@@ -119,7 +119,9 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             points.len(),
             &format!("{size} B, batches of {batch}"),
         );
+        let trips_before = trips::all_cpus();
         let (ops, ns) = probe(config, size, batch, config.point_ns)?;
+        let trips = trips::all_cpus().since(&trips_before);
         let rate = ops * 1_000_000_000 / ns.max(1);
         let ns_per_op = ns / ops.max(1);
         table.push(format!(
@@ -134,6 +136,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("ops_per_s", rate)
                 .num("ns_per_op", ns_per_op)
                 .num("requests", ops)
+                .trips(&trips, ops)
                 .plot("batch", &["ops_per_s"], &["size"], &[])
                 .units(&[
                     ("size", "B"),

@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use vcrypt_drivers::crypto::{RsaHash, RsaKeyKind, RsaOp, RsaSession};
 
 use super::BenchConfig;
-use super::report::{Row, busy_text, per_second, progress, run_workers};
-use crate::arch::tsc;
+use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use crate::arch::{trips, tsc};
 use crate::println;
 use crate::selftest::rsa_vectors as v;
 
@@ -96,11 +96,14 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             points.len(),
             &format!("{bits} bits {}, {in_flight} in flight", op.name()),
         );
+        let trips_before = trips::all_cpus();
         let (ops, busy, elapsed) = point(config, bits, op, in_flight)?;
+        let trips = trips::all_cpus().since(&trips_before);
         let ops_s = per_second(ops, elapsed);
         table.push(format!(
-            "{bits:>5} {:<8} {in_flight:>9} {ops_s:>9}   {}",
+            "{bits:>5} {:<8} {in_flight:>9} {ops_s:>9} {:>8}   {}",
             op.name(),
+            trips_text(&trips, ops),
             busy_text(&busy)
         ));
         rows.push(
@@ -110,6 +113,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("in_flight", in_flight)
                 .num("ops_per_s", ops_s)
                 .busy(&busy)
+                .trips(&trips, ops)
                 .num("duration_ms", elapsed / 1_000_000)
                 .plot("in_flight", &["ops_per_s"], &["bits", "op"], &[])
                 .units(&[
@@ -124,7 +128,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         );
     }
     println!("bench rsa: PKCS#1 v1.5 (sha256) through the akcipher service, answers checked");
-    println!(" bits op       in_flight     ops/s   busy per CPU (sum)");
+    println!(" bits op       in_flight     ops/s trips/1k   busy per CPU (sum)");
     for line in table {
         println!("{line}");
     }
