@@ -48,7 +48,6 @@ use super::session::Service;
 use super::status::{DeviceStatus, RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
-use crate::sync::platform;
 
 /// Smallest and largest modulus the driver takes, in bits.
 pub const RSA_MIN_BITS: usize = 1024;
@@ -802,13 +801,8 @@ impl<H: Hal> RsaRequest<H> {
     }
 
     fn finish(&self) -> Result<u32, Error> {
-        let deadline = platform::get()
-            .now_ns()
-            .saturating_add(self.health.timeout_ns());
-        match self.request.wait_until(Some(deadline)) {
-            Err(Error::Timeout) => Err(self.health.timed_out()),
-            other => other,
-        }
+        self.health
+            .wait_until(&self.request, self.health.deadline())
     }
 
     /// Sleeps until the device answers, checks the answer (see the module docs), sends the

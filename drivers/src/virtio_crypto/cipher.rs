@@ -18,7 +18,6 @@ use super::slots::OwnedBuffers;
 use super::status::{RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
-use crate::sync::platform;
 
 /// Where a cipher data request's IV starts in its device-readable bytes (after the header).
 pub const CIPHER_IV_OFFSET: usize = wire::DATA_HDR_LEN;
@@ -456,14 +455,9 @@ impl<H: Hal> CipherRequest<H> {
 
     /// Sleeps until the device answers (at most the device's timeout); returns the output.
     pub fn wait(self) -> Result<CipherOutput<H>, Error> {
-        let deadline = platform::get()
-            .now_ns()
-            .saturating_add(self.health.timeout_ns());
-        match self.request.wait_until(Some(deadline)) {
-            Ok(_) => CipherOutput::new(self.request),
-            Err(Error::Timeout) => Err(self.health.timed_out()),
-            Err(e) => Err(e),
-        }
+        self.health
+            .wait_until(&self.request, self.health.deadline())?;
+        CipherOutput::new(self.request)
     }
 }
 
@@ -499,38 +493,51 @@ impl<H: Hal> OwnedCipherRequest<H> {
     /// Sleeps until the device answers (at most the device's timeout); returns the buffers,
     /// the output in `dst`.
     pub fn wait(mut self) -> Result<OwnedBuffers, OwnedFailure> {
-        let deadline = platform::get()
-            .now_ns()
-            .saturating_add(self.health.timeout_ns());
-        let used = match self.request.wait_until(Some(deadline)) {
-            Ok(used) => used as usize,
-            Err(Error::Timeout) => {
-                let error = self.health.timed_out();
-                return Err(OwnedFailure::of(error, self.request));
-            }
-            Err(e) => return Err(OwnedFailure::of(e, self.request)),
-        };
-        let checked = match self.request.writable().last() {
-            None => Err(Error::MalformedCompletion {
-                what: "a cipher request without a status byte",
-            }),
-            Some(&status) => status_to_result(status, RequestKind::Data),
-        };
+        let waited = self
+            .health
+            .wait_until(&self.request, self.health.deadline());
         let buffers = self.request.take_buffers();
-        let complete = buffers
-            .as_ref()
-            .is_some_and(|b| used >= b.dst.len() + wire::INHDR_LEN);
-        match (checked, buffers) {
-            (Ok(()), Some(buffers)) if complete => Ok(buffers),
-            (Ok(()), buffers) => Err(OwnedFailure {
+        match (waited, buffers) {
+            (Ok(used), Some(buffers)) => {
+                let expected = buffers.dst.len() + wire::INHDR_LEN;
+                match check_cipher_reply(&self.request, used as usize, expected) {
+                    Ok(()) => Ok(buffers),
+                    Err(error) => Err(OwnedFailure {
+                        error,
+                        buffers: Some(buffers),
+                    }),
+                }
+            }
+            (Ok(_), None) => Err(OwnedFailure {
                 error: Error::MalformedCompletion {
                     what: "the device wrote less than the output and status",
                 },
-                buffers,
+                buffers: None,
             }),
             (Err(error), buffers) => Err(OwnedFailure { error, buffers }),
         }
     }
+}
+
+/// Checks a finished cipher request's answer: the status byte (the last writable byte of the
+/// slot) says OK, and the device wrote at least `expected` bytes (the output and the status).
+fn check_cipher_reply<H: Hal>(
+    request: &Request<H>,
+    used: usize,
+    expected: usize,
+) -> Result<(), Error> {
+    let Some(&status) = request.writable().last() else {
+        return Err(Error::MalformedCompletion {
+            what: "a cipher request without a status byte",
+        });
+    };
+    status_to_result(status, RequestKind::Data)?;
+    if used < expected {
+        return Err(Error::MalformedCompletion {
+            what: "the device wrote less than the output and status",
+        });
+    }
+    Ok(())
 }
 
 /// The output of a finished cipher request, read in place from the request's memory (which is
@@ -544,20 +551,12 @@ impl<H: Hal> CipherOutput<H> {
     /// Checks a finished request's status byte and used length.
     pub fn new(request: Request<H>) -> Result<Self, Error> {
         let used = request.outcome().unwrap_or(Err(Error::Timeout))? as usize;
-        let writable = request.writable();
-        let Some((&status, out)) = writable.split_last() else {
-            return Err(Error::MalformedCompletion {
-                what: "a cipher request without a status byte",
-            });
-        };
-        status_to_result(status, RequestKind::Data)?;
-        if used < writable.len() {
-            return Err(Error::MalformedCompletion {
-                what: "the device wrote less than the output and status",
-            });
-        }
-        let len = out.len();
-        Ok(CipherOutput { request, len })
+        let writable = request.writable().len();
+        check_cipher_reply(&request, used, writable)?;
+        Ok(CipherOutput {
+            request,
+            len: writable - 1,
+        })
     }
 
     /// The request, to reuse or inspect.

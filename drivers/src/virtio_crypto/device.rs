@@ -96,6 +96,20 @@ impl<H: Hal> DeviceHealth<H> {
             Error::Timeout
         }
     }
+
+    /// When a request posted now must have finished.
+    pub fn deadline(&self) -> u64 {
+        platform::get().now_ns().saturating_add(self.timeout_ns())
+    }
+
+    /// Sleeps until `request` finishes or `deadline` passes; returns its used length, or why
+    /// it failed (a timeout as [`timed_out`](Self::timed_out) says).
+    pub fn wait_until(&self, request: &Request<H>, deadline: u64) -> Result<u32, Error> {
+        match request.wait_until(Some(deadline)) {
+            Err(Error::Timeout) => Err(self.timed_out()),
+            other => other,
+        }
+    }
 }
 
 /// The transport-specific steps of a recovery (the kernel's virtio-pci transport with its
@@ -361,24 +375,20 @@ impl<H: Hal> CryptoDevice<H> {
         &self,
         builder: RequestBuilder<H>,
     ) -> Result<Request<H>, Error> {
-        let deadline = platform::get()
-            .now_ns()
-            .saturating_add(self.health.timeout_ns());
-        let (request, result) = if self.ctrl_mode() == CtrlMode::Poll {
+        let deadline = self.health.deadline();
+        if self.ctrl_mode() == CtrlMode::Poll {
             let _one_at_a_time = self.poll_lock.lock();
             // Never sleeps: preemption is off under the poll lock.
             let request = builder.submit_polled()?;
-            let result = request.poll_until(deadline);
-            (request, result)
+            match request.poll_until(deadline) {
+                Ok(_) => Ok(request),
+                Err(Error::Timeout) => Err(self.health.timed_out()),
+                Err(e) => Err(e),
+            }
         } else {
             let request = builder.submit()?;
-            let result = request.wait_until(Some(deadline));
-            (request, result)
-        };
-        match result {
-            Ok(_) => Ok(request),
-            Err(Error::Timeout) => Err(self.health.timed_out()),
-            Err(e) => Err(e),
+            self.health.wait_until(&request, deadline)?;
+            Ok(request)
         }
     }
 }

@@ -401,6 +401,34 @@ impl FakeRing {
     }
 }
 
+/// One queue on a fake transport, the device's view of its ring, and its doorbell: the rig of
+/// the queue tests. One slot per descriptor, so the ring (not the slots) is what fills up.
+pub struct QueueRig {
+    pub queue: CryptoQueue<FakeHal>,
+    pub ring: FakeRing,
+    pub bell: CountingNotify,
+}
+
+pub fn queue_rig(event_idx: bool, bell: CountingNotify) -> QueueRig {
+    crate::sync::platform::host::install();
+    let mut transport = FakeTransport::new(1);
+    let queue =
+        CryptoQueue::with_event_idx(&mut transport, 0, Box::new(bell.clone()), event_idx).unwrap();
+    queue
+        .provision(super::slots::StorageConfig {
+            slots: QUEUE_SIZE,
+            inline_bytes: 128,
+            large_blocks: 0,
+            large_bytes: 0,
+        })
+        .unwrap();
+    QueueRig {
+        queue,
+        ring: transport.ring(0),
+        bell,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Doorbell
 

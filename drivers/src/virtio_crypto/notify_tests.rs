@@ -10,40 +10,13 @@ use std::sync::mpsc;
 use std::thread;
 
 use super::fake::*;
-use super::queue::{CryptoQueue, QUEUE_SIZE, need_event, virtio_drivers_should_notify};
+use super::queue::{CryptoQueue, need_event, virtio_drivers_should_notify};
 use super::request::{Request, RequestBatch};
-use super::slots::StorageConfig;
 use crate::error::Error;
 use crate::sync::platform::host;
 
-struct Rig {
-    queue: CryptoQueue<FakeHal>,
-    ring: FakeRing,
-    bell: CountingNotify,
-}
-
-fn rig_with(event_idx: bool, bell: CountingNotify) -> Rig {
-    host::install();
-    let mut transport = FakeTransport::new(1);
-    let queue =
-        CryptoQueue::with_event_idx(&mut transport, 0, Box::new(bell.clone()), event_idx).unwrap();
-    queue
-        .provision(StorageConfig {
-            slots: QUEUE_SIZE,
-            inline_bytes: 64,
-            large_blocks: 0,
-            large_bytes: 0,
-        })
-        .unwrap();
-    Rig {
-        queue,
-        ring: transport.ring(0),
-        bell,
-    }
-}
-
-fn rig(event_idx: bool) -> Rig {
-    rig_with(event_idx, CountingNotify::new())
+fn rig(event_idx: bool) -> QueueRig {
+    queue_rig(event_idx, CountingNotify::new())
 }
 
 /// Builds (does not post) a request carrying `k`, answered in 8 writable bytes.
@@ -213,7 +186,7 @@ fn a_batch_rings_once_and_each_request_gets_its_own_answer() {
 #[test]
 fn a_batch_larger_than_the_ring_waits_for_space_and_loses_nothing() {
     let (tx, rx) = mpsc::channel();
-    let mut rig = rig_with(true, CountingNotify::with_signal(tx));
+    let mut rig = queue_rig(true, CountingNotify::with_signal(tx));
     let queue = &rig.queue;
     let stop = AtomicBool::new(false);
     thread::scope(|s| {
@@ -351,7 +324,7 @@ fn no_completion_is_stranded_by_interrupt_suppression() {
     const TOTAL: u64 = 20_000;
     for event_idx in [false, true] {
         let (kick_tx, kick_rx) = mpsc::channel();
-        let mut rig = rig_with(event_idx, CountingNotify::with_signal(kick_tx));
+        let mut rig = queue_rig(event_idx, CountingNotify::with_signal(kick_tx));
         let (irq_tx, irq_rx) = mpsc::channel::<()>();
         let queue = &rig.queue;
         let stop = AtomicBool::new(false);

@@ -21,32 +21,9 @@ use crate::crypto::Session;
 use crate::error::Error;
 use crate::sync::platform::host;
 
-/// One queue and the device's view of its ring.
-struct Rig {
-    queue: CryptoQueue<FakeHal>,
-    ring: FakeRing,
-    bell: CountingNotify,
-}
-
-fn rig() -> Rig {
-    host::install();
-    let mut transport = FakeTransport::new(1);
-    let bell = CountingNotify::new();
-    let queue = CryptoQueue::new(&mut transport, 0, Box::new(bell.clone())).unwrap();
-    // One slot per descriptor, so the ring (not the slots) is what fills up.
-    queue
-        .provision(StorageConfig {
-            slots: QUEUE_SIZE,
-            inline_bytes: 128,
-            large_blocks: 0,
-            large_bytes: 0,
-        })
-        .unwrap();
-    Rig {
-        queue,
-        ring: transport.ring(0),
-        bell,
-    }
+/// One queue and the device's view of its ring (without EVENT_IDX).
+fn rig() -> QueueRig {
+    queue_rig(false, CountingNotify::new())
 }
 
 /// A request's shape: readable parts (concatenated, as the engine posts them) and writable sizes.

@@ -19,7 +19,6 @@ use super::request::{Request, RequestBatch, RequestBuilder};
 use super::status::{RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
-use crate::sync::platform;
 
 /// Sessions QEMU's builtin backend holds at once (not advertised in the config space).
 pub const MAX_SESSIONS: usize = 256;
@@ -176,11 +175,9 @@ impl<H: Hal> CryptoDevice<H> {
                 .collect();
         }
         let generation = self.generation();
-        let mut results: Vec<Option<Result<u64, Error>>> = Vec::with_capacity(keys.len());
-        let mut batch = RequestBatch::with_capacity(keys.len());
-        let mut batched = Vec::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            let built = self.ready().and_then(|()| {
+        self.control_batch(
+            keys,
+            |key| {
                 let request = self.cipher_create_request(cipher, direction, key)?;
                 self.sessions.take(generation)?;
                 let built = self.build_create(&request, key);
@@ -188,29 +185,16 @@ impl<H: Hal> CryptoDevice<H> {
                     self.sessions.give_back(generation);
                 }
                 built
-            });
-            match built.and_then(|builder| batch.push(builder)) {
-                Ok(()) => {
-                    batched.push(i);
-                    results.push(None);
-                }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
-        let posted = self.post_control_batch(&mut batch, batched.len());
-        for (i, (sent, outcome)) in batched.into_iter().zip(posted) {
-            results[i] = Some(match outcome.and_then(|done| create_reply(&done)) {
+            },
+            |sent, outcome| match outcome.and_then(|done| create_reply(&done)) {
+                // Never reached the device: its place in the count goes back.
                 Err(e) if !sent => {
                     self.sessions.give_back(generation);
                     Err(e)
                 }
                 result => self.settle_create(result, generation).map(|(id, _)| id),
-            });
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(Error::DeviceReset)))
-            .collect()
+            },
+        )
     }
 
     /// Destroys cipher sessions of the current generation, posted together like
@@ -223,15 +207,37 @@ impl<H: Hal> CryptoDevice<H> {
                 .collect();
         }
         let generation = self.generation();
-        let mut results: Vec<Option<Result<(), Error>>> = Vec::with_capacity(ids.len());
-        let mut batch = RequestBatch::with_capacity(ids.len());
-        let mut batched = Vec::with_capacity(ids.len());
-        for (i, &id) in ids.iter().enumerate() {
-            let built = self
+        self.control_batch(
+            ids,
+            |&id| self.build_destroy(Service::Cipher, id),
+            |_, outcome| {
+                let result = outcome.and_then(|done| destroy_reply(&done));
+                if result.is_ok() {
+                    self.sessions.give_back(generation);
+                }
+                result
+            },
+        )
+    }
+
+    /// Builds one control request per item (`build`), posts those that could be built with one
+    /// kick, waits for them, and gives each item its result: `build`'s error, or what `finish`
+    /// makes of the request's outcome (`sent`: whether the request reached the ring at all).
+    fn control_batch<I, T>(
+        &self,
+        items: &[I],
+        mut build: impl FnMut(&I) -> Result<RequestBuilder<H>, Error>,
+        mut finish: impl FnMut(bool, Result<Request<H>, Error>) -> Result<T, Error>,
+    ) -> Vec<Result<T, Error>> {
+        let mut results: Vec<Option<Result<T, Error>>> = Vec::with_capacity(items.len());
+        let mut batch = RequestBatch::with_capacity(items.len());
+        let mut batched = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match self
                 .ready()
-                .and_then(|()| self.build_destroy(Service::Cipher, id))
-                .and_then(|builder| batch.push(builder));
-            match built {
+                .and_then(|()| build(item))
+                .and_then(|builder| batch.push(builder))
+            {
                 Ok(()) => {
                     batched.push(i);
                     results.push(None);
@@ -240,12 +246,8 @@ impl<H: Hal> CryptoDevice<H> {
             }
         }
         let posted = self.post_control_batch(&mut batch, batched.len());
-        for (i, (_, outcome)) in batched.into_iter().zip(posted) {
-            let result = outcome.and_then(|done| destroy_reply(&done));
-            if result.is_ok() {
-                self.sessions.give_back(generation);
-            }
-            results[i] = Some(result);
+        for (i, (sent, outcome)) in batched.into_iter().zip(posted) {
+            results[i] = Some(finish(sent, outcome));
         }
         results
             .into_iter()
@@ -263,15 +265,12 @@ impl<H: Hal> CryptoDevice<H> {
     ) -> Vec<(bool, Result<Request<H>, Error>)> {
         let mut posted = Vec::with_capacity(count);
         let error = batch.submit(&mut posted).err();
-        let deadline = platform::get()
-            .now_ns()
-            .saturating_add(self.health().timeout_ns());
+        let deadline = self.health().deadline();
         let mut outcomes: Vec<(bool, Result<Request<H>, Error>)> = posted
             .into_iter()
-            .map(|request| match request.wait_until(Some(deadline)) {
-                Ok(_) => (true, Ok(request)),
-                Err(Error::Timeout) => (true, Err(self.health().timed_out())),
-                Err(e) => (true, Err(e)),
+            .map(|request| {
+                let waited = self.health().wait_until(&request, deadline);
+                (true, waited.map(|_| request))
             })
             .collect();
         let refused = error.unwrap_or(Error::DeviceReset);

@@ -6,8 +6,10 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::virtio_crypto::cipher::CipherRequest;
@@ -37,6 +39,9 @@ fn probe(
     duration_ns: u64,
 ) -> Result<(u64, u64), String> {
     let device = config.device;
+    // The worker's time from submission to last completion, summed.
+    let in_device_ns = Arc::new(AtomicU64::new(0));
+    let worker_ns = in_device_ns.clone();
     let (ops, _, _) = run_workers(1, duration_ns, move |_, deadline| {
         let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &[0x5au8; 16])
             .map_err(|e| format!("{e}"))?;
@@ -84,14 +89,11 @@ fn probe(
         })();
         queue.set_polled(false);
         result?;
-        PROBE_NS.store(busy_ns, core::sync::atomic::Ordering::Relaxed);
+        worker_ns.store(busy_ns, Ordering::Relaxed);
         Ok(ops)
     })?;
-    Ok((ops, PROBE_NS.load(core::sync::atomic::Ordering::Relaxed)))
+    Ok((ops, in_device_ns.load(Ordering::Relaxed)))
 }
-
-/// The probe's time inside the device (one probe runs at a time).
-static PROBE_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// The device's rate for `size`-byte requests at `batch` per kick, in requests per second.
 pub fn device_rate(
