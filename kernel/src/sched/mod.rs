@@ -53,6 +53,8 @@ struct Cpu {
     /// A reschedule IPI was sent to this CPU and it has not taken an interrupt since: more
     /// wakes need none (the one on its way makes it look at its run queue).
     resched_ipi_pending: AtomicBool,
+    /// Halts begun (the idle loop's `hlt`s).
+    halts: AtomicU64,
     idle_ns: AtomicU64,
     /// Reschedule IPIs this CPU has taken.
     resched_ipis: AtomicU64,
@@ -77,6 +79,7 @@ impl Cpu {
             idle_ns: AtomicU64::new(0),
             resched_ipis: AtomicU64::new(0),
             resched_ipi_pending: AtomicBool::new(false),
+            halts: AtomicU64::new(0),
             remote_wakes: AtomicU64::new(0),
         }
     }
@@ -439,6 +442,7 @@ fn idle_loop() -> ! {
             schedule();
             continue;
         }
+        cpu.halts.fetch_add(1, Ordering::Relaxed);
         arch::enable_irqs_and_halt();
     }
 }
@@ -557,10 +561,9 @@ pub fn is_halted(cpu: usize) -> bool {
     CPUS[cpu].halted_since.load(Ordering::SeqCst) != 0
 }
 
-/// When CPU `cpu`'s current halt began (TSC), 0 when it is not halted: two equal non-zero
-/// readings are one halt.
-pub fn halt_started(cpu: usize) -> u64 {
-    CPUS[cpu].halted_since.load(Ordering::SeqCst)
+/// Halts CPU `cpu` has begun so far.
+pub fn halts(cpu: usize) -> u64 {
+    CPUS[cpu].halts.load(Ordering::Relaxed)
 }
 
 /// Stops preemption on this CPU (nests). Used by `SpinLock`.
