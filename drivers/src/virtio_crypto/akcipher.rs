@@ -822,6 +822,12 @@ impl<H: Hal> RsaRequest<H> {
             ) {
                 return outcome.map(|_| Vec::new());
             }
+            // The queue broke (the device returned an id that was not in flight): the request
+            // was failed while the device may still own its memory, so there is nothing to send
+            // again, and the device's fault is the answer (its reset follows).
+            if outcome.is_err() && self.core.is_broken() {
+                return outcome.map(|_| Vec::new());
+            }
             let verdict = check_answer(
                 &self.params,
                 self.op,
@@ -852,6 +858,12 @@ impl<H: Hal> RsaRequest<H> {
     fn resend(&self) -> Result<Request<H>, Error> {
         let readable = self.request.readable();
         let writable = self.request.writable().len();
+        if readable.is_empty() {
+            // Memory the device may still own shows as empty: never resend from it.
+            return Err(Error::MalformedCompletion {
+                what: "an akcipher request whose memory the device may still own",
+            });
+        }
         let mut builder =
             CryptoQueue::from_core(self.core.clone()).reserve(readable.len(), writable)?;
         builder.push(readable)?;

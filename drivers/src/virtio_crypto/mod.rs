@@ -21,6 +21,8 @@
 //! the CPU only while the device does not own it.
 
 pub mod akcipher;
+#[cfg(test)]
+mod answers_tests;
 pub mod cipher;
 pub mod config;
 pub mod device;

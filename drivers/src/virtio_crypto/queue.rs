@@ -891,6 +891,7 @@ impl<H: Hal> QueueCore<H> {
         st.phase = Phase::InFlight;
         st.on_complete = handler;
         st.min_used = seal.min_used;
+        st.reply_len = seal.reply_len;
         st.generation = seal.generation;
         (posted, seal.generation)
     }
@@ -1116,19 +1117,30 @@ impl<H: Hal> QueueCore<H> {
                 if !device_may_own {
                     // The slot's writable bytes the device did not write (all of them on a
                     // failure) still hold an earlier request's: zero them before anyone can
-                    // read them. (A caller's own destination comes first and is its own.)
+                    // read them. The device's output is a prefix (the caller's own
+                    // destination first, which is its own); the reply at the end (the status)
+                    // is where the device writes it whatever the used length, and holds this
+                    // request's preset until then: it is never cleared.
+                    let reply = (st.reply_len as usize).min(st.writable);
+                    let clearable = st.writable - reply;
                     let before = st.external.as_ref().map_or(0, |b| b.dst.len());
                     let written = match result {
-                        Ok(len) => (len as usize).saturating_sub(before).min(st.writable),
+                        Ok(len) => (len as usize)
+                            .saturating_sub(reply)
+                            .saturating_sub(before)
+                            .min(clearable),
                         Err(_) => 0,
                     };
                     let (base, _) = storage.region(slot, &st);
-                    let tail = st.writable - written;
                     // SAFETY: the device returned the request (or never had it), so the slot's
                     // region is the CPU's; this is inside its writable part, which `reserve`
                     // sized; the slot lock is held, so no owner reads it meanwhile.
                     unsafe {
-                        core::ptr::write_bytes((base + st.readable + written) as *mut u8, 0, tail);
+                        core::ptr::write_bytes(
+                            (base + st.readable + written) as *mut u8,
+                            0,
+                            clearable - written,
+                        );
                     }
                 }
                 st.outcome = Some(result);

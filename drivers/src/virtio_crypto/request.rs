@@ -45,6 +45,9 @@ pub(crate) struct Seal {
     pub(crate) min_used: u32,
     /// The device generation the request's session belongs to.
     pub(crate) generation: Option<u64>,
+    /// Trailing writable bytes that are the device's reply (its status): preset by the builder,
+    /// written by the device where they are whatever the used length says, never cleared.
+    pub(crate) reply_len: u32,
 }
 
 impl<H: Hal> RequestBuilder<H> {
@@ -129,10 +132,23 @@ impl<H: Hal> RequestBuilder<H> {
     /// Presets the last device-writable byte (the status the device must overwrite), without
     /// touching the rest (the device writes it all, or the completion zeroes what it did not).
     pub fn preset_status(&mut self, status: u8) -> &mut Self {
+        self.preset_reply(&[status])
+    }
+
+    /// Presets the trailing device-writable bytes with `reply` (the reply the device must
+    /// overwrite: a status, or a session-create reply). These bytes are the device's reply
+    /// wherever the used length ends: the virtio-crypto status is the last byte of the last
+    /// writable descriptor (virtio 1.2, 5.9.7), and the used length counts the bytes written,
+    /// not where (virtio 1.2, 2.7.8), so a device may write only its status and say 1. The
+    /// completion never clears them: what the device did not write of them is this preset,
+    /// never an earlier request's bytes.
+    pub fn preset_reply(&mut self, reply: &[u8]) -> &mut Self {
         let readable = self.request.readable;
-        if let Some(last) = self.region_mut()[readable..].last_mut() {
-            *last = status;
-        }
+        let writable = &mut self.region_mut()[readable..];
+        let n = reply.len().min(writable.len());
+        let start = writable.len() - n;
+        writable[start..].copy_from_slice(&reply[reply.len() - n..]);
+        self.seal.reply_len = n as u32;
         self
     }
 

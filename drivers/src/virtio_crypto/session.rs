@@ -153,8 +153,9 @@ impl<H: Hal> CryptoDevice<H> {
             status: u32::MAX.into(),
             ..Default::default()
         };
-        builder.writable_mut().copy_from_slice(sentinel.as_bytes());
-        builder.expect_used(wire::SESSION_INPUT_LEN);
+        builder
+            .preset_reply(sentinel.as_bytes())
+            .expect_used(wire::SESSION_INPUT_LEN);
         Ok(builder)
     }
 
@@ -310,8 +311,7 @@ impl<H: Hal> CryptoDevice<H> {
             .control
             .reserve(request.as_bytes().len(), wire::INHDR_LEN)?;
         builder.push_struct(&request)?;
-        builder.writable_mut().fill(0xff);
-        builder.expect_used(wire::INHDR_LEN);
+        builder.preset_status(0xff).expect_used(wire::INHDR_LEN);
         Ok(builder)
     }
 

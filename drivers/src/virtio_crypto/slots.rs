@@ -193,6 +193,8 @@ pub(crate) struct SlotState<H: virtio_drivers::Hal> {
     pub(crate) device_may_own: bool,
     /// The least used length a correct answer has (checked by the drain).
     pub(crate) min_used: u32,
+    /// Trailing writable bytes that are the device's reply (never cleared by the completion).
+    pub(crate) reply_len: u32,
     /// The device generation the request's session belongs to: posted only in that one.
     pub(crate) generation: Option<u64>,
     /// Zeroize the readable part on release (it holds key material).
@@ -247,6 +249,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                         outcome: None,
                         device_may_own: false,
                         min_used: 0,
+                        reply_len: 0,
                         generation: None,
                         wipe_readable: false,
                         waiter: None,
@@ -356,6 +359,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         st.outcome = None;
         st.device_may_own = false;
         st.min_used = 0;
+        st.reply_len = 0;
         st.generation = None;
         st.wipe_readable = false;
         let (base, _) = self.region(slot, &st);
