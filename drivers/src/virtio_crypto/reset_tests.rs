@@ -617,3 +617,31 @@ fn a_closed_queue_says_reset_unless_recovery_failed() {
     bare.close();
     assert_eq!(bare.closed_error(), Error::DeviceNeedsReset);
 }
+
+/// A destroy built before a reset and posted after it (its task was preempted while a whole
+/// recovery ran) is refused unsent: the reset dropped the session, and the device numbers
+/// sessions from 0 again, so the id may now name another caller's live session.
+#[test]
+fn a_destroy_built_before_a_reset_is_refused_after_it() {
+    let bell = CountingNotify::new();
+    let (dev, _rings, mut transport, status) = crypto_device_with(1, &bell, 8);
+    dev.set_timeout_ns(200_000_000);
+    let stale = dev
+        .build_destroy(super::session::Service::Cipher, 0, dev.generation())
+        .unwrap();
+    dev.request_recovery();
+    dev.recover(
+        &mut transport,
+        &mut FakeSteps {
+            status,
+            at_reset: &mut || {},
+        },
+    )
+    .unwrap();
+    let mut ring = transport.ring(0);
+    assert_eq!(dev.control_round_trip(stale).err(), Some(Error::SessionLost));
+    assert!(
+        ring.pending().is_empty(),
+        "the destroy from before the reset reached the device"
+    );
+}

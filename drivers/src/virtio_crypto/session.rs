@@ -110,7 +110,7 @@ impl<H: Hal> CryptoDevice<H> {
         let generation = self.generation();
         self.sessions.take(generation)?;
         let result = self
-            .build_create(request, key)
+            .build_create(request, key, generation)
             .and_then(|builder| self.control_round_trip(builder))
             .and_then(|done| create_reply(&done));
         self.settle_create(result, generation)
@@ -126,8 +126,9 @@ impl<H: Hal> CryptoDevice<H> {
     ) -> Result<(u64, u64), Error> {
         match result {
             Ok(id) if self.generation() == generation => Ok((id, generation)),
-            // Created, then lost to a reset before the caller could use it.
-            Ok(_) => Err(Error::DeviceReset),
+            // Created, then lost to a reset before the caller could use it; or refused unsent
+            // because a reset came between building and posting it.
+            Ok(_) | Err(Error::SessionLost) => Err(Error::DeviceReset),
             Err(Error::Timeout) => Err(Error::Timeout),
             Err(e) => {
                 self.sessions.give_back(generation);
@@ -136,11 +137,13 @@ impl<H: Hal> CryptoDevice<H> {
         }
     }
 
-    /// Builds (does not post) a create-session request.
+    /// Builds (does not post) a create-session request for device generation `generation`: it
+    /// is refused unsent if the device was reset before it is posted.
     fn build_create<R: IntoBytes + Immutable>(
         &self,
         request: &R,
         key: &[u8],
+        generation: u64,
     ) -> Result<RequestBuilder<H>, Error> {
         let mut builder = self.control.reserve(
             request.as_bytes().len() + key.len(),
@@ -155,7 +158,8 @@ impl<H: Hal> CryptoDevice<H> {
         };
         builder
             .preset_reply(sentinel.as_bytes())
-            .expect_used(wire::SESSION_INPUT_LEN);
+            .expect_used(wire::SESSION_INPUT_LEN)
+            .bind_generation(generation);
         Ok(builder)
     }
 
@@ -181,7 +185,7 @@ impl<H: Hal> CryptoDevice<H> {
             |key| {
                 let request = self.cipher_create_request(cipher, direction, key)?;
                 self.sessions.take(generation)?;
-                let built = self.build_create(&request, key);
+                let built = self.build_create(&request, key, generation);
                 if built.is_err() {
                     self.sessions.give_back(generation);
                 }
@@ -210,7 +214,7 @@ impl<H: Hal> CryptoDevice<H> {
         let generation = self.generation();
         self.control_batch(
             ids,
-            |&id| self.build_destroy(Service::Cipher, id),
+            |&id| self.build_destroy(Service::Cipher, id, generation),
             |_, outcome| {
                 let result = outcome.and_then(|done| destroy_reply(&done));
                 if result.is_ok() {
@@ -297,21 +301,32 @@ impl<H: Hal> CryptoDevice<H> {
             return Err(Error::SessionLost);
         }
         self.ready()?;
-        let builder = self.build_destroy(service, session_id)?;
+        let builder = self.build_destroy(service, session_id, generation)?;
         let done = self.control_round_trip(builder)?;
         destroy_reply(&done)?;
         self.sessions.give_back(generation);
         Ok(())
     }
 
-    /// Builds (does not post) a destroy-session request.
-    fn build_destroy(&self, service: Service, session_id: u64) -> Result<RequestBuilder<H>, Error> {
+    /// Builds (does not post) a destroy-session request for a session of device generation
+    /// `generation`. Bound to it like a data request: after a reset (which dropped the session,
+    /// and after which the device numbers sessions from 0 again, so the id may name another
+    /// caller's session) it is refused unsent with `SessionLost`.
+    pub(crate) fn build_destroy(
+        &self,
+        service: Service,
+        session_id: u64,
+        generation: u64,
+    ) -> Result<RequestBuilder<H>, Error> {
         let request = wire::DestroySession::new(service.destroy_opcode(), session_id);
         let mut builder = self
             .control
             .reserve(request.as_bytes().len(), wire::INHDR_LEN)?;
         builder.push_struct(&request)?;
-        builder.preset_status(0xff).expect_used(wire::INHDR_LEN);
+        builder
+            .preset_status(0xff)
+            .expect_used(wire::INHDR_LEN)
+            .bind_generation(generation);
         Ok(builder)
     }
 
