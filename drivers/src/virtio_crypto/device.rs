@@ -80,11 +80,7 @@ impl<H: Hal> DeviceHealth<H> {
     /// `DeviceReset`) and asks the recovery task for a reset. Requests in flight stay in flight
     /// until the device is reset: it may still write their memory. Any context.
     pub fn request_recovery(&self) {
-        if self.lifecycle.request_recovery() {
-            for q in &self.queues {
-                q.close();
-            }
-        }
+        self.lifecycle.request_recovery();
     }
 
     /// A request timed out: if the device needs a reset, recovery is asked for and the error is
@@ -154,7 +150,10 @@ impl<H: Hal> CryptoDevice<H> {
         control: CryptoQueue<H>,
         data: Vec<CryptoQueue<H>>,
         needs_reset: Box<dyn Fn() -> bool + Send + Sync>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, Error>
+    where
+        H: 'static,
+    {
         if data.is_empty() {
             return Err(Error::NotSupported {
                 what: "a device without data queues",
@@ -172,6 +171,14 @@ impl<H: Hal> CryptoDevice<H> {
         for q in &queues {
             q.attach_lifecycle(lifecycle.clone());
         }
+        // Whichever queue or path notices a broken device closes all of them. Weak: the queues
+        // hold the lifecycle.
+        let closable: Vec<_> = queues.iter().map(Arc::downgrade).collect();
+        lifecycle.set_queue_closer(Box::new(move || {
+            for q in closable.iter().filter_map(alloc::sync::Weak::upgrade) {
+                q.close();
+            }
+        }));
         Ok(CryptoDevice {
             name,
             config,

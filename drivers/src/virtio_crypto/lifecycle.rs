@@ -12,12 +12,16 @@
 //!                                                     any step fails -> Failed (terminal)
 //! ```
 //!
-//! Who moves it: any context may call [`Lifecycle::request_recovery`] (it only flips an atomic,
-//! closes nothing by itself and calls the hook, which must not allocate or sleep); only the
-//! recovery task (task context, `CryptoDevice::recover`) moves it further.
+//! Who moves it: any context may call [`Lifecycle::request_recovery`] (it flips an atomic, then
+//! closes every queue of the device and calls the hook; neither may allocate or sleep); only the
+//! recovery task (task context, `CryptoDevice::recover`) moves it further. Whoever notices a
+//! broken device (a queue's drain, a timeout, the configuration interrupt) asks here, so every
+//! queue of the device closes whichever noticed. A request made while a recovery runs is
+//! remembered, and another recovery follows this one: the device may have broken again after
+//! it was reset.
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use spin::Once;
 
@@ -58,6 +62,10 @@ pub struct Lifecycle {
     /// Times recovery was asked for (each transition out of Running).
     pub recovery_requests: AtomicU64,
     hook: Once<Box<dyn Fn() + Send + Sync>>,
+    /// Closes every queue of the device (set by the device when it is assembled).
+    close_queues: Once<Box<dyn Fn() + Send + Sync>>,
+    /// Recovery was asked for while one was running.
+    again: AtomicBool,
 }
 
 impl Default for Lifecycle {
@@ -74,6 +82,8 @@ impl Lifecycle {
             resets: AtomicU64::new(0),
             recovery_requests: AtomicU64::new(0),
             hook: Once::new(),
+            close_queues: Once::new(),
+            again: AtomicBool::new(false),
         }
     }
 
@@ -92,8 +102,15 @@ impl Lifecycle {
         self.hook.call_once(|| hook);
     }
 
-    /// Running -> NeedsReset, then calls the hook. Returns whether this call made the
-    /// transition (later calls while recovery is pending do nothing). Any context.
+    /// Sets what closes every queue of the device (once). Any context may call it: no
+    /// allocation, no sleeping.
+    pub fn set_queue_closer(&self, close: Box<dyn Fn() + Send + Sync>) {
+        self.close_queues.call_once(|| close);
+    }
+
+    /// Running -> NeedsReset, then closes every queue and calls the hook. Returns whether this
+    /// call made the transition (later calls while recovery is pending do nothing; one while a
+    /// recovery runs is remembered for after it). Any context.
     pub fn request_recovery(&self) -> bool {
         let moved = self
             .state
@@ -106,9 +123,14 @@ impl Lifecycle {
             .is_ok();
         if moved {
             self.recovery_requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(close) = self.close_queues.get() {
+                close();
+            }
             if let Some(hook) = self.hook.get() {
                 hook();
             }
+        } else if self.state() == DeviceState::Resetting {
+            self.again.store(true, Ordering::Release);
         }
         moved
     }
@@ -123,6 +145,10 @@ impl Lifecycle {
     }
 
     pub(crate) fn set(&self, state: DeviceState) {
+        if state == DeviceState::Resetting {
+            // This recovery covers whatever was noticed before it started.
+            self.again.store(false, Ordering::Release);
+        }
         self.state.store(state as u8, Ordering::Release);
     }
 
@@ -132,9 +158,13 @@ impl Lifecycle {
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// The device is back: Running.
+    /// The device is back: Running; then, if recovery was asked for while this one ran, it is
+    /// asked for again (checked after the state changed, so no request falls in between).
     pub(crate) fn finish(&self) {
         self.resets.fetch_add(1, Ordering::Relaxed);
         self.set(DeviceState::Running);
+        if self.again.swap(false, Ordering::AcqRel) {
+            self.request_recovery();
+        }
     }
 }

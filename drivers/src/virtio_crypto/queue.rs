@@ -109,6 +109,14 @@ std::thread_local! {
         const { core::cell::RefCell::new(None) };
 }
 
+#[cfg(test)]
+std::thread_local! {
+    /// Runs once in this thread's next `fail_all`, between taking a request off the ring and
+    /// completing it (tests: a whole recovery runs in that window).
+    pub(crate) static BETWEEN_DETACH_AND_FAIL: core::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
 #[inline]
 fn trace(_event: &'static str) {
     #[cfg(test)]
@@ -326,6 +334,9 @@ pub struct QueueCore<H: Hal> {
     broken: AtomicBool,
     /// How long a submitter may wait for ring space or a slot.
     timeout_ns: AtomicU64,
+    /// Device resets seen (counted once the reset was read back): a request posted before the
+    /// last one is no longer the device's, whoever fails it and when.
+    resets: AtomicU64,
     /// The device's lifecycle, once the queue belongs to a device: a protocol violation asks it
     /// for a reset, and a closed queue reports its state.
     lifecycle: Once<Arc<Lifecycle>>,
@@ -581,6 +592,7 @@ impl<H: Hal> CryptoQueue<H> {
                 kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
                 broken: AtomicBool::new(false),
                 timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
+                resets: AtomicU64::new(0),
                 lifecycle: Once::new(),
                 counters: QueueCounters::default(),
             }),
@@ -791,6 +803,11 @@ impl<H: Hal> QueueCore<H> {
     /// the device held (in flight, abandoned by a timed-out waiter, or quarantined). Returns
     /// how many requests were in flight. Task context. The queue must be closed.
     pub fn fail_after_reset(self: &Arc<Self>, error: Error) -> usize {
+        // Before anything is failed or reclaimed: a `fail_all` that took a request off the
+        // ring before the reset and completes it after sees that the device no longer owns it
+        // (checked under the slot lock, which the reclaim below also takes), so its slot is not
+        // quarantined until the next reset.
+        self.resets.fetch_add(1, Ordering::AcqRel);
         let mut failed = 0;
         while let Some(entry) = self.detach_one() {
             self.complete(entry.slot, Err(error), false);
@@ -892,6 +909,7 @@ impl<H: Hal> QueueCore<H> {
         st.on_complete = handler;
         st.min_used = seal.min_used;
         st.reply_len = seal.reply_len;
+        st.posted_after_resets = self.resets.load(Ordering::Acquire);
         st.generation = seal.generation;
         (posted, seal.generation)
     }
@@ -1112,6 +1130,9 @@ impl<H: Hal> QueueCore<H> {
     fn complete(self: &Arc<Self>, slot: u16, result: Result<u32, Error>, device_may_own: bool) {
         let storage = self.storage();
         let mut st = storage.slots[slot as usize].state.lock();
+        // A reset since it was posted: the device reaches it no more.
+        let device_may_own =
+            device_may_own && self.resets.load(Ordering::Acquire) == st.posted_after_resets;
         match st.phase {
             Phase::InFlight => {
                 if !device_may_own {
@@ -1269,6 +1290,10 @@ impl<H: Hal> QueueCore<H> {
         self.broken.store(true, Ordering::Release);
         // One at a time, completing outside the lock: no allocation, usable from interrupts.
         while let Some(entry) = self.detach_one() {
+            #[cfg(test)]
+            if let Some(hook) = BETWEEN_DETACH_AND_FAIL.with(|h| h.borrow_mut().take()) {
+                hook();
+            }
             self.complete(entry.slot, Err(error), true);
         }
         self.space.wake_all();

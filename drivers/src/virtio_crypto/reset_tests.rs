@@ -639,9 +639,119 @@ fn a_destroy_built_before_a_reset_is_refused_after_it() {
     )
     .unwrap();
     let mut ring = transport.ring(0);
-    assert_eq!(dev.control_round_trip(stale).err(), Some(Error::SessionLost));
+    assert_eq!(
+        dev.control_round_trip(stale).err(),
+        Some(Error::SessionLost)
+    );
     assert!(
         ring.pending().is_empty(),
         "the destroy from before the reset reached the device"
     );
+}
+
+/// A protocol violation found by one queue's drain (a used id not in flight) closes every queue
+/// of the device at once, not only the one that saw it: builders on the others are refused
+/// from then on instead of being admitted until the recovery task runs.
+#[test]
+fn a_protocol_violation_closes_every_queue_of_the_device() {
+    let bell = CountingNotify::new();
+    let (dev, mut rings, _transport, _status) = crypto_device_with(2, &bell, 8);
+    rings[1].complete(7, 1); // never posted
+    dev.data[0].handle_interrupt();
+    assert_eq!(dev.state(), DeviceState::NeedsReset);
+    assert!(dev.control.is_broken(), "control queue still open");
+    assert!(dev.data[1].is_broken(), "the other data queue still open");
+    assert_eq!(
+        submit(&dev.data[1], &[1; 8], 8).err(),
+        Some(Error::DeviceReset)
+    );
+}
+
+/// A NEEDS_RESET noticed while a recovery runs (after its reset) is not dropped: the device
+/// ends that recovery needing another, its queues stay closed, and the next one brings it back.
+#[test]
+fn needs_reset_noticed_during_a_recovery_asks_for_another() {
+    let bell = CountingNotify::new();
+    let (dev, _rings, mut transport, status) = crypto_device_with(1, &bell, 8);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    dev.lifecycle().set_recovery_hook(Box::new(move || {
+        a.fetch_add(1, Ordering::SeqCst);
+    }));
+    dev.request_recovery();
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let recover = |at_reset: &mut dyn FnMut(), transport: &mut FakeTransport| {
+        dev.recover(
+            transport,
+            &mut FakeSteps {
+                status: status.clone(),
+                at_reset,
+            },
+        )
+    };
+    // The device flags NEEDS_RESET again right after it was reset; a timeout notices it.
+    recover(
+        &mut || {
+            status.needs_reset.store(true, Ordering::SeqCst);
+            assert!(dev.check_needs_reset());
+        },
+        &mut transport,
+    )
+    .unwrap();
+    assert_eq!(
+        dev.state(),
+        DeviceState::NeedsReset,
+        "the second request was dropped"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "the recovery task was not woken"
+    );
+    assert!(dev.data[0].is_broken());
+    recover(&mut || {}, &mut transport).unwrap();
+    assert_eq!(dev.state(), DeviceState::Running);
+    assert!(!dev.data[0].is_broken());
+}
+
+/// `fail_all` (a queue that broke, in interrupt context) takes a request off the ring before
+/// the device is reset and completes it after the recovery reclaimed the memory the device
+/// held: the request must not be left marked as the device's, which would quarantine its slot
+/// until the next reset.
+#[test]
+fn a_request_failed_across_a_recovery_is_not_quarantined() {
+    let bell = CountingNotify::new();
+    let (dev, mut rings, mut transport, status) = crypto_device_with(1, &bell, 8);
+    let request = submit(&dev.data[0], &[1; 8], 8).unwrap();
+    assert_eq!(rings[1].pending().len(), 1);
+    let dev = Arc::new(dev);
+    let (d, st) = (dev.clone(), status.clone());
+    let transport_ptr: *mut FakeTransport = &mut transport;
+    let transport_addr = transport_ptr as usize;
+    super::queue::BETWEEN_DETACH_AND_FAIL.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            d.request_recovery();
+            // SAFETY (test): the transport outlives this call, made while the test thread is
+            // inside `fail_all` and touches it nowhere else.
+            let transport = unsafe { &mut *(transport_addr as *mut FakeTransport) };
+            d.recover(
+                transport,
+                &mut FakeSteps {
+                    status: st,
+                    at_reset: &mut || {},
+                },
+            )
+            .unwrap();
+        }));
+    });
+    dev.data[0].fail_all(Error::DeviceNeedsReset);
+    assert_eq!(dev.state(), DeviceState::Running);
+    assert_eq!(request.outcome(), Some(Err(Error::DeviceNeedsReset)));
+    assert_eq!(
+        request.readable(),
+        &[1; 8],
+        "shown as the device's after its reset"
+    );
+    drop(request);
+    assert_eq!(dev.data[0].slots_in_use(), 0, "the slot stayed quarantined");
 }

@@ -195,6 +195,9 @@ pub(crate) struct SlotState<H: virtio_drivers::Hal> {
     pub(crate) min_used: u32,
     /// Trailing writable bytes that are the device's reply (never cleared by the completion).
     pub(crate) reply_len: u32,
+    /// The queue's reset count when the request was posted: a later reset ended the device's
+    /// hold on it.
+    pub(crate) posted_after_resets: u64,
     /// The device generation the request's session belongs to: posted only in that one.
     pub(crate) generation: Option<u64>,
     /// Zeroize the readable part on release (it holds key material).
@@ -250,6 +253,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                         device_may_own: false,
                         min_used: 0,
                         reply_len: 0,
+                        posted_after_resets: 0,
                         generation: None,
                         wipe_readable: false,
                         waiter: None,
