@@ -27,6 +27,22 @@ pub fn ctr_padding(cipher: Cipher, len: usize) -> usize {
     }
 }
 
+/// `src` as the device takes it: a CTR request that is not whole blocks padded with zeros to
+/// whole blocks (QEMU's builtin device answers ERR otherwise, though CTR is a stream mode and
+/// Linux allows any length). The keystream does not depend on the data, so the first
+/// `src.len()` bytes of the output are exactly CTR over `src`. Only this case copies.
+pub fn as_sent(cipher: Cipher, src: &[u8]) -> alloc::borrow::Cow<'_, [u8]> {
+    match ctr_padding(cipher, src.len()) {
+        0 => alloc::borrow::Cow::Borrowed(src),
+        pad => {
+            let mut padded = alloc::vec::Vec::with_capacity(src.len() + pad);
+            padded.extend_from_slice(src);
+            padded.resize(src.len() + pad, 0);
+            alloc::borrow::Cow::Owned(padded)
+        }
+    }
+}
+
 /// `UnknownSession` from a session of an older device generation means the reset dropped it:
 /// `SessionLost` says so (and that it can be created again).
 fn lost_if_reset(e: Error, device_generation: u64, session_generation: u64) -> Error {
@@ -154,22 +170,8 @@ impl<'d, H: Hal> Session<'d, H> {
         src: &[u8],
     ) -> Result<crate::virtio_crypto::device::CipherOutput<H>, Error> {
         let queue = self.device.current_data_queue();
-        // QEMU's builtin device refuses CTR data that is not a whole number of blocks (ERR),
-        // though CTR itself is a stream mode (Linux allows any length). The keystream does not
-        // depend on the data, so a partial last block is padded with zeros to a whole block and
-        // the caller takes the first `src.len()` bytes of the output: exactly CTR over the given
-        // length. (Only this case copies the input.)
-        let padded;
-        let sent = match ctr_padding(self.cipher, src.len()) {
-            0 => src,
-            pad => {
-                let mut p = alloc::vec::Vec::with_capacity(src.len() + pad);
-                p.extend_from_slice(src);
-                p.resize(src.len() + pad, 0);
-                padded = p;
-                &padded[..]
-            }
-        };
+        // The caller takes the first `src.len()` bytes of the output.
+        let sent = as_sent(self.cipher, src);
         self.device
             .start_session_request(
                 queue,
@@ -178,7 +180,7 @@ impl<'d, H: Hal> Session<'d, H> {
                 self.cipher,
                 direction,
                 iv,
-                sent,
+                &sent,
             )
             .and_then(|r| r.wait())
             .map_err(|e| self.session_error(e))

@@ -8,7 +8,9 @@
 //! - CTR: the previous counter plus the previous chunk's blocks (big endian, carry across all
 //!   128 bits); known at submit time. A CTR chunk that is not whole blocks can only be the last
 //!   one (the next counter advances by whole blocks): a chunk after it is refused with
-//!   [`Error::PartialBlockNotLast`].
+//!   [`Error::PartialBlockNotLast`]. Such a chunk is sent padded with zeros to whole blocks
+//!   (QEMU's device takes whole blocks only; CTR output does not depend on later bytes) and its
+//!   output is cut to its length, as a single request is.
 //! - CBC encryption: the last block of the previous *output*; known only when it completes.
 //! - ECB (no IV) and XTS (each request is its own data unit) are refused with
 //!   [`Error::StreamNotSupported`].
@@ -33,7 +35,11 @@
 //!   only patches the IV bytes and posts it. `submit_with` frees nothing on failure, and a
 //!   request handed to a handler frees nothing when dropped, so no heap call happens in
 //!   interrupt context. Posting never waits for ring space: a queue has fewer slots than half
-//!   its descriptors, and every request holds a slot and at most two descriptors.
+//!   its descriptors, and every request holds a slot and at most two descriptors. A chunk
+//!   larger than a slot's own block takes one of the queue's large blocks, or, when they are
+//!   all taken (a queue has 16, a window may hold up to 64 chunks), a heap block allocated
+//!   when the chunk is fed, in task context; it stays with the slot and is freed by a later
+//!   reservation, also in task context.
 //! - The stream's state is behind one `IrqSpinLock` ("stream"), a leaf: nothing is posted,
 //!   dropped or woken under it.
 //! - Once a chunk fails, the stream is broken: later chunks are refused and their outputs are
@@ -63,7 +69,7 @@ pub const BLOCK: usize = 16;
 pub const MAX_WINDOW: usize = 64;
 /// The window of streams opened without one.
 pub const DEFAULT_WINDOW: usize = 32;
-/// Largest chunk: fits the queue's preallocated request memory, never a heap spill.
+/// Largest chunk: fits one of a queue's large blocks (a heap block when those are taken).
 pub const MAX_CHUNK: usize = 64 * 1024;
 
 /// `chain=serial|pipelined`.
@@ -240,6 +246,9 @@ struct State<H: Hal> {
     done: Box<[Option<ChunkResult<H>>]>,
     /// The chunk number each window position holds.
     seq_of: Box<[u64]>,
+    /// The length of the chunk each window position holds (its output is cut to it: a padded
+    /// CTR chunk).
+    len_of: Box<[usize]>,
     ready: heapless::Deque<Ready<H>, MAX_WINDOW>,
     /// CBC encryption, pipelined: a chunk of this stream is in the ring.
     enc_posted: bool,
@@ -398,6 +407,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
                     chain,
                     done: (0..window).map(|_| None).collect(),
                     seq_of: (0..window as u64).collect(),
+                    len_of: (0..window).map(|_| 0).collect(),
                     ready: heapless::Deque::new(),
                     enc_posted: false,
                     failed_at: None,
@@ -524,13 +534,15 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
                 .map_err(|_| self.health.timed_out())?;
         }
         let iv = shared.state.lock().chain.after_input(chunk)?;
+        // Its output is cut to `chunk.len()` when taken.
+        let sent = crate::crypto::as_sent(self.cipher, chunk);
         let mut builder = self.device.build_cipher_request(
             self.queue,
             self.session_id,
             self.cipher,
             self.direction,
             &iv,
-            chunk,
+            &sent,
         )?;
         if let Some(generation) = self.generation {
             builder.bind_generation(generation);
@@ -550,6 +562,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
             return Err(Error::StreamBroken { chunk });
         }
         st.seq_of[index] = seq;
+        st.len_of[index] = chunk.len();
         st.done[index] = None;
         self.fed += 1;
         if shared.chaining == Chaining::CbcEncrypt && shared.mode == ChainMode::Pipelined {
@@ -581,6 +594,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
             st.ring_change(platform::get().now_ns(), false);
             st.fail(seq);
             st.done[index] = Some(Err(e));
+            return Err(e);
         }
         Ok(())
     }
@@ -598,7 +612,8 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
             || {
                 let mut st = shared.state.lock();
                 if let Some(result) = st.done[index].take() {
-                    return Some((Some(result), None));
+                    let len = st.len_of[index];
+                    return Some((Some(result.map(|output| output.cut(len))), None));
                 }
                 if st.failed_at.is_some() && st.ready.front().is_some_and(|r| r.seq == seq) {
                     // Built ahead behind a failed chunk: never posted.

@@ -471,3 +471,69 @@ fn serial_and_pipelined_streams_end_to_end() {
         }
     }
 }
+
+/// A CTR stream whose last chunk is not whole blocks takes it as a single request does: the
+/// device gets it padded to whole blocks with its derived counter, the output is cut to the
+/// chunk's length.
+#[test]
+fn a_ctr_stream_takes_a_partial_last_chunk() {
+    let bell = CountingNotify::new();
+    let (dev, mut rings) = crypto_device(1, &bell);
+    dev.set_allow_unadvertised(true);
+    let iv = [0x10; 16];
+    let mut stream = Stream::open(
+        &dev,
+        &dev.data[0],
+        7,
+        Cipher::AesCtr,
+        Direction::Encrypt,
+        &iv,
+        ChainMode::Pipelined,
+        4,
+    )
+    .unwrap();
+    stream.feed(&[5; 16]).unwrap();
+    stream.feed(&[6; 17]).unwrap();
+    let posted = rings[1].pending();
+    assert_eq!(posted.len(), 2);
+    let mut second = vec![6u8; 17];
+    second.resize(32, 0);
+    assert_eq!(src_of(&posted[1]), second, "padded to whole blocks");
+    assert_eq!(iv_of(&posted[1]), ctr_add(iv, 1));
+    for p in &posted {
+        answer(&mut rings[1], p, 0x33);
+    }
+    dev.data[0].handle_interrupt();
+    assert_eq!(stream.next_output().unwrap().unwrap()[..], [5 ^ 0x33; 16]);
+    assert_eq!(stream.next_output().unwrap().unwrap()[..], [6 ^ 0x33; 17]);
+    assert_eq!(
+        stream.feed(&[7; 16]),
+        Err(Error::PartialBlockNotLast { chunk: 1, len: 17 })
+    );
+}
+
+/// A chunk that cannot be posted (here: bound to a device generation that is gone) is refused
+/// by `feed` itself, as its documentation says, not only later by `next_output`.
+#[test]
+fn a_chunk_that_cannot_be_posted_is_refused_by_feed() {
+    let bell = CountingNotify::new();
+    let (dev, mut rings) = crypto_device(1, &bell);
+    let mut stream = Stream::open(
+        &dev,
+        &dev.data[0],
+        7,
+        Cipher::AesCbc,
+        Direction::Decrypt,
+        &[0; 16],
+        ChainMode::Pipelined,
+        4,
+    )
+    .unwrap()
+    .bind_generation(dev.generation() + 1);
+    assert_eq!(stream.feed(&[1; 16]), Err(Error::SessionLost));
+    assert!(rings[1].pending().is_empty());
+    assert_eq!(
+        stream.next_output().map(|r| r.err()),
+        Some(Some(Error::SessionLost))
+    );
+}

@@ -559,6 +559,12 @@ impl<H: Hal> CipherOutput<H> {
         })
     }
 
+    /// The first `len` bytes of the output only (a request padded to whole blocks).
+    pub fn cut(mut self, len: usize) -> Self {
+        self.len = self.len.min(len);
+        self
+    }
+
     /// The request, to reuse or inspect.
     pub fn into_request(self) -> Request<H> {
         self.request
