@@ -50,6 +50,9 @@ pub enum Error {
     KeyRejected,
     /// No free descriptors in the virtqueue for this request.
     QueueFull,
+    /// A batch of more requests than its queue has request slots (each request holds one from
+    /// building until its result is dropped): split it.
+    BatchTooLarge { got: usize, max: usize },
     /// The session was created for the other direction (the device fixes it at creation).
     WrongDirection { session: &'static str },
     /// A chained stream was asked of a mode whose requests do not chain (ECB, XTS).
@@ -145,6 +148,10 @@ impl fmt::Display for Error {
                 f.write_str("the device rejected the key or signature (KEY_REJECTED)")
             }
             Error::QueueFull => f.write_str("the virtqueue has no free descriptors"),
+            Error::BatchTooLarge { got, max } => write!(
+                f,
+                "a batch of {got} requests is larger than its queue's {max} request slots"
+            ),
             Error::WrongDirection { session } => {
                 write!(
                     f,

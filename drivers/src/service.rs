@@ -249,6 +249,8 @@ impl<H: Hal + 'static> ServiceSession<H> {
     /// Like [`start`](Self::start) for several requests (`(iv, src)` each) posted together on
     /// this CPU's queue: one kick-prepare, at most one doorbell. The requests are appended to
     /// `out` in order; on an error those posted before it are there, and the error is returned.
+    /// Their slots are taken together (waiting until that many are free, never holding part):
+    /// a batch of more requests than the queue has slots is `BatchTooLarge` at once.
     pub fn start_batch<'a>(
         &self,
         inputs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -260,10 +262,12 @@ impl<H: Hal + 'static> ServiceSession<H> {
         if session.generation() != device.generation() {
             return Err(Error::SessionLost);
         }
-        let mut batch = RequestBatch::default();
+        let inputs: Vec<(&[u8], &[u8])> = inputs.into_iter().collect();
+        let mut group = queue.reserve_group(inputs.len())?;
+        let mut batch = RequestBatch::with_capacity(inputs.len());
         for (iv, src) in inputs {
             let mut builder = device.build_cipher_request(
-                queue,
+                &mut group,
                 session.id(),
                 self.cipher,
                 self.direction,

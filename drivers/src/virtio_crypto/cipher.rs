@@ -13,7 +13,7 @@ use virtio_drivers::Hal;
 
 use super::device::{CryptoDevice, DeviceHealth};
 use super::queue::CryptoQueue;
-use super::request::{Request, RequestBuilder};
+use super::request::{Request, RequestBuilder, SlotSource};
 use super::slots::OwnedBuffers;
 use super::status::{RequestKind, status_to_result};
 use super::wire;
@@ -231,20 +231,24 @@ impl<H: Hal> CryptoDevice<H> {
         Ok(())
     }
 
-    /// Validates and builds (does not post) a cipher request of session `session_id` on `queue`:
-    /// submit it with `submit` (then [`CipherRequest::from_request`]) or with a completion
-    /// handler. No allocation for requests that fit the queue's preallocated memory.
-    pub fn build_cipher_request(
+    /// Validates and builds (does not post) a cipher request of session `session_id` in a slot
+    /// of `slots` (a queue, or a group a batch took): submit it with `submit` (then
+    /// [`CipherRequest::from_request`]) or with a completion handler. No allocation for
+    /// requests that fit the queue's preallocated memory.
+    pub fn build_cipher_request<'q>(
         &self,
-        queue: &CryptoQueue<H>,
+        slots: impl Into<SlotSource<'q, H>>,
         session_id: u64,
         cipher: Cipher,
         direction: Direction,
         iv: &[u8],
         src: &[u8],
-    ) -> Result<RequestBuilder<H>, Error> {
+    ) -> Result<RequestBuilder<H>, Error>
+    where
+        H: 'q,
+    {
         let mut builder = self.begin_cipher_request(
-            queue,
+            slots.into(),
             session_id,
             (cipher, direction),
             iv,
@@ -261,7 +265,7 @@ impl<H: Hal> CryptoDevice<H> {
     /// caller hands its own buffers over.
     fn begin_cipher_request(
         &self,
-        queue: &CryptoQueue<H>,
+        slots: SlotSource<'_, H>,
         session_id: u64,
         (cipher, direction): (Cipher, Direction),
         iv: &[u8],
@@ -282,7 +286,7 @@ impl<H: Hal> CryptoDevice<H> {
         } else {
             (0, 0)
         };
-        let mut builder = queue.reserve(
+        let mut builder = slots.reserve(
             wire::DATA_HDR_LEN + iv.len() + in_slot.0,
             in_slot.1 + wire::INHDR_LEN,
         )?;
@@ -382,17 +386,20 @@ impl<H: Hal> CryptoDevice<H> {
     /// Validates and builds (does not post) a zero-copy cipher request: submit it alone or in
     /// a [`RequestBatch`](super::request::RequestBatch), then collect it through
     /// [`owned_request`](Self::owned_request).
-    pub fn build_cipher_owned(
+    pub fn build_cipher_owned<'q>(
         &self,
-        queue: &CryptoQueue<H>,
+        slots: impl Into<SlotSource<'q, H>>,
         session_id: u64,
         cipher: Cipher,
         direction: Direction,
         iv: &[u8],
         buffers: OwnedBuffers,
-    ) -> Result<RequestBuilder<H>, OwnedFailure> {
+    ) -> Result<RequestBuilder<H>, OwnedFailure>
+    where
+        H: 'q,
+    {
         let begun = self.begin_cipher_request(
-            queue,
+            slots.into(),
             session_id,
             (cipher, direction),
             iv,

@@ -366,6 +366,19 @@ impl FakeRing {
         self.u16_at(at).store(index, Ordering::Release);
     }
 
+    /// EVENT_IDX, as a device does once it has taken everything it saw: asks to be kicked
+    /// for the next entry it has not taken (`avail_event` = the entries taken so far), then,
+    /// after a full barrier, looks at the avail index again and returns whether entries came
+    /// meanwhile: those it must take without waiting for a doorbell, which the driver may have
+    /// decided against before it saw the new `avail_event` (virtio 1.2, 2.7.10). Setting it to
+    /// the avail index read after taking would skip entries added in between.
+    pub fn ask_for_next_kick(&mut self) -> bool {
+        let taken = self.last_avail;
+        self.set_avail_event(taken);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.avail_index() != taken
+    }
+
     /// The driver's `used_event` (EVENT_IDX: "interrupt me once the used index passes this").
     pub fn used_event(&self) -> u16 {
         let at = self.addrs.avail + 4 + 2 * self.addrs.size as u64;

@@ -39,7 +39,7 @@ use virtio_drivers::{Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::lifecycle::Lifecycle;
-use super::request::{Request, RequestBuilder, Seal};
+use super::request::{Request, RequestBuilder, Seal, SlotGroup};
 use super::slots::{OnComplete, Phase, Storage, StorageConfig};
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
@@ -694,6 +694,34 @@ impl<H: Hal> CryptoQueue<H> {
         ))
     }
 
+    /// Takes `count` request slots at once for a batch, sleeping until that many are free (all
+    /// or none, so batches never hold part and wait for each other), at most the queue's
+    /// timeout; more than the queue has is [`Error::BatchTooLarge`] at once. Build the batch's
+    /// requests from the group ([`SlotGroup::builder`]); slots it does not use are freed when
+    /// it is dropped.
+    pub fn reserve_group(&self, count: usize) -> Result<SlotGroup<H>, Error> {
+        if self.is_broken() {
+            return Err(self.closed_error());
+        }
+        let deadline = crate::sync::platform::get()
+            .now_ns()
+            .saturating_add(self.timeout_ns());
+        let slots = self
+            .core
+            .storage()
+            .take(count, &|| self.is_broken(), deadline)
+            .map_err(|e| match e {
+                Error::DeviceNeedsReset => self.closed_error(),
+                e => e,
+            })?;
+        Ok(SlotGroup::new(self.core.clone(), slots))
+    }
+
+    /// Request slots of the queue (the most requests that can be built or in flight at once).
+    pub fn slot_capacity(&self) -> usize {
+        self.core.storage().capacity()
+    }
+
     /// Drains the used ring: the interrupt handler's work, also used by pollers. Completes each
     /// finished request after the lock is dropped (waking its task or running its handler).
     /// Returns how many completed. Never allocates.
@@ -1108,6 +1136,7 @@ impl<H: Hal> QueueCore<H> {
                 None => {}
                 // Wait for space with the next request, then go on in batches.
                 Some(Error::QueueFull) => {
+                    self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     match self.post(slots[done].0, slots[done].1, None, SpaceWait::Sleep) {
                         Ok(()) => done += 1,
                         Err(e) => return (done, Err(e)),

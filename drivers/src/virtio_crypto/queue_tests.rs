@@ -1037,3 +1037,85 @@ fn sessions_created_and_destroyed_in_batches_ring_once_each() {
     assert!(destroyed[20].is_err(), "an unknown session");
     assert_eq!(dev.live_sessions(), 0);
 }
+
+// --- batches of any size ----------------------------------------------------------------------
+
+/// A device with the fake device thread answering it; control queue of 256 slots.
+fn answered_device(timeout_ns: u64) -> (Arc<CryptoDevice<FakeHal>>, FakeCryptoDevice) {
+    let (tx, rx) = mpsc::channel();
+    let bell = CountingNotify::with_signal(tx);
+    let (dev, rings, _transport, _status) = crypto_device_with(1, &bell, 256);
+    dev.set_timeout_ns(timeout_ns);
+    let dev = Arc::new(dev);
+    let irq = dev.clone();
+    let fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
+        if q == 0 {
+            irq.control.handle_interrupt();
+        } else {
+            irq.data[0].handle_interrupt();
+        }
+    });
+    (dev, fake)
+}
+
+/// A batch of more requests than the queue has slots is refused at once, not after waiting
+/// for a slot it holds itself.
+#[test]
+fn a_batch_larger_than_the_queue_is_refused_at_once() {
+    let (dev, _fake) = answered_device(10_000_000_000);
+    let queue = &dev.data[0];
+    let started = Instant::now();
+    assert_eq!(
+        queue.reserve_group(queue.slot_capacity() + 1).err(),
+        Some(Error::BatchTooLarge { got: 257, max: 256 })
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut group = queue.reserve_group(256).unwrap();
+    assert_eq!(queue.slots_in_use(), 256);
+    let builder = group.builder(8, 8).unwrap();
+    drop(group);
+    assert_eq!(
+        queue.slots_in_use(),
+        1,
+        "unused slots go back with the group"
+    );
+    drop(builder);
+    assert_eq!(queue.slots_in_use(), 0);
+}
+
+/// A control batch of more requests than the control queue has slots completes: every item
+/// gets the device's answer (destroying unknown sessions: UnknownSession), none a timeout.
+#[test]
+fn a_control_batch_larger_than_the_queue_completes() {
+    let (dev, _fake) = answered_device(300_000_000);
+    let ids: Vec<u64> = (0..300).map(|i| 0xdead_0000 + i).collect();
+    let results = dev.destroy_cipher_sessions(&ids);
+    assert_eq!(results.len(), 300);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(*r, Err(Error::UnknownSession), "item {i}");
+    }
+    assert_eq!(dev.control.slots_in_use(), 0);
+}
+
+/// A control batch that needs more slots than are free while another caller holds some (a
+/// second batcher, mid-build) completes: it takes slots in rounds and never holds part of them
+/// while it waits for the rest, so it neither waits for itself nor for the other holder.
+#[test]
+fn a_control_batch_completes_while_another_holds_slots() {
+    let (dev, _fake) = answered_device(300_000_000);
+    let held: Vec<_> = (0..100)
+        .map(|_| dev.control.reserve(8, 1).unwrap())
+        .collect();
+    let batcher = {
+        let dev = dev.clone();
+        thread::spawn(move || dev.destroy_cipher_sessions(&(0..200).collect::<Vec<u64>>()))
+    };
+    let results = batcher.join().unwrap();
+    let timeouts = results
+        .iter()
+        .filter(|r| **r == Err(Error::Timeout))
+        .count();
+    assert_eq!(timeouts, 0, "{timeouts} of 200 timed out");
+    drop(held);
+    assert_eq!(dev.control.slots_in_use(), 0);
+}

@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use virtio_drivers::Hal;
 use zerocopy::{Immutable, IntoBytes};
 
-use super::queue::{QueueCore, SpaceWait};
+use super::queue::{CryptoQueue, QueueCore, SpaceWait};
 use super::slots::{OnComplete, OwnedBuffers, Phase};
 use crate::error::Error;
 use crate::sync::platform;
@@ -267,6 +267,86 @@ impl<H: Hal> RequestBuilder<H> {
         // The handler gets a new handle for the slot; this one must not release it.
         core::mem::forget(request);
         Ok(())
+    }
+}
+
+/// Request slots taken together for a batch ([`CryptoQueue::reserve_group`]): each
+/// [`builder`](Self::builder) call uses one. Those not used go back to the queue when the group
+/// is dropped.
+pub struct SlotGroup<H: Hal> {
+    core: Arc<QueueCore<H>>,
+    slots: Vec<u16>,
+}
+
+impl<H: Hal> SlotGroup<H> {
+    pub(crate) fn new(core: Arc<QueueCore<H>>, slots: Vec<u16>) -> Self {
+        SlotGroup { core, slots }
+    }
+
+    /// Slots not used yet.
+    pub fn remaining(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// A builder for a request of `readable + writable` bytes in one of the group's slots
+    /// (never waits); `BatchTooLarge` when the group has none left.
+    pub fn builder(
+        &mut self,
+        readable: usize,
+        writable: usize,
+    ) -> Result<RequestBuilder<H>, Error> {
+        if readable + writable == 0 {
+            return Err(Error::EmptyRequest);
+        }
+        if self.core.is_broken() {
+            return Err(self.core.closed_error());
+        }
+        let Some(slot) = self.slots.pop() else {
+            return Err(Error::BatchTooLarge { got: 1, max: 0 });
+        };
+        let base = self.core.storage().assign(slot, readable, writable)?;
+        Ok(RequestBuilder::new(
+            self.core.clone(),
+            slot,
+            base,
+            readable,
+            writable,
+        ))
+    }
+}
+
+impl<H: Hal> Drop for SlotGroup<H> {
+    fn drop(&mut self) {
+        self.core.storage().give_back(&self.slots);
+    }
+}
+
+/// Where a request's slot comes from: its queue (sleeping while every slot is taken), or a
+/// group of slots a batch took together.
+pub enum SlotSource<'a, H: Hal> {
+    Queue(&'a CryptoQueue<H>),
+    Group(&'a mut SlotGroup<H>),
+}
+
+impl<H: Hal> SlotSource<'_, H> {
+    /// A builder for a request of `readable + writable` bytes.
+    pub fn reserve(self, readable: usize, writable: usize) -> Result<RequestBuilder<H>, Error> {
+        match self {
+            SlotSource::Queue(queue) => queue.reserve(readable, writable),
+            SlotSource::Group(group) => group.builder(readable, writable),
+        }
+    }
+}
+
+impl<'a, H: Hal> From<&'a CryptoQueue<H>> for SlotSource<'a, H> {
+    fn from(queue: &'a CryptoQueue<H>) -> Self {
+        SlotSource::Queue(queue)
+    }
+}
+
+impl<'a, H: Hal> From<&'a mut SlotGroup<H>> for SlotSource<'a, H> {
+    fn from(group: &'a mut SlotGroup<H>) -> Self {
+        SlotSource::Group(group)
     }
 }
 

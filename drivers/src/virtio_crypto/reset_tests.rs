@@ -627,7 +627,12 @@ fn a_destroy_built_before_a_reset_is_refused_after_it() {
     let (dev, _rings, mut transport, status) = crypto_device_with(1, &bell, 8);
     dev.set_timeout_ns(200_000_000);
     let stale = dev
-        .build_destroy(super::session::Service::Cipher, 0, dev.generation())
+        .build_destroy(
+            (&dev.control).into(),
+            super::session::Service::Cipher,
+            0,
+            dev.generation(),
+        )
         .unwrap();
     dev.request_recovery();
     dev.recover(

@@ -15,7 +15,7 @@ use crate::sync::IrqSpinLock;
 use alloc::vec::Vec;
 
 use super::device::{CryptoDevice, CtrlMode};
-use super::request::{Request, RequestBatch, RequestBuilder};
+use super::request::{Request, RequestBatch, RequestBuilder, SlotGroup, SlotSource};
 use super::status::{RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
@@ -110,7 +110,7 @@ impl<H: Hal> CryptoDevice<H> {
         let generation = self.generation();
         self.sessions.take(generation)?;
         let result = self
-            .build_create(request, key, generation)
+            .build_create((&self.control).into(), request, key, generation)
             .and_then(|builder| self.control_round_trip(builder))
             .and_then(|done| create_reply(&done));
         self.settle_create(result, generation)
@@ -141,11 +141,12 @@ impl<H: Hal> CryptoDevice<H> {
     /// is refused unsent if the device was reset before it is posted.
     fn build_create<R: IntoBytes + Immutable>(
         &self,
+        slots: SlotSource<'_, H>,
         request: &R,
         key: &[u8],
         generation: u64,
     ) -> Result<RequestBuilder<H>, Error> {
-        let mut builder = self.control.reserve(
+        let mut builder = slots.reserve(
             request.as_bytes().len() + key.len(),
             wire::SESSION_INPUT_LEN,
         )?;
@@ -182,10 +183,10 @@ impl<H: Hal> CryptoDevice<H> {
         let generation = self.generation();
         self.control_batch(
             keys,
-            |key| {
+            |key, group| {
                 let request = self.cipher_create_request(cipher, direction, key)?;
                 self.sessions.take(generation)?;
-                let built = self.build_create(&request, key, generation);
+                let built = self.build_create(group.into(), &request, key, generation);
                 if built.is_err() {
                     self.sessions.give_back(generation);
                 }
@@ -214,7 +215,7 @@ impl<H: Hal> CryptoDevice<H> {
         let generation = self.generation();
         self.control_batch(
             ids,
-            |&id| self.build_destroy(Service::Cipher, id, generation),
+            |&id, group| self.build_destroy(group.into(), Service::Cipher, id, generation),
             |_, outcome| {
                 let result = outcome.and_then(|done| destroy_reply(&done));
                 if result.is_ok() {
@@ -225,34 +226,49 @@ impl<H: Hal> CryptoDevice<H> {
         )
     }
 
-    /// Builds one control request per item (`build`), posts those that could be built with one
-    /// kick, waits for them, and gives each item its result: `build`'s error, or what `finish`
-    /// makes of the request's outcome (`sent`: whether the request reached the ring at all).
+    /// Builds one control request per item (`build`, from a group of slots taken together),
+    /// posts those that could be built with one kick, waits for them, and gives each item its
+    /// result: `build`'s error, or what `finish` makes of the request's outcome (`sent`: whether
+    /// the request reached the ring at all). Any number of items: they go in rounds of at most
+    /// a quarter of the control queue's slots, each round's results finished (and its slots
+    /// freed) before the next takes slots, so a batch never waits for slots it holds itself,
+    /// and up to four batchers run side by side.
     fn control_batch<I, T>(
         &self,
         items: &[I],
-        mut build: impl FnMut(&I) -> Result<RequestBuilder<H>, Error>,
+        mut build: impl FnMut(&I, &mut SlotGroup<H>) -> Result<RequestBuilder<H>, Error>,
         mut finish: impl FnMut(bool, Result<Request<H>, Error>) -> Result<T, Error>,
     ) -> Vec<Result<T, Error>> {
+        let round = (self.control.slot_capacity() / 4).max(1);
         let mut results: Vec<Option<Result<T, Error>>> = Vec::with_capacity(items.len());
-        let mut batch = RequestBatch::with_capacity(items.len());
-        let mut batched = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            match self
+        for chunk in items.chunks(round) {
+            let mut group = match self
                 .ready()
-                .and_then(|()| build(item))
-                .and_then(|builder| batch.push(builder))
+                .and_then(|()| self.control.reserve_group(chunk.len()))
             {
-                Ok(()) => {
-                    batched.push(i);
-                    results.push(None);
+                Ok(group) => group,
+                Err(e) => {
+                    results.extend(chunk.iter().map(|_| Some(Err(e))));
+                    continue;
                 }
-                Err(e) => results.push(Some(Err(e))),
+            };
+            let first = results.len();
+            let mut batch = RequestBatch::with_capacity(chunk.len());
+            let mut batched = Vec::with_capacity(chunk.len());
+            for (i, item) in chunk.iter().enumerate() {
+                match build(item, &mut group).and_then(|builder| batch.push(builder)) {
+                    Ok(()) => {
+                        batched.push(first + i);
+                        results.push(None);
+                    }
+                    Err(e) => results.push(Some(Err(e))),
+                }
             }
-        }
-        let posted = self.post_control_batch(&mut batch, batched.len());
-        for (i, (sent, outcome)) in batched.into_iter().zip(posted) {
-            results[i] = Some(finish(sent, outcome));
+            drop(group); // slots not used go back before the wait
+            let posted = self.post_control_batch(&mut batch, batched.len());
+            for (i, (sent, outcome)) in batched.into_iter().zip(posted) {
+                results[i] = Some(finish(sent, outcome));
+            }
         }
         results
             .into_iter()
@@ -301,7 +317,8 @@ impl<H: Hal> CryptoDevice<H> {
             return Err(Error::SessionLost);
         }
         self.ready()?;
-        let builder = self.build_destroy(service, session_id, generation)?;
+        let builder =
+            self.build_destroy((&self.control).into(), service, session_id, generation)?;
         let done = self.control_round_trip(builder)?;
         destroy_reply(&done)?;
         self.sessions.give_back(generation);
@@ -314,14 +331,13 @@ impl<H: Hal> CryptoDevice<H> {
     /// caller's session) it is refused unsent with `SessionLost`.
     pub(crate) fn build_destroy(
         &self,
+        slots: SlotSource<'_, H>,
         service: Service,
         session_id: u64,
         generation: u64,
     ) -> Result<RequestBuilder<H>, Error> {
         let request = wire::DestroySession::new(service.destroy_opcode(), session_id);
-        let mut builder = self
-            .control
-            .reserve(request.as_bytes().len(), wire::INHDR_LEN)?;
+        let mut builder = slots.reserve(request.as_bytes().len(), wire::INHDR_LEN)?;
         builder.push_struct(&request)?;
         builder
             .preset_status(0xff)

@@ -298,31 +298,72 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         broken: &dyn Fn() -> bool,
         deadline_ns: u64,
     ) -> Result<(u16, usize), Error> {
-        let total = readable + writable;
-        let (slot, large) = loop {
-            let taken = {
+        let mut taken = self.take(1, broken, deadline_ns)?;
+        let slot = taken.pop().expect("one slot taken");
+        self.assign(slot, readable, writable)
+            .map(|base| (slot, base))
+    }
+
+    /// Takes `count` free slots at once, sleeping until that many are free (all or none: a
+    /// batch never holds some while it waits for the rest, so two batches cannot each hold part
+    /// and wait for the other). `broken` and `deadline_ns` end the wait as in
+    /// [`reserve`](Self::reserve); more slots than the queue has is `BatchTooLarge` at once.
+    /// The slots are off the free list and unassigned: give each to [`assign`](Self::assign)
+    /// or back to [`give_back`](Self::give_back).
+    pub(crate) fn take(
+        &self,
+        count: usize,
+        broken: &dyn Fn() -> bool,
+        deadline_ns: u64,
+    ) -> Result<Vec<u16>, Error> {
+        if count > self.config.slots {
+            return Err(Error::BatchTooLarge {
+                got: count,
+                max: self.config.slots,
+            });
+        }
+        loop {
+            {
                 let mut free = self.free.lock();
-                free.slots.pop().map(|slot| {
-                    let large = (total > self.config.inline_bytes
-                        && total <= self.config.large_bytes)
-                        .then(|| free.large.pop())
-                        .flatten();
-                    (slot, large)
-                })
-            };
-            if let Some(taken) = taken {
-                break taken;
+                if free.slots.len() >= count {
+                    let at = free.slots.len() - count;
+                    let taken = free.slots[at..].iter().rev().copied().collect();
+                    free.slots.truncate(at);
+                    return Ok(taken);
+                }
             }
             if broken() {
                 return Err(Error::DeviceNeedsReset);
             }
             self.space
                 .wait_until_deadline(
-                    || (broken() || !self.free.lock().slots.is_empty()).then_some(()),
+                    || (broken() || self.free.lock().slots.len() >= count).then_some(()),
                     deadline_ns,
                 )
                 .map_err(|_| Error::Timeout)?;
-        };
+        }
+    }
+
+    /// Gives slots taken by [`take`](Self::take) and never assigned back to the free list.
+    pub(crate) fn give_back(&self, slots: &[u16]) {
+        for &slot in slots {
+            self.release_now(slot, None);
+        }
+    }
+
+    /// Gives `slot` (taken, not yet assigned) the memory for a request of `readable + writable`
+    /// bytes and makes it `Building`; returns the region's address. On an error the slot is
+    /// free again. Task context (may allocate a spill).
+    pub(crate) fn assign(
+        &self,
+        slot: u16,
+        readable: usize,
+        writable: usize,
+    ) -> Result<usize, Error> {
+        let total = readable + writable;
+        let large = (total > self.config.inline_bytes && total <= self.config.large_bytes)
+            .then(|| self.free.lock().large.pop())
+            .flatten();
         let memory = if total <= self.config.inline_bytes {
             Memory::Inline
         } else if let Some(i) = large {
@@ -370,7 +411,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         drop(st);
         drop(old_spill); // task context
         drop(old_external);
-        Ok((slot, base))
+        Ok(base)
     }
 
     /// Base address and length of the region `memory` names for `slot`.
@@ -457,6 +498,11 @@ impl<H: virtio_drivers::Hal> Storage<H> {
             }
         }
         reclaimed
+    }
+
+    /// How many slots the queue has.
+    pub(crate) fn capacity(&self) -> usize {
+        self.config.slots
     }
 
     /// Slots not free (building, in flight, done, abandoned or quarantined).
