@@ -1119,3 +1119,26 @@ fn a_control_batch_completes_while_another_holds_slots() {
     drop(held);
     assert_eq!(dev.control.slots_in_use(), 0);
 }
+
+/// A poller waiting for a batch (the device-rate probe) gives up at its deadline when the
+/// device stops answering, and finishes as soon as the device answers everything.
+#[test]
+fn polling_a_batch_ends_at_the_deadline_when_the_device_is_silent() {
+    let mut rig = rig();
+    rig.queue.set_polled(true);
+    let posted: Vec<_> = (0..4)
+        .map(|_| submit(&rig.queue, bufs(&[&[1; 8]], &[8])).unwrap())
+        .collect();
+    let now = crate::sync::platform::get().now_ns();
+    let started = Instant::now();
+    assert_eq!(
+        Request::poll_all(&posted, now + 50_000_000),
+        Err(Error::Timeout)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    for chain in rig.ring.pending() {
+        rig.ring.complete(chain.id as u32, 8);
+    }
+    assert_eq!(Request::poll_all(&posted, u64::MAX), Ok(()));
+    assert!(posted.iter().all(Request::is_done));
+}

@@ -581,6 +581,23 @@ impl<H: Hal> Request<H> {
         self.wait_until(Some(deadline))
     }
 
+    /// Drains their queue until every request of `requests` (all on one queue) has finished,
+    /// or `deadline_ns` passes (`Timeout`: the device stopped answering; the requests stay in
+    /// flight). For a poller that owns the queue ([`CryptoQueue::set_polled`]).
+    pub fn poll_all(requests: &[Request<H>], deadline_ns: u64) -> Result<(), Error> {
+        let Some(first) = requests.first() else {
+            return Ok(());
+        };
+        while !requests.iter().all(Request::is_done) {
+            if platform::get().now_ns() >= deadline_ns {
+                return Err(Error::Timeout);
+            }
+            first.core.drain();
+            core::hint::spin_loop();
+        }
+        Ok(())
+    }
+
     /// Drains the queue until this request finishes (the busy-poll baseline); `Timeout` after
     /// `deadline_ns`.
     pub fn poll_until(&self, deadline_ns: u64) -> Result<u32, Error> {

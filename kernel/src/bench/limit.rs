@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use vcrypt_drivers::crypto::{Cipher, Direction, Session};
 use vcrypt_drivers::virtio_crypto::cipher::CipherRequest;
-use vcrypt_drivers::virtio_crypto::request::RequestBatch;
+use vcrypt_drivers::virtio_crypto::request::{Request, RequestBatch};
 
 use super::BenchConfig;
 use super::report::{Row, progress, run_workers};
@@ -70,10 +70,15 @@ fn probe(
                 }
                 let start = tsc::now_ns();
                 requests.submit(&mut posted).map_err(|e| format!("{e}"))?;
-                while !posted.iter().all(|r| r.is_done()) {
-                    queue.handle_interrupt();
-                    core::hint::spin_loop();
-                }
+                // The same deadline as every request: a device that stops answering ends
+                // the probe with an error instead of spinning for ever.
+                Request::poll_all(&posted, device.health().deadline()).map_err(|_| {
+                    let missing = posted.iter().filter(|r| !r.is_done()).count();
+                    format!(
+                        "the device did not answer {missing} of {batch} requests: {}",
+                        device.health().timed_out()
+                    )
+                })?;
                 busy_ns += tsc::now_ns() - start;
                 for request in posted.drain(..) {
                     let out = CipherRequest::from_request(request, device.health().clone())
