@@ -233,6 +233,23 @@ impl Chain {
             .sum()
     }
 
+    /// Reads `out.len()` bytes of the device-writable buffers from offset `at` (across them, in
+    /// chain order).
+    pub fn read_writable(&self, at: usize, out: &mut [u8]) {
+        let mut pos = 0;
+        for d in self.descs.iter().filter(|d| d.writable()) {
+            for i in 0..d.len as usize {
+                if (at..at + out.len()).contains(&(pos + i)) {
+                    // SAFETY: inside a device-writable buffer the driver posted and does not
+                    // touch until the chain is used.
+                    out[pos + i - at] =
+                        unsafe { core::ptr::read_volatile((d.addr as *const u8).add(i)) };
+                }
+            }
+            pos += d.len as usize;
+        }
+    }
+
     /// Writes `data` across the device-writable buffers in chain order (like a device filling
     /// `dst` then `status`). Returns the bytes written (at most `writable_len`).
     pub fn write(&self, data: &[u8]) -> usize {

@@ -6,9 +6,13 @@
 //! and proptest can shrink it):
 //!
 //! - submits of various sizes (inline, large block, spill), waited for or with a completion
-//!   handler, with a random least used length (`expect_used`);
-//! - the device answering any chain it holds, in any order, with a correct, too long or too
-//!   short used length;
+//!   handler, with a random least used length (`expect_used`), with or without a status byte
+//!   preset at the end of the writable part (`preset_status`);
+//! - the device answering any chain it holds, in any order, as a hostile or merely conformant
+//!   device may: any used length (correct, too long, too short, anything from 0 to the whole
+//!   writable part), its output as a prefix, or a short prefix and any status byte at the end
+//!   of the writable part (where virtio-crypto puts it) with a used length that counts only the
+//!   bytes written; or never (silence, until a timeout or a reset);
 //! - bad used entries: an id never posted, beyond the ring, with high bits set, or a duplicate
 //!   of an id already returned;
 //! - interrupts (drains);
@@ -27,7 +31,10 @@
 //! 2. every request ends exactly once: its result (or its handler call, exactly one) is the
 //!    one the model predicts, results never change, the in-flight table, the slots in use and
 //!    the malformed counter match the model (nothing lost, nothing leaked, nothing completed
-//!    twice);
+//!    twice); and no wrong answer: the status byte a request shows is the one the device wrote
+//!    there, or the preset if it wrote none (never a cleared 0, which reads as OK), what the
+//!    device wrote of the output is there, and the rest of the writable part is zero (never an
+//!    earlier request's bytes);
 //! 3. after a recovery every request that was in flight has failed with `DeviceReset`, the
 //!    memory the device held is free again, and the queue serves new requests.
 
@@ -71,6 +78,17 @@ enum Len {
     TooLong(u8),
     /// One less than the least used length (correct if that is 0).
     TooShort,
+    /// Anything from 0 to the writable length (picked by the seed).
+    Any(u16),
+}
+
+/// What the device writes into a chain's writable part.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// Its answer from the start, as many bytes as the used length says (at most the whole).
+    Prefix,
+    /// `out` bytes of answer (mod the writable length) and `status` in the last writable byte.
+    StatusAtEnd { out: u16, status: u8 },
 }
 
 /// A used entry naming no chain the device holds.
@@ -92,11 +110,14 @@ enum Op {
         /// Least used length, as a fraction (/255) of `writable`.
         min_used: u8,
         handler: bool,
+        /// A status byte preset at the end of the writable part.
+        status: bool,
     },
     /// The device answers one of the chains it holds.
     Complete {
         pick: Index,
         len: Len,
+        shape: Shape,
     },
     BadEntry {
         pick: Index,
@@ -128,6 +149,11 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<u16>().prop_map(Len::Correct),
         1 => any::<u8>().prop_map(Len::TooLong),
         1 => Just(Len::TooShort),
+        2 => any::<u16>().prop_map(Len::Any),
+    ];
+    let shape = prop_oneof![
+        2 => Just(Shape::Prefix),
+        1 => (any::<u16>(), any::<u8>()).prop_map(|(out, status)| Shape::StatusAtEnd { out, status }),
     ];
     let bad = prop_oneof![
         Just(Bad::NeverPosted),
@@ -136,15 +162,20 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Bad::Duplicate),
     ];
     prop_oneof![
-        5 => (size(), size(), any::<u8>(), any::<bool>()).prop_map(
-            |(readable, writable, min_used, handler)| Op::Submit {
+        5 => (size(), size(), any::<u8>(), any::<bool>(), any::<bool>()).prop_map(
+            |(readable, writable, min_used, handler, status)| Op::Submit {
                 readable,
                 writable,
                 min_used,
                 handler,
+                status,
             }
         ),
-        5 => (any::<Index>(), len).prop_map(|(pick, len)| Op::Complete { pick, len }),
+        5 => (any::<Index>(), len, shape).prop_map(|(pick, len, shape)| Op::Complete {
+            pick,
+            len,
+            shape
+        }),
         1 => (any::<Index>(), bad).prop_map(|(pick, bad)| Op::BadEntry { pick, bad }),
         3 => Just(Op::Interrupt),
         2 => any::<Index>().prop_map(|pick| Op::Timeout { pick }),
@@ -195,9 +226,13 @@ struct Req {
     result: Option<Expect>,
     /// Failed while the device still had the memory (before a reset).
     device_may_own: bool,
-    /// Bytes of its answer the device wrote (a duplicate entry may pop the request with
-    /// another length, or before the device answered it).
+    /// Bytes of its answer the device wrote from the start (a duplicate entry may pop the
+    /// request with another length, or before the device answered it).
     written: usize,
+    /// A status byte was preset at the end of the writable part.
+    status: bool,
+    /// What the device wrote into the last writable byte, if it did.
+    last_written: Option<u8>,
     handle: Handle,
 }
 
@@ -221,6 +256,9 @@ fn pattern(id: usize, n: usize) -> Vec<u8> {
 fn answer(id: usize) -> u8 {
     !(id as u8)
 }
+
+/// The status byte preset by the submitter: no status code.
+const PRESET_STATUS: u8 = 0xee;
 
 /// A chain the fake device took off the available ring and has not returned.
 struct Held {
@@ -395,13 +433,14 @@ impl Harness {
                 writable,
                 min_used,
                 handler,
+                status,
             } => {
                 let min_used = (writable * min_used as usize / 255) as u32;
-                self.submit(readable, writable, min_used, handler);
+                self.submit(readable, writable, min_used, handler, status);
             }
-            Op::Complete { pick, len } => {
+            Op::Complete { pick, len, shape } => {
                 if !self.device.held.is_empty() {
-                    self.complete(pick.index(self.device.held.len()), len);
+                    self.complete(pick.index(self.device.held.len()), len, shape);
                 }
             }
             Op::BadEntry { pick, bad } => self.bad_entry(pick, bad),
@@ -427,7 +466,14 @@ impl Harness {
         self.collect_deliveries();
     }
 
-    fn submit(&mut self, readable: usize, writable: usize, min_used: u32, handler: bool) {
+    fn submit(
+        &mut self,
+        readable: usize,
+        writable: usize,
+        min_used: u32,
+        handler: bool,
+        status: bool,
+    ) {
         let id = self.reqs.len();
         let expected_error = if self.closed {
             Some(Error::DeviceReset)
@@ -441,6 +487,9 @@ impl Harness {
             let mut b = self.queue().reserve(readable, writable)?;
             b.push(&pattern(id, readable))?;
             b.expect_used(min_used as usize);
+            if status {
+                b.preset_status(PRESET_STATUS);
+            }
             if handler {
                 b.submit_with(Arc::new(Sink { id, delivered }))?;
                 Ok(Handle::Queue)
@@ -501,11 +550,13 @@ impl Harness {
             result: None,
             device_may_own: false,
             written: 0,
+            status,
+            last_written: None,
             handle,
         });
     }
 
-    fn complete(&mut self, which: usize, len: Len) {
+    fn complete(&mut self, which: usize, len: Len, shape: Shape) {
         let h = self.device.held.remove(which);
         let r = &self.reqs[h.req];
         let w = r.writable as u32;
@@ -513,9 +564,27 @@ impl Harness {
             Len::Correct(seed) => r.min_used + seed as u32 % (w - r.min_used + 1),
             Len::TooLong(n) => w + 1 + n as u32,
             Len::TooShort => r.min_used.saturating_sub(1),
+            Len::Any(seed) => seed as u32 % (w + 1),
         };
-        let written = h.chain.write(&vec![answer(h.req); len.min(w) as usize]);
+        let (written, last_written) = match shape {
+            Shape::Prefix => {
+                let written = h.chain.write(&vec![answer(h.req); len.min(w) as usize]);
+                (written, (written == w as usize).then_some(answer(h.req)))
+            }
+            Shape::StatusAtEnd { out, status } => {
+                let out = out as usize % w as usize;
+                let mut bytes = vec![answer(h.req); out];
+                // The bytes in between are left as they are: read back what is there now.
+                let mut gap = vec![0u8; w as usize - out - 1];
+                h.chain.read_writable(out, &mut gap);
+                bytes.extend_from_slice(&gap);
+                bytes.push(status);
+                h.chain.write(&bytes);
+                (out, Some(status))
+            }
+        };
         self.reqs[h.req].written = written;
+        self.reqs[h.req].last_written = last_written;
         self.device.ring.complete(h.chain.id as u32, len);
         self.device.used.push((h.chain.id as u32, len));
         self.device.returned.push(h.chain.id);
@@ -695,8 +764,8 @@ impl Harness {
         // The rebuilt queue serves a new request.
         if self.free_slots() > 0 {
             let id = self.reqs.len();
-            self.submit(8, 8, 1, false);
-            self.complete(self.device.held.len() - 1, Len::Correct(3));
+            self.submit(8, 8, 1, false, true);
+            self.complete(self.device.held.len() - 1, Len::Correct(3), Shape::Prefix);
             self.interrupt();
             assert_eq!(self.reqs[id].result, Some(Expect::Ok(4)));
             self.check();
@@ -779,14 +848,32 @@ impl Harness {
                 &pattern(id, r.readable)[..],
                 "request {id}: readable bytes"
             );
-            if let Some(Expect::Ok(len)) = r.result {
-                let w = request.writable();
-                assert_eq!(w.len(), r.writable, "request {id}");
-                assert!(
-                    w[..r.written.min(len as usize)]
-                        .iter()
-                        .all(|&b| b == answer(id)),
-                    "request {id}: the device's answer"
+            // What the request shows: the device's output as far as the used length says
+            // (and it wrote), zeros after it, and the status the device wrote, else the preset.
+            let w = request.writable();
+            assert_eq!(w.len(), r.writable, "request {id}");
+            let reply = r.status as usize;
+            let clearable = r.writable - reply;
+            let kept = match r.result {
+                Some(Expect::Ok(len)) => (len as usize).saturating_sub(reply).min(clearable),
+                _ => 0,
+            };
+            assert!(
+                w[..kept.min(r.written)].iter().all(|&b| b == answer(id)),
+                "request {id}: the device's answer"
+            );
+            assert!(
+                w[kept..clearable].iter().all(|&b| b == 0),
+                "request {id}: bytes the device did not write are not zero: {:?}",
+                &w[kept..clearable]
+            );
+            if r.status {
+                assert_eq!(
+                    w[r.writable - 1],
+                    r.last_written.unwrap_or(PRESET_STATUS),
+                    "request {id}: the status shown is not the one the device wrote (or the \
+                     preset), used length {:?}",
+                    r.result
                 );
             }
         }

@@ -117,6 +117,33 @@ std::thread_local! {
         const { core::cell::RefCell::new(None) };
 }
 
+#[cfg(test)]
+std::thread_local! {
+    /// Runs at each of this thread's full barriers, after the fence: the host tests' model of a
+    /// store buffer publishes the driver's ring stores to the fake device here, and only here.
+    pub(crate) static AT_FULL_BARRIER: core::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { core::cell::RefCell::new(None) };
+    /// Runs once, right after this thread's next kick-prepare read the device's NO_NOTIFY flag
+    /// (or `avail_event`): the fake device acts in the window a weak memory order leaves there.
+    pub(crate) static AFTER_NO_NOTIFY_READ: core::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// A full barrier (Linux's `virtio_mb`): the driver's stores before it (the avail index, the
+/// `used_event`) are visible to the device before the driver's loads after it (the device's
+/// NO_NOTIFY flag or `avail_event`, the used index). x86 lets a load pass an earlier store to
+/// another address (its store buffer); only a full fence forbids it.
+#[inline]
+fn full_barrier() {
+    core::sync::atomic::fence(Ordering::SeqCst);
+    #[cfg(test)]
+    AT_FULL_BARRIER.with(|h| {
+        if let Some(publish) = h.borrow_mut().as_mut() {
+            publish();
+        }
+    });
+}
+
 #[inline]
 fn trace(_event: &'static str) {
     #[cfg(test)]
@@ -444,7 +471,7 @@ impl<H: Hal> QueueGuard<'_, H> {
     /// `virtqueue_kick_prepare`). With EVENT_IDX the check covers every entry added since the
     /// last kick-prepare, mod 2^16 ([`need_event`]).
     fn kick_prepare(&mut self) -> bool {
-        core::sync::atomic::fence(Ordering::SeqCst);
+        full_barrier();
         trace("mb");
         let ring = &mut *self.ring;
         let notify = if ring.event_idx {
@@ -454,6 +481,10 @@ impl<H: Hal> QueueGuard<'_, H> {
         };
         ring.kicked = ring.added;
         trace("read-no-notify");
+        #[cfg(test)]
+        if let Some(hook) = AFTER_NO_NOTIFY_READ.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
         notify
     }
 
@@ -486,7 +517,7 @@ impl<H: Hal> QueueGuard<'_, H> {
             } else {
                 self.ring.vq.set_dev_notify(true);
             }
-            core::sync::atomic::fence(Ordering::SeqCst);
+            full_barrier();
         }
         self.ring.vq.can_pop()
     }

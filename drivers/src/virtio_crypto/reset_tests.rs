@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::device::{Cipher, CtrlMode, Direction};
 use super::fake::*;
 use super::lifecycle::DeviceState;
-use super::queue::{CryptoQueue, Notify, QUEUE_SIZE, QueueCore, TRACE};
+use super::queue::{CryptoQueue, Notify, QUEUE_SIZE, QueueCore};
 use super::request::Request;
 use super::slots::StorageConfig;
 use super::wire;
@@ -245,14 +245,48 @@ fn create_session_with_used_length_0_and_short_data_are_refused() {
 // --- defect 4 and the doorbell ---------------------------------------------------------------
 
 /// Between publishing the avail index and reading the used ring's NO_NOTIFY flag there is a
-/// full barrier (a store then a load: only a full fence orders them).
+/// full barrier. Modelled as x86 allows it: the driver's ring stores reach the device only at
+/// the driver's full barriers (a store buffer), and the driver's NO_NOTIFY read comes before
+/// the device's move. The device was busy (NO_NOTIFY set); right after the driver read that,
+/// it finishes: clears NO_NOTIFY, and looks at the avail index once more before it sleeps.
+/// Without the barrier it sees the old index, the driver saw NO_NOTIFY and rang nothing: the
+/// request is stranded. With it, the device sees the request.
 #[test]
 fn full_barrier_between_publishing_avail_and_reading_no_notify() {
-    let (queue, _ring, _t) = rig_queue(8);
-    TRACE.with(|t| t.borrow_mut().clear());
-    submit(&queue, b"x", 1).unwrap();
-    let trace = TRACE.with(|t| t.borrow().clone());
-    assert_eq!(trace, ["publish-avail", "mb", "read-no-notify"]);
+    use super::queue::{AFTER_NO_NOTIFY_READ, AT_FULL_BARRIER};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (queue, mut ring, _t) = rig_queue(8);
+    ring.set_no_notify(true);
+    // What the device can see of the avail index: published at the driver's full barriers.
+    let visible = Rc::new(Cell::new(ring.avail_index()));
+    let (memory, published) = (FakeRing::new(ring.addrs()), visible.clone());
+    AT_FULL_BARRIER.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || published.set(memory.avail_index())));
+    });
+    let seen_by_device = Rc::new(Cell::new(None));
+    let (mut device, seen, shown) = (
+        FakeRing::new(ring.addrs()),
+        seen_by_device.clone(),
+        visible.clone(),
+    );
+    AFTER_NO_NOTIFY_READ.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            device.set_no_notify(false);
+            core::sync::atomic::fence(Ordering::SeqCst);
+            seen.set(Some(shown.get()));
+        }));
+    });
+    let request = submit(&queue, b"x", 1).unwrap();
+    AT_FULL_BARRIER.with(|h| h.borrow_mut().take());
+    let rang = queue.counters.notifies.load(Ordering::Relaxed) > 0;
+    let seen = seen_by_device.get().expect("the device looked");
+    assert!(
+        rang || seen == ring.avail_index(),
+        "stranded: no doorbell, and the device's last look saw avail index {seen}, not {}",
+        ring.avail_index()
+    );
+    drop(request);
 }
 
 /// A doorbell that tries the queue lock: it must be free whenever the doorbell rings (kick

@@ -298,8 +298,8 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         broken: &dyn Fn() -> bool,
         deadline_ns: u64,
     ) -> Result<(u16, usize), Error> {
-        let mut taken = self.take(1, broken, deadline_ns)?;
-        let slot = taken.pop().expect("one slot taken");
+        let slot = self.take_when_free(1, broken, deadline_ns, |free| free.slots.pop())?;
+        let slot = slot.expect("a free slot");
         self.assign(slot, readable, writable)
             .map(|base| (slot, base))
     }
@@ -322,14 +322,29 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                 max: self.config.slots,
             });
         }
+        let mut taken = Vec::with_capacity(count);
+        self.take_when_free(count, broken, deadline_ns, |free| {
+            let at = free.slots.len() - count;
+            taken.extend(free.slots[at..].iter().rev());
+            free.slots.truncate(at);
+        })?;
+        Ok(taken)
+    }
+
+    /// Sleeps until `count` slots are free, then calls `take` on the free lists with them (under
+    /// their lock: it must not allocate). `broken` and `deadline_ns` end the wait.
+    fn take_when_free<T>(
+        &self,
+        count: usize,
+        broken: &dyn Fn() -> bool,
+        deadline_ns: u64,
+        mut take: impl FnMut(&mut FreeLists) -> T,
+    ) -> Result<T, Error> {
         loop {
             {
                 let mut free = self.free.lock();
                 if free.slots.len() >= count {
-                    let at = free.slots.len() - count;
-                    let taken = free.slots[at..].iter().rev().copied().collect();
-                    free.slots.truncate(at);
-                    return Ok(taken);
+                    return Ok(take(&mut free));
                 }
             }
             if broken() {
@@ -487,7 +502,16 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                 // memory is the CPU's again. Without this its drop, after the reset, would
                 // quarantine the slot until the next reset (a leak), and it would show no
                 // bytes (found by lifecycle_props).
-                if st.phase == Phase::Done {
+                if st.phase == Phase::Done && st.device_may_own {
+                    // Never cleared when it failed (the device could still write): its
+                    // writable part may hold an earlier request's bytes. Its reply (preset by
+                    // its builder) stays.
+                    let (base, len) = self.region(i as u16, &st);
+                    let reply = (st.reply_len as usize).min(st.writable);
+                    let clear = (st.writable - reply).min(len.saturating_sub(st.readable));
+                    // SAFETY: the device was reset (it reaches no request memory) and the slot
+                    // lock is held; this is inside the slot's region, in its writable part.
+                    unsafe { core::ptr::write_bytes((base + st.readable) as *mut u8, 0, clear) };
                     st.device_may_own = false;
                 }
                 st.phase == Phase::Quarantined
