@@ -17,32 +17,6 @@ use crate::error::Error;
 pub use crate::stream::{ChainMode, DEFAULT_WINDOW, Stream};
 pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction, Service};
 
-/// Bytes of zero padding that make a CTR request a whole number of AES blocks (0 for other
-/// ciphers, whose length rules the device layer checks).
-pub fn ctr_padding(cipher: Cipher, len: usize) -> usize {
-    const BLOCK: usize = 16;
-    match cipher {
-        Cipher::AesCtr if !len.is_multiple_of(BLOCK) => BLOCK - len % BLOCK,
-        _ => 0,
-    }
-}
-
-/// `src` as the device takes it: a CTR request that is not whole blocks padded with zeros to
-/// whole blocks (QEMU's builtin device answers ERR otherwise, though CTR is a stream mode and
-/// Linux allows any length). The keystream does not depend on the data, so the first
-/// `src.len()` bytes of the output are exactly CTR over `src`. Only this case copies.
-pub fn as_sent(cipher: Cipher, src: &[u8]) -> alloc::borrow::Cow<'_, [u8]> {
-    match ctr_padding(cipher, src.len()) {
-        0 => alloc::borrow::Cow::Borrowed(src),
-        pad => {
-            let mut padded = alloc::vec::Vec::with_capacity(src.len() + pad);
-            padded.extend_from_slice(src);
-            padded.resize(src.len() + pad, 0);
-            alloc::borrow::Cow::Owned(padded)
-        }
-    }
-}
-
 /// `UnknownSession` from a session of an older device generation means the reset dropped it:
 /// `SessionLost` says so (and that it can be created again).
 fn lost_if_reset(e: Error, device_generation: u64, session_generation: u64) -> Error {
@@ -171,7 +145,7 @@ impl<'d, H: Hal> Session<'d, H> {
     ) -> Result<crate::virtio_crypto::device::CipherOutput<H>, Error> {
         let queue = self.device.current_data_queue();
         // The caller takes the first `src.len()` bytes of the output.
-        let sent = as_sent(self.cipher, src);
+        let sent = self.cipher.as_sent(src);
         self.device
             .start_session_request(
                 queue,
@@ -415,11 +389,11 @@ mod tests {
             (33, 15),
             (1000, 8),
         ] {
-            assert_eq!(ctr_padding(Cipher::AesCtr, len), pad, "len {len}");
+            assert_eq!(Cipher::AesCtr.ctr_padding(len), pad, "len {len}");
             assert_eq!((len + pad) % 16, 0);
         }
         for c in [Cipher::AesCbc, Cipher::AesEcb, Cipher::AesXts] {
-            assert_eq!(ctr_padding(c, 17), 0);
+            assert_eq!(c.ctr_padding(17), 0);
         }
     }
 }

@@ -535,7 +535,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
         }
         let iv = shared.state.lock().chain.after_input(chunk)?;
         // Its output is cut to `chunk.len()` when taken.
-        let sent = crate::crypto::as_sent(self.cipher, chunk);
+        let sent = self.cipher.as_sent(chunk);
         let mut builder = self.device.build_cipher_request(
             self.queue,
             self.session_id,

@@ -102,6 +102,32 @@ impl Cipher {
         if self == Cipher::AesCtr { 1 } else { 16 }
     }
 
+    /// Bytes of zero padding that make a CTR request a whole number of AES blocks (0 for other
+    /// ciphers, whose length rules `check_request` enforces).
+    pub fn ctr_padding(self, len: usize) -> usize {
+        const BLOCK: usize = 16;
+        match self {
+            Cipher::AesCtr if !len.is_multiple_of(BLOCK) => BLOCK - len % BLOCK,
+            _ => 0,
+        }
+    }
+
+    /// `src` as the device takes it: a CTR request that is not whole blocks padded with zeros
+    /// to whole blocks (QEMU's builtin device answers ERR otherwise, though CTR is a stream
+    /// mode and Linux allows any length). The keystream does not depend on the data, so the
+    /// first `src.len()` bytes of the output are exactly CTR over `src`. Only this case copies.
+    pub fn as_sent(self, src: &[u8]) -> alloc::borrow::Cow<'_, [u8]> {
+        match self.ctr_padding(src.len()) {
+            0 => alloc::borrow::Cow::Borrowed(src),
+            pad => {
+                let mut padded = Vec::with_capacity(src.len() + pad);
+                padded.extend_from_slice(src);
+                padded.resize(src.len() + pad, 0);
+                alloc::borrow::Cow::Owned(padded)
+            }
+        }
+    }
+
     /// Implemented by QEMU's builtin backend although it advertises only AES-CBC.
     fn implemented_unadvertised(self) -> bool {
         self != Cipher::AesCbc
