@@ -23,7 +23,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::virtio_crypto::device::{Cipher, Direction};
+use crate::virtio_crypto::cipher::{Cipher, Direction};
 
 /// The longest command line accepted, in bytes (its encoded form). `run-qemu.sh` refuses a longer
 /// one before boot with the same number; the kernel refuses one it is handed, never cuts it.

@@ -15,7 +15,9 @@ use virtio_drivers::Hal;
 
 use crate::error::Error;
 pub use crate::stream::{ChainMode, DEFAULT_WINDOW, Stream};
-pub use crate::virtio_crypto::device::{Cipher, CryptoDevice, Direction, Service};
+pub use crate::virtio_crypto::cipher::{Cipher, Direction};
+pub use crate::virtio_crypto::device::CryptoDevice;
+pub use crate::virtio_crypto::session::Service;
 
 /// `UnknownSession` from a session of an older device generation means the reset dropped it:
 /// `SessionLost` says so (and that it can be created again).
@@ -142,7 +144,7 @@ impl<'d, H: Hal> Session<'d, H> {
         direction: Direction,
         iv: &[u8],
         src: &[u8],
-    ) -> Result<crate::virtio_crypto::device::CipherOutput<H>, Error> {
+    ) -> Result<crate::virtio_crypto::cipher::CipherOutput<H>, Error> {
         let queue = self.device.current_data_queue();
         // The caller takes the first `src.len()` bytes of the output.
         let sent = self.cipher.as_sent(src);
@@ -283,6 +285,11 @@ impl<'d, H: Hal> RsaSession<'d, H> {
     /// Signature and ciphertext length in bytes.
     pub fn modulus_len(&self) -> usize {
         self.params.key.modulus_len()
+    }
+
+    /// What the driver's checks did with the device's answers to this session so far.
+    pub fn stats(&self) -> AkcipherStats {
+        self.params.counters.snapshot()
     }
 
     /// Posts one operation without waiting (many may be in flight); see

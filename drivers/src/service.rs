@@ -20,7 +20,8 @@ use zeroize::Zeroizing;
 use crate::crypto::Session;
 use crate::error::Error;
 use crate::sync::{SpinLock, WaitQueue, platform};
-use crate::virtio_crypto::device::{Cipher, CipherRequest, CryptoDevice, Direction};
+use crate::virtio_crypto::cipher::{Cipher, CipherRequest, Direction};
+use crate::virtio_crypto::device::CryptoDevice;
 use crate::virtio_crypto::queue::CryptoQueue;
 use crate::virtio_crypto::request::RequestBatch;
 

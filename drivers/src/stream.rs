@@ -56,9 +56,9 @@ use virtio_drivers::Hal;
 
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, WaitQueue, platform};
-use crate::virtio_crypto::device::{
-    CIPHER_IV_OFFSET, Cipher, CipherOutput, CryptoDevice, DeviceHealth, Direction,
-};
+use crate::virtio_crypto::cipher::{CIPHER_IV_OFFSET, Cipher, CipherOutput, Direction};
+pub use crate::virtio_crypto::device::ChainMode;
+use crate::virtio_crypto::device::{CryptoDevice, DeviceHealth};
 use crate::virtio_crypto::queue::CryptoQueue;
 use crate::virtio_crypto::request::{Request, RequestBuilder};
 use crate::virtio_crypto::slots::OnComplete;
@@ -71,31 +71,6 @@ pub const MAX_WINDOW: usize = 64;
 pub const DEFAULT_WINDOW: usize = 32;
 /// Largest chunk: fits one of a queue's large blocks (a heap block when those are taken).
 pub const MAX_CHUNK: usize = 64 * 1024;
-
-/// `chain=serial|pipelined`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ChainMode {
-    /// Every chunk waits for the previous one before it is built (the seed's mutex).
-    Serial = 0,
-    /// Only CBC encryption waits, and only to enter the ring (the design).
-    Pipelined = 1,
-}
-
-impl ChainMode {
-    pub const ALL: [ChainMode; 2] = [ChainMode::Serial, ChainMode::Pipelined];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ChainMode::Serial => "serial",
-            ChainMode::Pipelined => "pipelined",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<ChainMode> {
-        ChainMode::ALL.into_iter().find(|m| m.name() == name)
-    }
-}
 
 /// How a chunk's IV follows from the previous chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@
 //!   private key).
 //! - a wrong length, value or status (ERR, unknown code, malformed completion) is retried with
 //!   the same request bytes, up to [`MAX_ATTEMPTS`] sends in all; then it becomes
-//!   [`Error::WrongAnswer`] (or the status's error). Every case is counted in [`AkcipherCounters`], kept per queue.
+//!   [`Error::WrongAnswer`] (or the status's error). Every case is counted in [`AkcipherCounters`], kept per session.
 //!
 //! Invariants: no request QEMU would answer by breaking the device is built (the source and the
 //! verify digest are always exactly the lengths in the header; the writable part always ends
@@ -328,8 +328,8 @@ fn parse_private(der: &[u8]) -> Result<RsaPublicKey, Error> {
     Ok(private.to_public_key())
 }
 
-/// Counts of what the driver did with the device's akcipher answers (per queue, monotonic).
-#[derive(Default)]
+/// Counts of what the driver did with the device's akcipher answers (per session, monotonic).
+#[derive(Debug, Default)]
 pub struct AkcipherCounters {
     /// Answers checked (one per device answer, retries included).
     pub answers: AtomicU64,
@@ -413,6 +413,8 @@ pub struct RsaParams {
     pub hash: RsaHash,
     /// The device generation the session was made in (its requests are bound to it).
     pub generation: u64,
+    /// What the checks did with the device's answers to this session's requests.
+    pub counters: Arc<AkcipherCounters>,
 }
 
 /// What a finished request may give its caller.
@@ -642,6 +644,7 @@ impl<H: Hal> CryptoDevice<H> {
                 key: Arc::new(key),
                 hash,
                 generation,
+                counters: Arc::default(),
             },
         ))
     }
@@ -809,7 +812,7 @@ impl<H: Hal> RsaRequest<H> {
     /// request again after a wrong one (at most [`MAX_ATTEMPTS`] in all), and returns the checked
     /// output (empty for verify).
     pub fn wait(mut self) -> Result<Vec<u8>, Error> {
-        let counters = &self.core.counters.akcipher;
+        let counters = &*self.params.counters;
         for attempt in 1..=MAX_ATTEMPTS {
             let outcome = self.finish();
             if matches!(
@@ -902,6 +905,7 @@ mod tests {
             key: Arc::new(RsaKeyInfo::parse(kind, &der).unwrap()),
             hash: RsaHash::Sha1,
             generation: 0,
+            counters: Arc::default(),
         }
     }
 

@@ -29,6 +29,7 @@ fn private_params() -> RsaParams {
         key: Arc::new(RsaKeyInfo::parse(RsaKeyKind::Private, &unhex(EX1_DER)).unwrap()),
         hash: RsaHash::Sha1,
         generation: 0,
+        counters: Arc::default(),
     }
 }
 

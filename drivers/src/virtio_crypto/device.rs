@@ -22,18 +22,86 @@ use super::lifecycle::{DeviceState, Lifecycle};
 use super::queue::{CryptoQueue, KickMode, QueueCore};
 use super::request::{Request, RequestBuilder};
 use super::routing::QueueRouting;
-use super::session::SessionCounter;
 use super::slots::StorageConfig;
 use crate::error::Error;
-use crate::stream::ChainMode;
-use crate::sync::{SpinLock, platform};
-
-pub use super::cipher::{
-    CIPHER_IV_OFFSET, Cipher, CipherOutput, CipherRequest, Direction, MAX_REQUEST_BYTES,
-};
-pub use super::session::{MAX_SESSIONS, Service};
+use crate::sync::{IrqSpinLock, SpinLock, platform};
 
 pub use super::queue::DEFAULT_TIMEOUT_NS;
+
+/// `chain=serial|pipelined`: how chained streams ([`crate::stream`]) on a device run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChainMode {
+    /// Every chunk waits for the previous one before it is built (the seed's mutex).
+    Serial = 0,
+    /// Only CBC encryption waits, and only to enter the ring (the design).
+    Pipelined = 1,
+}
+
+impl ChainMode {
+    pub const ALL: [ChainMode; 2] = [ChainMode::Serial, ChainMode::Pipelined];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainMode::Serial => "serial",
+            ChainMode::Pipelined => "pipelined",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ChainMode> {
+        ChainMode::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// Sessions QEMU's builtin backend holds at once (not advertised in the config space).
+pub const MAX_SESSIONS: usize = 256;
+
+/// The driver's count of sessions the device may hold, per device generation: exact while
+/// every control request is answered; an upper bound after a create or destroy timed out (the
+/// device may or may not have done it, so the session stays counted); exact again (zero) after a
+/// reset, which drops every session.
+pub(crate) struct SessionCounter {
+    /// (generation, live)
+    live: IrqSpinLock<(u64, usize)>,
+}
+
+impl SessionCounter {
+    pub(crate) const fn new() -> Self {
+        SessionCounter {
+            live: IrqSpinLock::new("session-count", (0, 0)),
+        }
+    }
+
+    /// Counts a session about to be created in `generation`.
+    pub(crate) fn take(&self, generation: u64) -> Result<(), Error> {
+        let mut live = self.live.lock();
+        if live.0 != generation {
+            return Err(Error::DeviceReset);
+        }
+        if live.1 >= MAX_SESSIONS {
+            return Err(Error::SessionsExhausted);
+        }
+        live.1 += 1;
+        Ok(())
+    }
+
+    /// A session of `generation` is gone (a reset since then already forgot it).
+    pub(crate) fn give_back(&self, generation: u64) {
+        let mut live = self.live.lock();
+        if live.0 == generation {
+            live.1 = live.1.saturating_sub(1);
+        }
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live.lock().1
+    }
+
+    /// The device was reset: it holds no session of the new generation.
+    pub(crate) fn reset(&self, generation: u64) {
+        *self.live.lock() = (generation, 0);
+    }
+}
 
 /// How control requests wait for the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -338,8 +338,6 @@ pub struct QueueCounters {
     pub full_waits: AtomicU64,
     /// Submissions that left their doorbell to a submitter already ringing.
     pub rode_doorbell: AtomicU64,
-    /// What the akcipher checks did with the device's answers.
-    pub akcipher: super::akcipher::AkcipherCounters,
 }
 
 /// One virtqueue of the crypto device: the owner's handle (the kernel keeps it in the device;

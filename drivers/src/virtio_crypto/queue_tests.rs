@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::device::{Cipher, CryptoDevice, CtrlMode, Direction};
+use super::cipher::{Cipher, Direction};
+use super::device::{CryptoDevice, CtrlMode};
 use super::fake::*;
 use super::queue::{CryptoQueue, KickMode, QUEUE_SIZE};
 use super::request::Request;

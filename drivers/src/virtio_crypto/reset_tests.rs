@@ -13,7 +13,8 @@ use std::sync::{Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::device::{Cipher, CtrlMode, Direction};
+use super::cipher::{Cipher, Direction};
+use super::device::CtrlMode;
 use super::fake::*;
 use super::lifecycle::DeviceState;
 use super::queue::{CryptoQueue, Notify, QUEUE_SIZE, QueueCore};

@@ -10,8 +10,6 @@
 use virtio_drivers::Hal;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::sync::IrqSpinLock;
-
 use alloc::vec::Vec;
 
 use super::device::{CryptoDevice, CtrlMode};
@@ -20,8 +18,7 @@ use super::status::{RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
 
-/// Sessions QEMU's builtin backend holds at once (not advertised in the config space).
-pub const MAX_SESSIONS: usize = 256;
+pub use super::device::MAX_SESSIONS;
 
 /// The crypto services, as numbered in the spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,53 +39,6 @@ impl Service {
             Service::Aead => wire::AEAD_DESTROY_SESSION,
             Service::Akcipher => wire::AKCIPHER_DESTROY_SESSION,
         }
-    }
-}
-
-/// The driver's count of sessions the device may hold, per device generation: exact while
-/// every control request is answered; an upper bound after a create or destroy timed out (the
-/// device may or may not have done it, so the session stays counted); exact again (zero) after a
-/// reset, which drops every session.
-pub(crate) struct SessionCounter {
-    /// (generation, live)
-    live: IrqSpinLock<(u64, usize)>,
-}
-
-impl SessionCounter {
-    pub(crate) const fn new() -> Self {
-        SessionCounter {
-            live: IrqSpinLock::new("session-count", (0, 0)),
-        }
-    }
-
-    /// Counts a session about to be created in `generation`.
-    fn take(&self, generation: u64) -> Result<(), Error> {
-        let mut live = self.live.lock();
-        if live.0 != generation {
-            return Err(Error::DeviceReset);
-        }
-        if live.1 >= MAX_SESSIONS {
-            return Err(Error::SessionsExhausted);
-        }
-        live.1 += 1;
-        Ok(())
-    }
-
-    /// A session of `generation` is gone (a reset since then already forgot it).
-    fn give_back(&self, generation: u64) {
-        let mut live = self.live.lock();
-        if live.0 == generation {
-            live.1 = live.1.saturating_sub(1);
-        }
-    }
-
-    fn live(&self) -> usize {
-        self.live.lock().1
-    }
-
-    /// The device was reset: it holds no session of the new generation.
-    pub(crate) fn reset(&self, generation: u64) {
-        *self.live.lock() = (generation, 0);
     }
 }
 

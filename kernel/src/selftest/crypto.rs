@@ -360,8 +360,8 @@ pub fn bad_inputs_get_their_error_and_device_stays_usable() -> TestResult {
             session.decrypt(&iv, &[0u8; 32], &mut out),
             Error::WrongDirection { session: "encrypt" },
         )?;
-        let mut huge = vec![0u8; vcrypt_drivers::virtio_crypto::device::MAX_REQUEST_BYTES + 16];
-        let max = vcrypt_drivers::virtio_crypto::device::MAX_REQUEST_BYTES as u64;
+        let mut huge = vec![0u8; vcrypt_drivers::virtio_crypto::cipher::MAX_REQUEST_BYTES + 16];
+        let max = vcrypt_drivers::virtio_crypto::cipher::MAX_REQUEST_BYTES as u64;
         expect_err(
             "oversized request",
             session.encrypt_in_place(&iv, &mut huge),
@@ -731,7 +731,7 @@ pub fn volume_300k_data_100k_control() -> TestResult {
 /// (blocking `Session` calls of 16 B .. 4 KiB, and owned requests kept 8 in flight) make no heap
 /// allocation at all, counted by the heap itself.
 pub fn data_path_allocates_nothing_after_warmup() -> TestResult {
-    use vcrypt_drivers::virtio_crypto::device::CipherRequest;
+    use vcrypt_drivers::virtio_crypto::cipher::CipherRequest;
     const REQUESTS: usize = 10_000;
     const IN_FLIGHT: usize = 8;
     const SIZES: [usize; 4] = [16, 256, 1024, 4096];
