@@ -60,8 +60,7 @@ use crate::virtio_crypto::cipher::{CIPHER_IV_OFFSET, Cipher, CipherOutput, Direc
 pub use crate::virtio_crypto::device::ChainMode;
 use crate::virtio_crypto::device::{CryptoDevice, DeviceHealth};
 use crate::virtio_crypto::queue::CryptoQueue;
-use crate::virtio_crypto::request::{Request, RequestBuilder};
-use crate::virtio_crypto::slots::OnComplete;
+use crate::virtio_crypto::request::{Finished, OnComplete, Request, RequestBuilder};
 
 /// AES block size.
 pub const BLOCK: usize = 16;
@@ -301,7 +300,8 @@ struct ChunkHandler<H: Hal> {
 }
 
 impl<H: Hal + 'static> OnComplete<H> for ChunkHandler<H> {
-    fn on_complete(&self, request: Request<H>) {
+    fn on_complete(&self, finished: Finished<H>) {
+        let request = Request::from(finished);
         let shared = &self.shared;
         let now = platform::get().now_ns();
         let result = CipherOutput::new(request);

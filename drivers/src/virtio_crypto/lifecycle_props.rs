@@ -55,7 +55,8 @@ use super::fake::*;
 use super::lifecycle::DeviceState;
 use super::queue::{CryptoQueue, QUEUE_SIZE};
 use super::request::Request;
-use super::slots::{OnComplete, Phase, StorageConfig};
+use super::request::{Finished, OnComplete};
+use super::slots::{Phase, StorageConfig};
 use crate::error::Error;
 use crate::sync::platform::host;
 
@@ -289,7 +290,8 @@ struct Sink {
 }
 
 impl OnComplete<FakeHal> for Sink {
-    fn on_complete(&self, request: Request<FakeHal>) {
+    fn on_complete(&self, finished: Finished<FakeHal>) {
+        let request = Request::from(finished);
         self.delivered.lock().unwrap().push((self.id, request));
     }
 }

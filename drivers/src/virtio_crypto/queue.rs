@@ -22,7 +22,7 @@
 //! names the request's slot in the queue's preallocated `Storage`; a request is posted as at
 //! most two descriptors (its readable bytes, its writable bytes), both inside the slot's memory.
 //!
-//! The queue's state lives in a [`QueueCore`] behind an `Arc`, so a [`Request`] can hold its
+//! The queue's state lives in a [`QueueCore`] behind an `Arc`, so a request can hold its
 //! queue without borrowing it; [`CryptoQueue`] is the owner's handle.
 
 use alloc::boxed::Box;
@@ -39,8 +39,7 @@ use virtio_drivers::{Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::lifecycle::Lifecycle;
-use super::request::{Request, RequestBuilder, Seal, SlotGroup};
-use super::slots::{OnComplete, Phase, Storage, StorageConfig};
+use super::slots::{Phase, Storage, StorageConfig};
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
 
@@ -68,11 +67,43 @@ pub enum KickMode {
     Locked = 1,
 }
 
+/// What posting records about a request besides its bytes (its builder carries it).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Seal {
+    /// The least used length a correct answer has.
+    pub(crate) min_used: u32,
+    /// The device generation the request's session belongs to.
+    pub(crate) generation: Option<u64>,
+    /// Trailing writable bytes that are the device's reply (its status): preset by the builder,
+    /// written by the device where they are whatever the used length says, never cleared.
+    pub(crate) reply_len: u32,
+}
+
+/// A finished request, handed to its [`OnComplete`] handler: turn it into the request with
+/// `Request::from` (the request module).
+pub struct Finished<H: Hal> {
+    pub(crate) core: Arc<QueueCore<H>>,
+    pub(crate) slot: u16,
+    pub(crate) readable: usize,
+    pub(crate) writable: usize,
+}
+
+/// Called with the finished request after the queue lock is dropped.
+///
+/// Runs in whatever context drained the queue: usually the queue's interrupt handler. There it
+/// must not allocate, sleep or take a lock that tasks hold with interrupts enabled; it may build
+/// and submit the next request (streams do), which allocates nothing for requests that fit the
+/// queue's preallocated memory. The submitter keeps its own reference to the handler, so the one
+/// the queue drops after the call is never the last.
+pub trait OnComplete<H: Hal>: Send + Sync {
+    fn on_complete(&self, finished: Finished<H>);
+}
+
 /// One posted request, by token: its slot and the regions given to `add` (`pop_used` must get
 /// the same ones back): the slot's readable bytes, then the caller's own buffers if it handed
-/// some over (source, destination), then the slot's writable bytes.
-#[derive(Clone, Copy)]
-struct Posted {
+/// some over (source, destination), then the slot's writable bytes; and its handler, if it
+/// completes to one instead of a waiting task.
+struct Posted<H: Hal> {
     slot: u16,
     readable: (usize, usize),
     writable: (usize, usize),
@@ -80,6 +111,7 @@ struct Posted {
     external: Option<((usize, usize), (usize, usize))>,
     /// The least used length a correct answer has (the reply the device must write).
     min_used: u32,
+    handler: Option<Arc<dyn OnComplete<H>>>,
 }
 
 /// How `post` waits for ring space.
@@ -152,12 +184,12 @@ fn trace(_event: &'static str) {
 
 /// A popped used entry with its used length, or the protocol error (with the entry if it was
 /// already detached).
-type PopResult = Result<(Posted, u32), (Option<Posted>, Error)>;
+type PopResult<H> = Result<(Posted<H>, u32), (Option<Posted<H>>, Error)>;
 
 /// The state behind the queue lock.
 struct Ring<H: Hal> {
     vq: Box<VirtQueue<H, QUEUE_SIZE>>,
-    in_flight: Vec<Option<Posted>>,
+    in_flight: Vec<Option<Posted<H>>>,
     view: RingView,
     /// Entries popped so far, mod 2^16: the used-ring slot of the next entry is this mod SIZE
     /// (it moves in step with virtio-drivers' private `last_used_idx`).
@@ -388,7 +420,7 @@ struct Slices<'a> {
 /// The regions must be valid memory for the returned lifetime and not otherwise accessed
 /// meanwhile (a slot's memory and the caller's buffers it holds, owned by the device between
 /// `add` and `pop_used`); the readable and writable regions must not overlap.
-unsafe fn as_slices<'a>(posted: &Posted) -> Slices<'a> {
+unsafe fn as_slices<'a, H: Hal>(posted: &Posted<H>) -> Slices<'a> {
     let (src, dst) = match posted.external {
         Some((src, dst)) => (src, dst),
         None => ((0, 0), (0, 0)),
@@ -418,7 +450,7 @@ unsafe fn as_slices<'a>(posted: &Posted) -> Slices<'a> {
     slices
 }
 
-impl Posted {
+impl<H: Hal> Posted<H> {
     /// Descriptors the request takes in the ring (one per non-empty region).
     fn descriptors(&self) -> usize {
         let (src, dst) = self.external.unwrap_or(((0, 0), (0, 0)));
@@ -435,8 +467,9 @@ impl Posted {
 }
 
 impl<H: Hal> QueueGuard<'_, H> {
-    /// Adds the request's descriptors and records it as in flight under its token.
-    fn add(&mut self, posted: Posted) -> Result<u16, Error> {
+    /// Adds the request's descriptors and records it as in flight under its token; a request
+    /// that could not be added comes back with the error.
+    fn add(&mut self, posted: Posted<H>) -> Result<u16, (Error, Posted<H>)> {
         // SAFETY: the regions are the slot's memory, which stays allocated (the queue owns it)
         // and untouched by the CPU while the slot is `InFlight`/`Abandoned`, until `pop` hands
         // it back after the device used it (module invariants of `slots`).
@@ -454,10 +487,13 @@ impl<H: Hal> QueueGuard<'_, H> {
                 self.ring.in_flight[token as usize] = Some(posted);
                 Ok(token)
             }
-            Err(virtio_drivers::Error::QueueFull) => Err(Error::QueueFull),
-            Err(_) => Err(Error::MalformedCompletion {
-                what: "virtqueue refused the request",
-            }),
+            Err(virtio_drivers::Error::QueueFull) => Err((Error::QueueFull, posted)),
+            Err(_) => Err((
+                Error::MalformedCompletion {
+                    what: "virtqueue refused the request",
+                },
+                posted,
+            )),
         }
     }
 
@@ -523,7 +559,7 @@ impl<H: Hal> QueueGuard<'_, H> {
     /// Pops the next used entry, if any, with its request. `Err` means the device broke the
     /// protocol (an id that is not a request in flight, or an entry that cannot be popped): the
     /// ring can no longer be trusted; a request already detached comes back with the error.
-    fn pop(&mut self) -> Option<PopResult> {
+    fn pop(&mut self) -> Option<PopResult<H>> {
         let token = self.ring.vq.peek_used()?;
         // virtio-drivers returns the 32-bit id cut to 16 bits: check the full id ourselves.
         let raw_id = self.ring.view.raw_id(self.ring.popped);
@@ -577,7 +613,7 @@ impl<H: Hal> QueueGuard<'_, H> {
     }
 
     /// Detaches one request still in flight, if any (the queue is broken).
-    fn take_any(&mut self) -> Option<Posted> {
+    fn take_any(&mut self) -> Option<Posted<H>> {
         self.ring.in_flight.iter_mut().find_map(Option::take)
     }
 }
@@ -687,63 +723,6 @@ impl<H: Hal> CryptoQueue<H> {
             self.core.storage.call_once(|| storage);
         }
         Ok(())
-    }
-
-    /// Takes a slot for a request of `readable + writable` bytes (sleeping while every slot is
-    /// in use) and returns its builder. No allocation for requests that fit the queue's
-    /// preallocated memory.
-    pub fn reserve(&self, readable: usize, writable: usize) -> Result<RequestBuilder<H>, Error> {
-        if readable + writable == 0 {
-            return Err(Error::EmptyRequest);
-        }
-        if self.is_broken() {
-            return Err(self.closed_error());
-        }
-        let deadline = crate::sync::platform::get()
-            .now_ns()
-            .saturating_add(self.timeout_ns());
-        let (slot, base) = self
-            .core
-            .storage()
-            .reserve(readable, writable, &|| self.is_broken(), deadline)
-            .map_err(|e| match e {
-                Error::DeviceNeedsReset => self.closed_error(),
-                e => e,
-            })?;
-        if self.is_broken() {
-            let _none = self.core.storage().release(slot, false);
-            return Err(self.closed_error());
-        }
-        Ok(RequestBuilder::new(
-            self.core.clone(),
-            slot,
-            base,
-            readable,
-            writable,
-        ))
-    }
-
-    /// Takes `count` request slots at once for a batch, sleeping until that many are free (all
-    /// or none, so batches never hold part and wait for each other), at most the queue's
-    /// timeout; more than the queue has is [`Error::BatchTooLarge`] at once. Build the batch's
-    /// requests from the group ([`SlotGroup::builder`]); slots it does not use are freed when
-    /// it is dropped.
-    pub fn reserve_group(&self, count: usize) -> Result<SlotGroup<H>, Error> {
-        if self.is_broken() {
-            return Err(self.closed_error());
-        }
-        let deadline = crate::sync::platform::get()
-            .now_ns()
-            .saturating_add(self.timeout_ns());
-        let slots = self
-            .core
-            .storage()
-            .take(count, &|| self.is_broken(), deadline)
-            .map_err(|e| match e {
-                Error::DeviceNeedsReset => self.closed_error(),
-                e => e,
-            })?;
-        Ok(SlotGroup::new(self.core.clone(), slots))
     }
 
     /// Request slots of the queue (the most requests that can be built or in flight at once).
@@ -867,7 +846,7 @@ impl<H: Hal> QueueCore<H> {
         self.resets.fetch_add(1, Ordering::AcqRel);
         let mut failed = 0;
         while let Some(entry) = self.detach_one() {
-            self.complete(entry.slot, Err(error), false);
+            self.complete(entry, Err(error), false);
             failed += 1;
         }
         self.storage().reclaim_after_reset();
@@ -938,15 +917,15 @@ impl<H: Hal> QueueCore<H> {
         self.storage().reclaim_after_reset()
     }
 
-    /// Marks a built request (slot in `Building`) in flight with its handler and returns what
-    /// the ring needs of it, with the device generation it is bound to. In flight before the
+    /// Marks a built request (slot in `Building`) in flight and returns what the ring needs of
+    /// it (with its handler), and the device generation it is bound to. In flight before the
     /// add: the device may answer before `add` returns.
     fn prepare(
         &self,
         slot: u16,
         seal: Seal,
         handler: Option<Arc<dyn OnComplete<H>>>,
-    ) -> (Posted, Option<u64>) {
+    ) -> (Posted<H>, Option<u64>) {
         let storage = self.storage();
         let mut st = storage.slots[slot as usize].state.lock();
         let (base, _) = storage.region(slot, &st);
@@ -961,9 +940,9 @@ impl<H: Hal> QueueCore<H> {
                 )
             }),
             min_used: seal.min_used,
+            handler,
         };
         st.phase = Phase::InFlight;
-        st.on_complete = handler;
         st.min_used = seal.min_used;
         st.reply_len = seal.reply_len;
         st.posted_after_resets = self.resets.load(Ordering::Acquire);
@@ -972,14 +951,13 @@ impl<H: Hal> QueueCore<H> {
     }
 
     /// Undoes `prepare` for a request that was not added: back in `Building`, owned by the
-    /// caller; its handler is dropped outside the slot lock.
-    fn unprepare(&self, slot: u16) {
-        let handler = {
-            let mut st = self.storage().slots[slot as usize].state.lock();
-            st.phase = Phase::Building;
-            st.on_complete.take()
-        };
-        drop(handler);
+    /// caller; its handler is dropped after the slot lock.
+    fn unprepare(&self, posted: Posted<H>) {
+        self.storage().slots[posted.slot as usize]
+            .state
+            .lock()
+            .phase = Phase::Building;
+        drop(posted);
     }
 
     /// Adds a prepared request unless the queue is closed or the request's generation is gone.
@@ -988,17 +966,17 @@ impl<H: Hal> QueueCore<H> {
     fn admit(
         &self,
         guard: &mut QueueGuard<'_, H>,
-        posted: Posted,
+        posted: Posted<H>,
         generation: Option<u64>,
-    ) -> Result<u16, Error> {
+    ) -> Result<u16, (Error, Posted<H>)> {
         let stale = match (generation, self.lifecycle.get()) {
             (Some(g), Some(l)) => g != l.generation(),
             _ => false,
         };
         if self.is_broken() {
-            Err(self.closed_error())
+            Err((self.closed_error(), posted))
         } else if stale {
-            Err(Error::SessionLost)
+            Err((Error::SessionLost, posted))
         } else {
             let token = guard.add(posted)?;
             self.counters.submitted.fetch_add(1, Ordering::Relaxed);
@@ -1064,7 +1042,7 @@ impl<H: Hal> QueueCore<H> {
         handler: Option<Arc<dyn OnComplete<H>>>,
         wait: SpaceWait,
     ) -> Result<(), Error> {
-        let (posted, generation) = self.prepare(slot, seal, handler);
+        let (mut posted, generation) = self.prepare(slot, seal, handler);
         let descriptors = posted.descriptors();
         let platform = crate::sync::platform::get();
         let deadline = platform.now_ns().saturating_add(self.timeout_ns());
@@ -1077,13 +1055,15 @@ impl<H: Hal> QueueCore<H> {
                     self.kick(guard, 1);
                     return Ok(());
                 }
-                Err(Error::QueueFull) if wait == SpaceWait::Never => {
+                Err((Error::QueueFull, refused)) if wait == SpaceWait::Never => {
                     drop(guard);
+                    posted = refused;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     break Error::QueueFull;
                 }
-                Err(Error::QueueFull) => {
+                Err((Error::QueueFull, refused)) => {
                     drop(guard);
+                    posted = refused;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     let space = || {
                         (self.is_broken() || self.ring.lock().vq.available_desc() >= descriptors)
@@ -1107,13 +1087,14 @@ impl<H: Hal> QueueCore<H> {
                         break Error::Timeout;
                     }
                 }
-                Err(e) => {
+                Err((e, refused)) => {
                     drop(guard);
+                    posted = refused;
                     break e;
                 }
             }
         };
-        self.unprepare(slot);
+        self.unprepare(posted);
         Err(error)
     }
 
@@ -1131,7 +1112,7 @@ impl<H: Hal> QueueCore<H> {
         let mut unkicked = 0;
         while done < slots.len() {
             let chunk = &slots[done..(done + CHUNK).min(slots.len())];
-            let mut prepared: heapless::Vec<(Posted, Option<u64>), CHUNK> = heapless::Vec::new();
+            let mut prepared: heapless::Vec<(Posted<H>, Option<u64>), CHUNK> = heapless::Vec::new();
             for &(slot, seal) in chunk {
                 let _ = prepared.push(self.prepare(slot, seal, None));
             }
@@ -1140,11 +1121,14 @@ impl<H: Hal> QueueCore<H> {
             };
             let mut added = 0;
             let mut error = None;
-            for &(posted, generation) in &prepared {
+            let mut refused = None;
+            let mut rest = prepared.into_iter();
+            for (posted, generation) in rest.by_ref() {
                 match self.admit(&mut guard, posted, generation) {
                     Ok(_token) => added += 1,
-                    Err(e) => {
+                    Err((e, posted)) => {
                         error = Some(e);
+                        refused = Some(posted);
                         break;
                     }
                 }
@@ -1157,8 +1141,8 @@ impl<H: Hal> QueueCore<H> {
                 // The doorbell waits for the last chunk (the device sees these then).
                 drop(guard);
             }
-            for &(posted, _) in &prepared[added..] {
-                self.unprepare(posted.slot);
+            for posted in refused.into_iter().chain(rest.map(|(posted, _)| posted)) {
+                self.unprepare(posted);
             }
             done += added;
             match error {
@@ -1185,7 +1169,13 @@ impl<H: Hal> QueueCore<H> {
     /// Delivers `result` to the request in `slot` (after the queue lock is dropped): wakes its
     /// waiter or runs its handler, or releases an abandoned slot. `device_may_own`: failed
     /// without the device having returned it.
-    fn complete(self: &Arc<Self>, slot: u16, result: Result<u32, Error>, device_may_own: bool) {
+    fn complete(
+        self: &Arc<Self>,
+        posted: Posted<H>,
+        result: Result<u32, Error>,
+        device_may_own: bool,
+    ) {
+        let Posted { slot, handler, .. } = posted;
         let storage = self.storage();
         let mut st = storage.slots[slot as usize].state.lock();
         // A reset since it was posted: the device reaches it no more.
@@ -1225,15 +1215,15 @@ impl<H: Hal> QueueCore<H> {
                 st.outcome = Some(result);
                 st.device_may_own = device_may_own;
                 st.phase = Phase::Done;
-                if let Some(handler) = st.on_complete.take() {
+                if let Some(handler) = handler {
                     let (readable, writable) = (st.readable, st.writable);
                     drop(st);
-                    handler.on_complete(Request::for_handler(
-                        self.clone(),
+                    handler.on_complete(Finished {
+                        core: self.clone(),
                         slot,
                         readable,
                         writable,
-                    ));
+                    });
                 } else if let Some(waiter) = &st.waiter {
                     // Woken under the slot lock: the waiter removes its own registration under
                     // the same lock, so the `Arc` is never dropped here.
@@ -1262,7 +1252,7 @@ impl<H: Hal> QueueCore<H> {
         let mut total = 0;
         let mut first = true;
         loop {
-            let mut done: heapless::Vec<(u16, Result<u32, Error>, bool), BATCH> =
+            let mut done: heapless::Vec<(Posted<H>, Result<u32, Error>, bool), BATCH> =
                 heapless::Vec::new();
             let mut broken = false;
             let mut empty = false;
@@ -1297,13 +1287,13 @@ impl<H: Hal> QueueCore<H> {
                             } else {
                                 Ok(len)
                             };
-                            let _ = done.push((entry.slot, result, false));
+                            let _ = done.push((entry, result, false));
                         }
                         Some(Err((entry, error))) => {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                             if let Some(entry) = entry {
                                 // Not popped: the device may still use it.
-                                let _ = done.push((entry.slot, Err(error), true));
+                                let _ = done.push((entry, Err(error), true));
                             }
                             broken = true;
                             break;
@@ -1315,8 +1305,8 @@ impl<H: Hal> QueueCore<H> {
                 }
             }
             let finished = done.len();
-            for (slot, result, device_may_own) in done {
-                self.complete(slot, result, device_may_own);
+            for (posted, result, device_may_own) in done {
+                self.complete(posted, result, device_may_own);
             }
             total += finished;
             self.counters
@@ -1352,7 +1342,7 @@ impl<H: Hal> QueueCore<H> {
             if let Some(hook) = BETWEEN_DETACH_AND_FAIL.with(|h| h.borrow_mut().take()) {
                 hook();
             }
-            self.complete(entry.slot, Err(error), true);
+            self.complete(entry, Err(error), true);
         }
         self.space.wake_all();
         if let Some(storage) = self.storage.get() {
@@ -1361,7 +1351,7 @@ impl<H: Hal> QueueCore<H> {
     }
 
     /// Takes one in-flight request off the ring (the guard is dropped before returning).
-    fn detach_one(&self) -> Option<Posted> {
+    fn detach_one(&self) -> Option<Posted<H>> {
         QueueGuard {
             ring: self.ring.lock(),
         }

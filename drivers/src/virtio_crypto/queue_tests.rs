@@ -714,7 +714,7 @@ fn slots_are_reused_and_held_while_the_device_owns_them() {
 /// takes the queue lock itself), and can submit the next request from there: a chained stream.
 #[test]
 fn completion_handler_runs_unlocked_and_chains_the_next_request() {
-    use super::slots::OnComplete;
+    use super::request::{Finished, OnComplete};
     use std::sync::Mutex;
 
     type Seen = Vec<(Result<u32, Error>, Vec<u8>)>;
@@ -724,7 +724,8 @@ fn completion_handler_runs_unlocked_and_chains_the_next_request() {
         seen: Mutex<Seen>,
     }
     impl OnComplete<FakeHal> for Chain {
-        fn on_complete(&self, request: Request<FakeHal>) {
+        fn on_complete(&self, finished: Finished<FakeHal>) {
+            let request = Request::from(finished);
             // Takes the queue lock: would spin forever if the drain still held it.
             let _ = self.queue.in_flight();
             let next = request.writable()[0];
@@ -808,10 +809,10 @@ fn oversized_requests_spill_and_builders_check_sizes() {
 /// off), so `submit_with` must not try.
 #[test]
 fn submit_with_on_a_full_ring_in_interrupt_context_fails_at_once() {
-    use super::slots::OnComplete;
+    use super::request::{Finished, OnComplete};
     struct Ignore;
     impl OnComplete<FakeHal> for Ignore {
-        fn on_complete(&self, _request: Request<FakeHal>) {}
+        fn on_complete(&self, _finished: Finished<FakeHal>) {}
     }
     let rig = rig();
     let _posted: Vec<_> = (0..QUEUE_SIZE / 2)

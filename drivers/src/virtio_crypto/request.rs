@@ -19,8 +19,9 @@ use alloc::vec::Vec;
 use virtio_drivers::Hal;
 use zerocopy::{Immutable, IntoBytes};
 
-use super::queue::{CryptoQueue, QueueCore, SpaceWait};
-use super::slots::{OnComplete, OwnedBuffers, Phase};
+use super::queue::{CryptoQueue, QueueCore, Seal, SpaceWait};
+pub use super::queue::{Finished, OnComplete};
+use super::slots::{OwnedBuffers, Phase};
 use crate::error::Error;
 use crate::sync::platform;
 
@@ -36,18 +37,6 @@ pub struct RequestBuilder<H: Hal> {
     /// Address of the slot's region (at least readable + writable bytes).
     base: usize,
     seal: Seal,
-}
-
-/// What posting records about a request besides its bytes.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Seal {
-    /// The least used length a correct answer has.
-    pub(crate) min_used: u32,
-    /// The device generation the request's session belongs to.
-    pub(crate) generation: Option<u64>,
-    /// Trailing writable bytes that are the device's reply (its status): preset by the builder,
-    /// written by the device where they are whatever the used length says, never cleared.
-    pub(crate) reply_len: u32,
 }
 
 impl<H: Hal> RequestBuilder<H> {
@@ -270,6 +259,65 @@ impl<H: Hal> RequestBuilder<H> {
     }
 }
 
+impl<H: Hal> CryptoQueue<H> {
+    /// Takes a slot for a request of `readable + writable` bytes (sleeping while every slot is
+    /// in use) and returns its builder. No allocation for requests that fit the queue's
+    /// preallocated memory.
+    pub fn reserve(&self, readable: usize, writable: usize) -> Result<RequestBuilder<H>, Error> {
+        if readable + writable == 0 {
+            return Err(Error::EmptyRequest);
+        }
+        if self.is_broken() {
+            return Err(self.closed_error());
+        }
+        let deadline = crate::sync::platform::get()
+            .now_ns()
+            .saturating_add(self.timeout_ns());
+        let (slot, base) = self
+            .core()
+            .storage()
+            .reserve(readable, writable, &|| self.is_broken(), deadline)
+            .map_err(|e| match e {
+                Error::DeviceNeedsReset => self.closed_error(),
+                e => e,
+            })?;
+        if self.is_broken() {
+            let _none = self.core().storage().release(slot, false);
+            return Err(self.closed_error());
+        }
+        Ok(RequestBuilder::new(
+            self.core().clone(),
+            slot,
+            base,
+            readable,
+            writable,
+        ))
+    }
+
+    /// Takes `count` request slots at once for a batch, sleeping until that many are free (all
+    /// or none, so batches never hold part and wait for each other), at most the queue's
+    /// timeout; more than the queue has is [`Error::BatchTooLarge`] at once. Build the batch's
+    /// requests from the group ([`SlotGroup::builder`]); slots it does not use are freed when
+    /// it is dropped.
+    pub fn reserve_group(&self, count: usize) -> Result<SlotGroup<H>, Error> {
+        if self.is_broken() {
+            return Err(self.closed_error());
+        }
+        let deadline = crate::sync::platform::get()
+            .now_ns()
+            .saturating_add(self.timeout_ns());
+        let slots = self
+            .core()
+            .storage()
+            .take(count, &|| self.is_broken(), deadline)
+            .map_err(|e| match e {
+                Error::DeviceNeedsReset => self.closed_error(),
+                e => e,
+            })?;
+        Ok(SlotGroup::new(self.core().clone(), slots))
+    }
+}
+
 /// Request slots taken together for a batch ([`CryptoQueue::reserve_group`]): each
 /// [`builder`](Self::builder) call uses one. Those not used go back to the queue when the group
 /// is dropped.
@@ -432,22 +480,21 @@ pub struct Request<H: Hal> {
     from_callback: bool,
 }
 
-impl<H: Hal> Request<H> {
-    pub(crate) fn for_handler(
-        core: Arc<QueueCore<H>>,
-        slot: u16,
-        readable: usize,
-        writable: usize,
-    ) -> Self {
+impl<H: Hal> From<Finished<H>> for Request<H> {
+    /// The request a handler was given (possibly in interrupt context: dropping it frees
+    /// nothing).
+    fn from(finished: Finished<H>) -> Self {
         Request {
-            core,
-            slot,
-            readable,
-            writable,
+            core: finished.core,
+            slot: finished.slot,
+            readable: finished.readable,
+            writable: finished.writable,
             from_callback: true,
         }
     }
+}
 
+impl<H: Hal> Request<H> {
     fn lengths(&self) -> (usize, usize) {
         (self.readable, self.writable)
     }

@@ -571,10 +571,11 @@ fn control_timeouts_keep_sessions_counted_and_keys_are_wiped_after_reset() {
 /// counter, and each request's completion reaches its own handler exactly once.
 #[test]
 fn seed4_65536_completions_between_two_polls_are_all_seen() {
-    use super::slots::OnComplete;
+    use super::request::{Finished, OnComplete};
     struct Tags(Mutex<Vec<u32>>);
     impl OnComplete<FakeHal> for Tags {
-        fn on_complete(&self, request: Request<FakeHal>) {
+        fn on_complete(&self, finished: Finished<FakeHal>) {
+            let request = Request::from(finished);
             assert_eq!(request.outcome(), Some(Ok(4)));
             let tag = u32::from_le_bytes(request.readable()[..4].try_into().unwrap());
             self.0.lock().unwrap().push(tag);

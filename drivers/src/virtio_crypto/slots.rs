@@ -135,17 +135,6 @@ pub(crate) enum Phase {
     Quarantined,
 }
 
-/// Called with the finished request after the queue lock is dropped.
-///
-/// Runs in whatever context drained the queue: usually the queue's interrupt handler. There it
-/// must not allocate, sleep or take a lock that tasks hold with interrupts enabled; it may build
-/// and submit the next request (streams do), which allocates nothing for requests that fit the
-/// queue's preallocated memory. The submitter keeps its own reference to the handler, so the one
-/// the queue drops after the call is never the last.
-pub trait OnComplete<H: virtio_drivers::Hal>: Send + Sync {
-    fn on_complete(&self, request: super::request::Request<H>);
-}
-
 /// A caller's own buffers a request points the device at instead of copying them (zero copy):
 /// `src` is device-readable, `dst` device-writable. Kernel heap memory is identity-mapped, so
 /// their addresses are what the device gets.
@@ -175,7 +164,7 @@ pub(crate) struct Leftovers {
     _external: Option<OwnedBuffers>,
 }
 
-pub(crate) struct SlotState<H: virtio_drivers::Hal> {
+pub(crate) struct SlotState {
     pub(crate) phase: Phase,
     pub(crate) memory: Memory,
     /// The caller's buffers, while the request points at them (kept here so they outlive the
@@ -203,12 +192,11 @@ pub(crate) struct SlotState<H: virtio_drivers::Hal> {
     /// Zeroize the readable part on release (it holds key material).
     pub(crate) wipe_readable: bool,
     pub(crate) waiter: Option<Arc<dyn Wake>>,
-    pub(crate) on_complete: Option<Arc<dyn OnComplete<H>>>,
 }
 
-pub(crate) struct Slot<H: virtio_drivers::Hal> {
+pub(crate) struct Slot {
     pub(crate) inline: DmaBlock,
-    pub(crate) state: IrqSpinLock<SlotState<H>>,
+    pub(crate) state: IrqSpinLock<SlotState>,
 }
 
 struct FreeLists {
@@ -219,11 +207,13 @@ struct FreeLists {
 /// One queue's request memory.
 pub(crate) struct Storage<H: virtio_drivers::Hal> {
     pub(crate) config: StorageConfig,
-    pub(crate) slots: Box<[Slot<H>]>,
+    pub(crate) slots: Box<[Slot]>,
     large: Box<[DmaBlock]>,
     free: IrqSpinLock<FreeLists>,
     /// Tasks waiting for a free slot.
     space: WaitQueue,
+    /// The memory is shared with a device through `H` (its DMA interface).
+    _hal: core::marker::PhantomData<fn() -> H>,
 }
 
 impl<H: virtio_drivers::Hal> Storage<H> {
@@ -257,7 +247,6 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                         generation: None,
                         wipe_readable: false,
                         waiter: None,
-                        on_complete: None,
                     },
                 ),
             });
@@ -283,6 +272,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
             large: large.into_boxed_slice(),
             free: IrqSpinLock::new("request-slots", free),
             space: WaitQueue::new(),
+            _hal: core::marker::PhantomData,
         })
     }
 
@@ -430,7 +420,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
     }
 
     /// Base address and length of the region `memory` names for `slot`.
-    pub(crate) fn region(&self, slot: u16, st: &SlotState<H>) -> (usize, usize) {
+    pub(crate) fn region(&self, slot: u16, st: &SlotState) -> (usize, usize) {
         let s = &self.slots[slot as usize];
         match st.memory {
             Memory::Inline => (s.inline.addr(), s.inline.len()),
@@ -460,7 +450,6 @@ impl<H: virtio_drivers::Hal> Storage<H> {
             }
             st.phase = Phase::Free;
             st.outcome = None;
-            st.on_complete = None;
             let heap = if take_heap {
                 Leftovers {
                     _spill: st.spill.take(),
