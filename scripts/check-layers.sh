@@ -38,6 +38,33 @@ for module in "${!allowed[@]}"; do
         done
     done
 done
+# The driver core (drivers/src): ring memory, engine, device, services, API, each file may
+# name files of its own layer and below (super::X, crate::virtio_crypto::X, crate::X).
+declare -A rank=(
+    [wire]=0 [status]=0 [config]=0 [routing]=0
+    [slots]=1 [queue]=2 [request]=3
+    [lifecycle]=4 [device]=4
+    [session]=5 [cipher]=5 [akcipher]=5
+    [crypto]=6 [stream]=6 [service]=7 [cmdline]=7
+)
+cd ../../drivers/src
+for file in virtio_crypto/*.rs crypto.rs stream.rs service.rs cmdline.rs; do
+    name=$(basename "$file" .rs)
+    case $name in mod | fake | *_tests | lifecycle_props) continue ;; esac
+    [ -n "${rank[$name]:-}" ] || { echo "layering: drivers/src/$file has no layer in check-layers.sh"; violations=$((violations + 1)); continue; }
+    code=$(grep -vE '^[[:space:]]*//' "$file")
+    names=$( { grep -oE '(super|crate::virtio_crypto|crate)::[a-z_]+' <<<"$code" | sed -E 's/.*:://';
+               grep -oE '(super|crate::virtio_crypto|crate)::\{[^}]*' <<<"$code" | sed -E 's/.*::\{//' | tr ',' '\n' |
+                   sed -E 's/^[[:space:]]*//; s/::.*//; s/[^a-z_].*//'; } | sort -u)
+    for other in $names; do
+        [ "$other" = "$name" ] || [ -z "${rank[$other]:-}" ] && continue
+        if [ "${rank[$other]}" -gt "${rank[$name]}" ]; then
+            echo "layering: drivers/src/$file (layer ${rank[$name]}) names $other (layer ${rank[$other]}), a layer above it"
+            violations=$((violations + 1))
+        fi
+    done
+done
+
 if [ "$violations" -ne 0 ]; then
     echo "layering: $violations upward reference(s); register a hook instead (see docs/ARCHITECTURE.md, Layers)"
     exit 1

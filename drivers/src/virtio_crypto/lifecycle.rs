@@ -25,6 +25,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use spin::Once;
 
+use super::queue::QueueOwner;
 use crate::error::Error;
 
 /// Where a device is in its life.
@@ -166,5 +167,19 @@ impl Lifecycle {
         if self.again.swap(false, Ordering::AcqRel) {
             self.request_recovery();
         }
+    }
+}
+
+impl QueueOwner for Lifecycle {
+    fn check_open(&self) -> Result<(), Error> {
+        Lifecycle::check_open(self)
+    }
+
+    fn generation(&self) -> u64 {
+        Lifecycle::generation(self)
+    }
+
+    fn request_recovery(&self) {
+        Lifecycle::request_recovery(self);
     }
 }

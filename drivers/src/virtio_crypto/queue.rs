@@ -38,7 +38,6 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use super::lifecycle::Lifecycle;
 use super::slots::{Phase, Storage, StorageConfig};
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
@@ -51,6 +50,18 @@ const MAX_RINGS_FOR_OTHERS: usize = 4;
 
 /// How long a request (and a wait for ring space or a slot) may take before `Timeout`.
 pub const DEFAULT_TIMEOUT_NS: u64 = 10_000_000_000;
+
+/// What a queue needs of the device it belongs to (the device's lifecycle implements it): the
+/// engine names no layer above it.
+pub trait QueueOwner: Send + Sync {
+    /// The error a new request gets while the device does not take requests, or `Ok`.
+    fn check_open(&self) -> Result<(), Error>;
+    /// The device's generation: requests bound to another one are refused.
+    fn generation(&self) -> u64;
+    /// The queue saw the device break the protocol: close every queue and reset the device.
+    /// Any context.
+    fn request_recovery(&self);
+}
 
 /// Rings a queue's doorbell. Implementations must not take the queue lock.
 pub trait Notify: Send + Sync {
@@ -396,7 +407,7 @@ pub struct QueueCore<H: Hal> {
     resets: AtomicU64,
     /// The device's lifecycle, once the queue belongs to a device: a protocol violation asks it
     /// for a reset, and a closed queue reports its state.
-    lifecycle: Once<Arc<Lifecycle>>,
+    lifecycle: Once<Arc<dyn QueueOwner>>,
     pub counters: QueueCounters,
 }
 
@@ -807,7 +818,7 @@ impl<H: Hal> QueueCore<H> {
     }
 
     /// Makes the queue part of a device: a protocol violation then asks `lifecycle` for a reset.
-    pub fn attach_lifecycle(&self, lifecycle: Arc<Lifecycle>) {
+    pub fn attach_lifecycle(&self, lifecycle: Arc<dyn QueueOwner>) {
         self.lifecycle.call_once(|| lifecycle);
     }
 
@@ -1319,7 +1330,7 @@ impl<H: Hal> QueueCore<H> {
                     what: "used id is not a request in flight",
                 });
                 if let Some(lifecycle) = self.lifecycle.get() {
-                    lifecycle.request_recovery();
+                    QueueOwner::request_recovery(&**lifecycle);
                 }
                 break;
             }
