@@ -42,7 +42,7 @@ done
 # name files of its own layer and below (super::X, crate::virtio_crypto::X, crate::X).
 declare -A rank=(
     [wire]=0 [status]=0 [config]=0 [routing]=0
-    [slots]=1 [queue]=2 [request]=3
+    [ring]=1 [slots]=1 [queue]=2 [request]=3
     [lifecycle]=4 [device]=4
     [session]=5 [cipher]=5 [akcipher]=5
     [crypto]=6 [stream]=6 [service]=7 [cmdline]=7

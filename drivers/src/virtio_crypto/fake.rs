@@ -25,7 +25,8 @@ use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
 
 use super::config::CryptoConfig;
 use super::device::CryptoDevice;
-use super::queue::{CryptoQueue, Notify, QUEUE_SIZE};
+use super::queue::{CryptoQueue, Notify};
+use super::ring::QUEUE_SIZE;
 use super::wire;
 
 // ---------------------------------------------------------------------------------------------
@@ -416,7 +417,7 @@ impl FakeRing {
     /// interrupted at `old`), by the driver's current `used_event` or NO_INTERRUPT flag.
     pub fn wants_interrupt(&self, event_idx: bool, new: u16, old: u16) -> bool {
         if event_idx {
-            super::queue::need_event(self.used_event(), new, old)
+            super::ring::need_event(self.used_event(), new, old)
         } else {
             self.avail_flags() & 1 == 0
         }

@@ -39,6 +39,7 @@ mod queue_tests;
 pub mod request;
 #[cfg(test)]
 mod reset_tests;
+pub mod ring;
 pub mod routing;
 pub mod session;
 pub mod slots;

@@ -10,8 +10,9 @@ use std::sync::mpsc;
 use std::thread;
 
 use super::fake::*;
-use super::queue::{CryptoQueue, need_event, virtio_drivers_should_notify};
+use super::queue::CryptoQueue;
 use super::request::{Request, RequestBatch};
+use super::ring::{need_event, virtio_drivers_should_notify};
 use crate::error::Error;
 use crate::sync::platform::host;
 
@@ -308,7 +309,7 @@ fn an_entry_published_while_interrupts_were_off_is_found_by_the_drain() {
         rig.ring.complete(chains[0].id as u32, 8);
         let (addrs, late) = (rig.ring.addrs(), chains[1].id as u32);
         let (tx, rx) = mpsc::channel();
-        super::queue::BEFORE_ENABLE.with(|h| {
+        super::ring::BEFORE_ENABLE.with(|h| {
             *h.borrow_mut() = Some(Box::new(move || {
                 let mut device = FakeRing::new(addrs);
                 let old = device.used_index();

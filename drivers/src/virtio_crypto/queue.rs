@@ -1,4 +1,5 @@
-//! One virtqueue with the lock discipline of the design (docs/ARCHITECTURE.md, "request path"):
+//! The request engine: one virtqueue with its lock discipline (docs/ARCHITECTURE.md, "The
+//! request path"):
 //!
 //! - `submit` takes the queue lock (local interrupts off) only to add descriptors, record the
 //!   request as in flight and ask whether the device wants a notification; the doorbell is rung
@@ -20,7 +21,8 @@
 //! Requests are found by token (the head descriptor index), never by comparing ring indices, so
 //! nothing depends on the 16-bit indices not wrapping. The in-flight table (indexed by token)
 //! names the request's slot in the queue's preallocated `Storage`; a request is posted as at
-//! most two descriptors (its readable bytes, its writable bytes), both inside the slot's memory.
+//! most four descriptors (its readable bytes, the caller's source and destination when it hands
+//! them over, its writable bytes). The rings themselves are `ring.rs`.
 //!
 //! The queue's state lives in a [`QueueCore`] behind an `Arc`, so a request can hold its
 //! queue without borrowing it; [`CryptoQueue`] is the owner's handle.
@@ -28,22 +30,17 @@
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use spin::Once;
 
-use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
-use virtio_drivers::{Hal, PhysAddr};
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use virtio_drivers::Hal;
+use virtio_drivers::transport::Transport;
 
+use super::ring::{Popped, QUEUE_SIZE, Region, Regions, Ring};
 use super::slots::{Phase, Storage, StorageConfig};
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
-
-/// Entries per virtqueue (QEMU's virtio-crypto offers 1024).
-pub const QUEUE_SIZE: usize = 1024;
 
 /// Doorbells one submitter rings at most for requests others added while it was ringing.
 const MAX_RINGS_FOR_OTHERS: usize = 4;
@@ -116,13 +113,28 @@ pub trait OnComplete<H: Hal>: Send + Sync {
 /// completes to one instead of a waiting task.
 struct Posted<H: Hal> {
     slot: u16,
-    readable: (usize, usize),
-    writable: (usize, usize),
-    /// The caller's source and destination buffers (address, length), zero copy.
-    external: Option<((usize, usize), (usize, usize))>,
-    /// The least used length a correct answer has (the reply the device must write).
-    min_used: u32,
+    regions: Regions,
     handler: Option<Arc<dyn OnComplete<H>>>,
+}
+
+/// The state behind the queue lock: the rings, the in-flight table (by token), and whether a
+/// doorbell is being rung.
+struct Locked<H: Hal> {
+    ring: Ring<H>,
+    in_flight: Vec<Option<Posted<H>>>,
+    /// A submitter is ringing the doorbell (unlocked kick mode). Others only add: the ringer
+    /// looks at the ring again after its doorbell and rings once more for what they added.
+    doorbell_pending: bool,
+}
+
+impl<H: Hal> Locked<H> {
+    fn new(ring: Ring<H>) -> Self {
+        Locked {
+            ring,
+            in_flight: (0..QUEUE_SIZE).map(|_| None).collect(),
+            doorbell_pending: false,
+        }
+    }
 }
 
 /// How `post` waits for ring space.
@@ -139,236 +151,10 @@ pub(crate) enum SpaceWait {
 
 #[cfg(test)]
 std::thread_local! {
-    /// What `post` did, in order, on this thread (tests check the barrier's place).
-    pub(crate) static TRACE: core::cell::RefCell<Vec<&'static str>> =
-        const { core::cell::RefCell::new(Vec::new()) };
-}
-
-#[cfg(test)]
-std::thread_local! {
-    /// Runs once, under the queue lock, just before this thread's next drain asks for
-    /// interrupts again (tests: a completion lands in the window the drain's re-check covers).
-    pub(crate) static BEFORE_ENABLE: core::cell::RefCell<Option<Box<dyn FnOnce()>>> =
-        const { core::cell::RefCell::new(None) };
-}
-
-#[cfg(test)]
-std::thread_local! {
     /// Runs once in this thread's next `fail_all`, between taking a request off the ring and
     /// completing it (tests: a whole recovery runs in that window).
     pub(crate) static BETWEEN_DETACH_AND_FAIL: core::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { core::cell::RefCell::new(None) };
-}
-
-#[cfg(test)]
-std::thread_local! {
-    /// Runs at each of this thread's full barriers, after the fence: the host tests' model of a
-    /// store buffer publishes the driver's ring stores to the fake device here, and only here.
-    pub(crate) static AT_FULL_BARRIER: core::cell::RefCell<Option<Box<dyn FnMut()>>> =
-        const { core::cell::RefCell::new(None) };
-    /// Runs once, right after this thread's next kick-prepare read the device's NO_NOTIFY flag
-    /// (or `avail_event`): the fake device acts in the window a weak memory order leaves there.
-    pub(crate) static AFTER_NO_NOTIFY_READ: core::cell::RefCell<Option<Box<dyn FnOnce()>>> =
-        const { core::cell::RefCell::new(None) };
-}
-
-/// A full barrier (Linux's `virtio_mb`): the driver's stores before it (the avail index, the
-/// `used_event`) are visible to the device before the driver's loads after it (the device's
-/// NO_NOTIFY flag or `avail_event`, the used index). x86 lets a load pass an earlier store to
-/// another address (its store buffer); only a full fence forbids it.
-#[inline]
-fn full_barrier() {
-    core::sync::atomic::fence(Ordering::SeqCst);
-    #[cfg(test)]
-    AT_FULL_BARRIER.with(|h| {
-        if let Some(publish) = h.borrow_mut().as_mut() {
-            publish();
-        }
-    });
-}
-
-#[inline]
-fn trace(_event: &'static str) {
-    #[cfg(test)]
-    TRACE.with(|t| t.borrow_mut().push(_event));
-}
-
-/// A popped used entry with its used length, or the protocol error (with the entry if it was
-/// already detached).
-type PopResult<H> = Result<(Posted<H>, u32), (Option<Posted<H>>, Error)>;
-
-/// The state behind the queue lock.
-struct Ring<H: Hal> {
-    vq: Box<VirtQueue<H, QUEUE_SIZE>>,
-    in_flight: Vec<Option<Posted<H>>>,
-    view: RingView,
-    /// Entries popped so far, mod 2^16: the used-ring slot of the next entry is this mod SIZE
-    /// (it moves in step with virtio-drivers' private `last_used_idx`).
-    popped: u16,
-    /// Entries added so far, mod 2^16 (in step with virtio-drivers' private avail index).
-    added: u16,
-    /// `added` at the last kick-prepare: the "old" index of the EVENT_IDX need-event check.
-    kicked: u16,
-    /// VIRTIO_RING_F_EVENT_IDX was negotiated: notifications both ways go by ring indices
-    /// (`avail_event`, `used_event`) instead of flags.
-    event_idx: bool,
-    /// Interrupts stay off for good (a poller drains the queue: `bench limit`).
-    polled: bool,
-    /// A submitter is ringing the doorbell (unlocked kick mode). Others only add: the ringer
-    /// looks at the ring again after its doorbell and rings once more for what they added.
-    doorbell_pending: bool,
-}
-
-/// Whether a side that published index `new` (having last notified at `old`) must notify the
-/// other, which asked to hear once the index passes `event` (virtio 1.1, 2.6.7.2 and 2.6.10.2).
-/// Everything is mod 2^16: correct across the wrap of the 16-bit indices, and when several
-/// entries were added since the last notification (`event` anywhere in `[old, new)`).
-pub fn need_event(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-}
-
-/// The check virtio-drivers 0.13 makes instead (`avail_idx >= avail_event + 1`): plain `>=` on
-/// 16-bit indices, wrong once they wrap. Kept for the host test that shows the difference.
-#[cfg(test)]
-pub(crate) fn virtio_drivers_should_notify(event: u16, new: u16) -> bool {
-    new >= event.wrapping_add(1)
-}
-
-/// What virtio-drivers does not expose of the rings: the full 32-bit id of a used element (it
-/// returns the id cut to 16 bits, which would let an id of 0x1_0000 + t pass for token t), the
-/// device's `avail_event` and the driver's `used_event`.
-struct RingView {
-    avail: NonNull<u8>,
-    used: NonNull<u8>,
-}
-
-// SAFETY: both rings are DMA memory owned by the queue for its whole life; every access is
-// volatile and made under the queue lock.
-unsafe impl Send for RingView {}
-
-impl RingView {
-    const HEADER: usize = 4; // flags: u16, idx: u16
-    const USED_ELEMENT: usize = 8; // id: u32, len: u32
-    const AVAIL_ELEMENT: usize = 2; // head: u16
-    const USED_LEN: usize = Self::HEADER + QUEUE_SIZE * Self::USED_ELEMENT + 2;
-    const AVAIL_LEN: usize = Self::HEADER + QUEUE_SIZE * Self::AVAIL_ELEMENT + 2;
-
-    fn raw_id(&self, popped: u16) -> u32 {
-        let slot = popped as usize % QUEUE_SIZE;
-        // SAFETY: `used` maps the whole used ring (USED_LEN bytes), see `Ring::new`.
-        unsafe {
-            core::ptr::read_volatile(
-                self.used
-                    .as_ptr()
-                    .add(Self::HEADER + slot * Self::USED_ELEMENT)
-                    .cast::<u32>(),
-            )
-        }
-    }
-
-    /// The device's `avail_event`: notify it once the avail index passes this.
-    fn avail_event(&self) -> u16 {
-        // SAFETY: the field after the used ring's elements, inside USED_LEN (see `Ring::new`).
-        unsafe {
-            core::ptr::read_volatile(
-                self.used
-                    .as_ptr()
-                    .add(Self::HEADER + QUEUE_SIZE * Self::USED_ELEMENT)
-                    .cast::<u16>(),
-            )
-        }
-    }
-
-    /// The driver's `used_event`: interrupt once the used index passes this.
-    fn set_used_event(&self, index: u16) {
-        // SAFETY: the field after the avail ring's elements, inside AVAIL_LEN (see `Ring::new`);
-        // only the driver writes it, under the queue lock.
-        unsafe {
-            core::ptr::write_volatile(
-                self.avail
-                    .as_ptr()
-                    .add(Self::HEADER + QUEUE_SIZE * Self::AVAIL_ELEMENT)
-                    .cast::<u16>(),
-                index,
-            )
-        }
-    }
-}
-
-/// Passes everything to the real transport and remembers where queue `index`'s rings are.
-struct RingFinder<'t, T: Transport> {
-    transport: &'t mut T,
-    index: u16,
-    areas: Option<(PhysAddr, PhysAddr)>,
-}
-
-impl<T: Transport> Transport for RingFinder<'_, T> {
-    fn device_type(&self) -> DeviceType {
-        self.transport.device_type()
-    }
-    fn read_device_features(&mut self) -> u64 {
-        self.transport.read_device_features()
-    }
-    fn write_driver_features(&mut self, features: u64) {
-        self.transport.write_driver_features(features)
-    }
-    fn max_queue_size(&mut self, queue: u16) -> u32 {
-        self.transport.max_queue_size(queue)
-    }
-    fn notify(&mut self, queue: u16) {
-        self.transport.notify(queue)
-    }
-    fn get_status(&self) -> DeviceStatus {
-        self.transport.get_status()
-    }
-    fn set_status(&mut self, status: DeviceStatus) {
-        self.transport.set_status(status)
-    }
-    fn set_guest_page_size(&mut self, size: u32) {
-        self.transport.set_guest_page_size(size)
-    }
-    fn requires_legacy_layout(&self) -> bool {
-        self.transport.requires_legacy_layout()
-    }
-    fn queue_set(
-        &mut self,
-        queue: u16,
-        size: u32,
-        descriptors: PhysAddr,
-        driver_area: PhysAddr,
-        device_area: PhysAddr,
-    ) {
-        if queue == self.index {
-            self.areas = Some((driver_area, device_area));
-        }
-        self.transport
-            .queue_set(queue, size, descriptors, driver_area, device_area)
-    }
-    fn queue_unset(&mut self, queue: u16) {
-        self.transport.queue_unset(queue)
-    }
-    fn queue_used(&mut self, queue: u16) -> bool {
-        self.transport.queue_used(queue)
-    }
-    fn ack_interrupt(&mut self) -> InterruptStatus {
-        self.transport.ack_interrupt()
-    }
-    fn read_config_generation(&self) -> u32 {
-        self.transport.read_config_generation()
-    }
-    fn read_config_space<V: FromBytes + IntoBytes>(
-        &self,
-        offset: usize,
-    ) -> virtio_drivers::Result<V> {
-        self.transport.read_config_space(offset)
-    }
-    fn write_config_space<V: IntoBytes + Immutable>(
-        &mut self,
-        offset: usize,
-        value: V,
-    ) -> virtio_drivers::Result<()> {
-        self.transport.write_config_space(offset, value)
-    }
 }
 
 /// Statistics of one queue (monotonic counters).
@@ -392,7 +178,7 @@ pub struct CryptoQueue<H: Hal> {
 /// A queue's state: ring, doorbell, request memory, counters.
 pub struct QueueCore<H: Hal> {
     index: u16,
-    ring: IrqSpinLock<Ring<H>>,
+    locked: IrqSpinLock<Locked<H>>,
     doorbell: Box<dyn Notify>,
     /// Tasks waiting for free descriptors.
     space: WaitQueue,
@@ -413,219 +199,40 @@ pub struct QueueCore<H: Hal> {
 
 /// Access to the ring while the queue lock is held: add, kick-prepare and drain, nothing else.
 pub struct QueueGuard<'a, H: Hal> {
-    ring: SpinGuard<'a, Ring<H>, IrqsOff>,
-}
-
-/// The buffers of one request as `add` takes them: readable then writable, empty ones left
-/// out (fixed arrays: no allocation, usable in interrupt context).
-struct Slices<'a> {
-    readable: [&'a [u8]; 2],
-    writable: [&'a mut [u8]; 2],
-    readable_count: usize,
-    writable_count: usize,
-}
-
-/// Rebuilds the slices `add` was given from a posted request's regions.
-///
-/// # Safety
-/// The regions must be valid memory for the returned lifetime and not otherwise accessed
-/// meanwhile (a slot's memory and the caller's buffers it holds, owned by the device between
-/// `add` and `pop_used`); the readable and writable regions must not overlap.
-unsafe fn as_slices<'a, H: Hal>(posted: &Posted<H>) -> Slices<'a> {
-    let (src, dst) = match posted.external {
-        Some((src, dst)) => (src, dst),
-        None => ((0, 0), (0, 0)),
-    };
-    let mut slices = Slices {
-        readable: [&[], &[]],
-        writable: [&mut [], &mut []],
-        readable_count: 0,
-        writable_count: 0,
-    };
-    for (addr, len) in [posted.readable, src] {
-        if len > 0 {
-            // SAFETY: guaranteed by the caller.
-            slices.readable[slices.readable_count] =
-                unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
-            slices.readable_count += 1;
-        }
-    }
-    for (addr, len) in [dst, posted.writable] {
-        if len > 0 {
-            // SAFETY: guaranteed by the caller.
-            slices.writable[slices.writable_count] =
-                unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) };
-            slices.writable_count += 1;
-        }
-    }
-    slices
-}
-
-impl<H: Hal> Posted<H> {
-    /// Descriptors the request takes in the ring (one per non-empty region).
-    fn descriptors(&self) -> usize {
-        let (src, dst) = self.external.unwrap_or(((0, 0), (0, 0)));
-        [self.readable, src, dst, self.writable]
-            .iter()
-            .filter(|(_, len)| *len > 0)
-            .count()
-    }
-
-    /// Bytes the device may write: the caller's destination, then the slot's writable part.
-    fn writable_len(&self) -> usize {
-        self.external.map_or(0, |(_, (_, len))| len) + self.writable.1
-    }
+    locked: SpinGuard<'a, Locked<H>, IrqsOff>,
 }
 
 impl<H: Hal> QueueGuard<'_, H> {
     /// Adds the request's descriptors and records it as in flight under its token; a request
     /// that could not be added comes back with the error.
     fn add(&mut self, posted: Posted<H>) -> Result<u16, (Error, Posted<H>)> {
-        // SAFETY: the regions are the slot's memory, which stays allocated (the queue owns it)
-        // and untouched by the CPU while the slot is `InFlight`/`Abandoned`, until `pop` hands
-        // it back after the device used it (module invariants of `slots`).
-        let token = unsafe {
-            let mut s = as_slices(&posted);
-            self.ring.vq.add(
-                &s.readable[..s.readable_count],
-                &mut s.writable[..s.writable_count],
-            )
-        };
-        match token {
+        // SAFETY: the regions are the slot's memory (and the caller's buffers the slot keeps),
+        // which stay allocated and untouched by the CPU while the slot is `InFlight` or
+        // `Abandoned`, until `pop` hands them back after the device used them, or the device
+        // is reset (module invariants of `slots`).
+        match unsafe { self.locked.ring.add(&posted.regions) } {
             Ok(token) => {
-                trace("publish-avail");
-                self.ring.added = self.ring.added.wrapping_add(1);
-                self.ring.in_flight[token as usize] = Some(posted);
+                self.locked.in_flight[token as usize] = Some(posted);
                 Ok(token)
             }
-            Err(virtio_drivers::Error::QueueFull) => Err((Error::QueueFull, posted)),
-            Err(_) => Err((
-                Error::MalformedCompletion {
-                    what: "virtqueue refused the request",
-                },
-                posted,
-            )),
+            Err(e) => Err((e, posted)),
         }
     }
 
-    /// Whether the device asked to be notified of new buffers (kick prepare). A full barrier
-    /// first: the avail index was published by a store, and the device's NO_NOTIFY flag (or
-    /// `avail_event`) is read by a load; without it the load may pass the store (x86's store
-    /// buffer), the device may have re-enabled notifications after checking the old avail
-    /// index, and both sides sleep (Linux's `virtio_mb()` at the start of
-    /// `virtqueue_kick_prepare`). With EVENT_IDX the check covers every entry added since the
-    /// last kick-prepare, mod 2^16 ([`need_event`]).
-    fn kick_prepare(&mut self) -> bool {
-        full_barrier();
-        trace("mb");
-        let ring = &mut *self.ring;
-        let notify = if ring.event_idx {
-            need_event(ring.view.avail_event(), ring.added, ring.kicked)
-        } else {
-            ring.vq.should_notify()
-        };
-        ring.kicked = ring.added;
-        trace("read-no-notify");
-        #[cfg(test)]
-        if let Some(hook) = AFTER_NO_NOTIFY_READ.with(|h| h.borrow_mut().take()) {
-            hook();
-        }
-        notify
-    }
-
-    /// Asks the device not to interrupt for used entries: a drain is running (it will see them)
-    /// or a poller owns the queue.
-    fn suppress_interrupts(&mut self) {
-        if self.ring.event_idx {
-            // Half the index space ahead: the device publishes at most QUEUE_SIZE entries past
-            // `popped` before the drain moves it, so it never reaches this.
-            let far = self.ring.popped.wrapping_add(0x8000);
-            self.ring.view.set_used_event(far);
-        } else {
-            self.ring.vq.set_dev_notify(false);
-        }
-    }
-
-    /// Asks for an interrupt at the next used entry (unless a poller owns the queue), then
-    /// looks at the used ring once more: an entry published before the device could see the
-    /// request is found here instead of waiting for an interrupt that will not come. The
-    /// barrier orders the store of the request before the load of the used index (Linux's
-    /// `virtqueue_enable_cb` followed by `virtqueue_poll`). Returns whether entries wait.
-    fn enable_interrupts(&mut self) -> bool {
-        #[cfg(test)]
-        if let Some(hook) = BEFORE_ENABLE.with(|h| h.borrow_mut().take()) {
-            hook();
-        }
-        if !self.ring.polled {
-            if self.ring.event_idx {
-                self.ring.view.set_used_event(self.ring.popped);
-            } else {
-                self.ring.vq.set_dev_notify(true);
-            }
-            full_barrier();
-        }
-        self.ring.vq.can_pop()
-    }
-
-    /// Pops the next used entry, if any, with its request. `Err` means the device broke the
-    /// protocol (an id that is not a request in flight, or an entry that cannot be popped): the
-    /// ring can no longer be trusted; a request already detached comes back with the error.
-    fn pop(&mut self) -> Option<PopResult<H>> {
-        let token = self.ring.vq.peek_used()?;
-        // virtio-drivers returns the 32-bit id cut to 16 bits: check the full id ourselves.
-        let raw_id = self.ring.view.raw_id(self.ring.popped);
-        let entry = (raw_id == token as u32)
-            .then(|| {
-                self.ring
-                    .in_flight
-                    .get_mut(token as usize)
-                    .and_then(Option::take)
-            })
-            .flatten();
-        let Some(entry) = entry else {
-            return Some(Err((
-                None,
-                Error::MalformedCompletion {
-                    what: "used id is not a request in flight",
-                },
-            )));
-        };
-        // SAFETY: these are the regions `add` posted under this token (the in-flight table is
-        // indexed by token), still owned by the queue.
-        let used = unsafe {
-            let mut s = as_slices(&entry);
-            self.ring.vq.pop_used(
-                token,
-                &s.readable[..s.readable_count],
-                &mut s.writable[..s.writable_count],
-            )
-        };
-        Some(match used {
-            Ok(len) => {
-                self.ring.popped = self.ring.popped.wrapping_add(1);
-                if self.ring.event_idx {
-                    // virtio-drivers just moved `used_event` to `popped`; the drain that pops
-                    // wants no interrupts until it is done.
-                    self.suppress_interrupts();
-                }
-                Ok((entry, len))
-            }
-            Err(_) => Err((
-                Some(entry),
-                Error::MalformedCompletion {
-                    what: "used entry could not be popped",
-                },
-            )),
-        })
-    }
-
-    fn free_descriptors(&self) -> usize {
-        self.ring.vq.available_desc()
+    /// Pops the next used entry, if any, with its request (see [`Ring::pop`]).
+    fn pop(&mut self) -> Option<Popped<Posted<H>>> {
+        let Locked {
+            ring, in_flight, ..
+        } = &mut *self.locked;
+        ring.pop(
+            |token| in_flight.get_mut(token as usize).and_then(Option::take),
+            |posted| &posted.regions,
+        )
     }
 
     /// Detaches one request still in flight, if any (the queue is broken).
     fn take_any(&mut self) -> Option<Posted<H>> {
-        self.ring.in_flight.iter_mut().find_map(Option::take)
+        self.locked.in_flight.iter_mut().find_map(Option::take)
     }
 }
 
@@ -661,7 +268,7 @@ impl<H: Hal> CryptoQueue<H> {
         Ok(CryptoQueue {
             core: Arc::new(QueueCore {
                 index,
-                ring: IrqSpinLock::new("virtqueue", ring),
+                locked: IrqSpinLock::new("virtqueue", Locked::new(ring)),
                 doorbell,
                 space: WaitQueue::new(),
                 storage: Once::new(),
@@ -672,45 +279,6 @@ impl<H: Hal> CryptoQueue<H> {
                 lifecycle: Once::new(),
                 counters: QueueCounters::default(),
             }),
-        })
-    }
-}
-
-impl<H: Hal> Ring<H> {
-    /// Sets up virtqueue `index`'s rings on `transport`.
-    fn new<T: Transport>(transport: &mut T, index: u16, event_idx: bool) -> Result<Self, Error> {
-        let mut finder = RingFinder {
-            transport,
-            index,
-            areas: None,
-        };
-        let vq = VirtQueue::<H, QUEUE_SIZE>::new(&mut finder, index, false, event_idx).map_err(
-            |_| Error::NotSupported {
-                what: "a virtqueue of 1024 entries",
-            },
-        )?;
-        let (driver_area, device_area) = finder.areas.ok_or(Error::NotSupported {
-            what: "a queue without rings",
-        })?;
-        // SAFETY: the areas are the avail and used rings virtio-drivers just allocated for this
-        // queue; translating them gives memory that lives as long as the queue.
-        let view = unsafe {
-            RingView {
-                avail: H::mmio_phys_to_virt(driver_area, RingView::AVAIL_LEN),
-                used: H::mmio_phys_to_virt(device_area, RingView::USED_LEN),
-            }
-        };
-        let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
-        Ok(Ring {
-            vq: Box::new(vq),
-            in_flight,
-            view,
-            popped: 0,
-            added: 0,
-            kicked: 0,
-            event_idx,
-            polled: false,
-            doorbell_pending: false,
         })
     }
 }
@@ -787,16 +355,16 @@ impl<H: Hal> QueueCore<H> {
     /// Whether the queue lock is free right now (tests: a doorbell checks it is rung unlocked).
     #[cfg(test)]
     pub(crate) fn lock_is_free(&self) -> bool {
-        self.ring.try_lock().is_some()
+        self.locked.try_lock().is_some()
     }
 
     /// The queue lock's statistics (acquisitions, contention, wait and hold times).
     pub fn lock_stats(&self) -> crate::sync::LockStatSnapshot {
-        self.ring.stats()
+        self.locked.stats()
     }
 
     pub fn reset_lock_stats(&self) {
-        self.ring.reset_stats()
+        self.locked.reset_stats()
     }
 
     /// Whether the queue is closed to new requests: the device broke its protocol, needs a
@@ -838,7 +406,7 @@ impl<H: Hal> QueueCore<H> {
         self.broken.store(true, Ordering::Release);
         // Take and drop the queue lock: a submitter that checked `broken` under it before the
         // store above has finished its add, so the in-flight table is final for `fail_after_reset`.
-        drop(self.ring.lock());
+        drop(self.locked.lock());
         self.space.wake_all();
         if let Some(storage) = self.storage.get() {
             storage.wake_all();
@@ -869,16 +437,16 @@ impl<H: Hal> QueueCore<H> {
     /// ([`fail_after_reset`](Self::fail_after_reset) first). The queue stays closed until
     /// [`reopen`](Self::reopen).
     pub fn rebuild<T: Transport>(&self, transport: &mut T) -> Result<(), Error> {
-        let event_idx = self.ring.lock().event_idx;
-        let fresh = Ring::<H>::new(transport, self.index, event_idx)?;
+        let event_idx = self.locked.lock().ring.event_idx();
+        let fresh = Locked::new(Ring::<H>::new(transport, self.index, event_idx)?);
         let old = {
-            let mut ring = self.ring.lock();
-            if ring.in_flight.iter().any(Option::is_some) {
+            let mut locked = self.locked.lock();
+            if locked.in_flight.iter().any(Option::is_some) {
                 return Err(Error::NotSupported {
                     what: "rebuilding a queue with requests in flight",
                 });
             }
-            core::mem::replace(&mut *ring, fresh)
+            core::mem::replace(&mut *locked, fresh)
         };
         drop(old); // outside the lock: frees the old rings' DMA memory
         Ok(())
@@ -888,15 +456,7 @@ impl<H: Hal> QueueCore<H> {
     /// only [`CryptoQueue::handle_interrupt`] calls finish its requests) or back to interrupts
     /// (`false`, which drains what finished meanwhile). For measuring the device's own rate.
     pub(crate) fn set_polled(self: &Arc<Self>, polled: bool) {
-        {
-            let mut guard = QueueGuard {
-                ring: self.ring.lock(),
-            };
-            guard.ring.polled = polled;
-            if polled {
-                guard.suppress_interrupts();
-            }
-        }
+        self.locked.lock().ring.set_polled(polled);
         if !polled {
             self.drain();
         }
@@ -909,7 +469,7 @@ impl<H: Hal> QueueCore<H> {
 
     /// Requests currently in flight (posted and not yet returned).
     pub fn in_flight(&self) -> usize {
-        self.ring
+        self.locked
             .lock()
             .in_flight
             .iter()
@@ -940,17 +500,20 @@ impl<H: Hal> QueueCore<H> {
         let storage = self.storage();
         let mut st = storage.slots[slot as usize].state.lock();
         let (base, _) = storage.region(slot, &st);
+        let region = |addr: usize, len: usize| Region { addr, len };
         let posted = Posted {
             slot,
-            readable: (base, st.readable),
-            writable: (base + st.readable, st.writable),
-            external: st.external.as_ref().map(|b| {
-                (
-                    (b.src.as_ptr() as usize, b.src.len()),
-                    (b.dst.as_ptr() as usize, b.dst.len()),
-                )
-            }),
-            min_used: seal.min_used,
+            regions: Regions {
+                readable: region(base, st.readable),
+                writable: region(base + st.readable, st.writable),
+                external: st.external.as_ref().map(|b| {
+                    (
+                        region(b.src.as_ptr() as usize, b.src.len()),
+                        region(b.dst.as_ptr() as usize, b.dst.len()),
+                    )
+                }),
+                min_used: seal.min_used,
+            },
             handler,
         };
         st.phase = Phase::InFlight;
@@ -1009,19 +572,19 @@ impl<H: Hal> QueueCore<H> {
             return;
         }
         if self.kick_mode() == KickMode::Locked {
-            if guard.kick_prepare() {
+            if guard.locked.ring.kick_prepare() {
                 self.ring_doorbell();
             }
             return;
         }
-        if guard.ring.doorbell_pending {
+        if guard.locked.doorbell_pending {
             self.counters.rode_doorbell.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !guard.kick_prepare() {
+        if !guard.locked.ring.kick_prepare() {
             return;
         }
-        guard.ring.doorbell_pending = true;
+        guard.locked.doorbell_pending = true;
         drop(guard);
         // Bounded: a ringer (perhaps in interrupt context) is not kept ringing for others for
         // ever. Its last doorbell covers what was added until it cleared the flag; whoever adds
@@ -1029,15 +592,15 @@ impl<H: Hal> QueueCore<H> {
         for _ in 0..MAX_RINGS_FOR_OTHERS {
             self.ring_doorbell();
             let mut guard = QueueGuard {
-                ring: self.ring.lock(),
+                locked: self.locked.lock(),
             };
-            let more = guard.ring.added != guard.ring.kicked;
-            if !more || !guard.kick_prepare() {
-                guard.ring.doorbell_pending = false;
+            let more = guard.locked.ring.unkicked();
+            if !more || !guard.locked.ring.kick_prepare() {
+                guard.locked.doorbell_pending = false;
                 return;
             }
         }
-        self.ring.lock().doorbell_pending = false;
+        self.locked.lock().doorbell_pending = false;
         self.ring_doorbell();
     }
 
@@ -1054,12 +617,12 @@ impl<H: Hal> QueueCore<H> {
         wait: SpaceWait,
     ) -> Result<(), Error> {
         let (mut posted, generation) = self.prepare(slot, seal, handler);
-        let descriptors = posted.descriptors();
+        let descriptors = posted.regions.descriptors();
         let platform = crate::sync::platform::get();
         let deadline = platform.now_ns().saturating_add(self.timeout_ns());
         let error = loop {
             let mut guard = QueueGuard {
-                ring: self.ring.lock(),
+                locked: self.locked.lock(),
             };
             match self.admit(&mut guard, posted, generation) {
                 Ok(_token) => {
@@ -1077,7 +640,8 @@ impl<H: Hal> QueueCore<H> {
                     posted = refused;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     let space = || {
-                        (self.is_broken() || self.ring.lock().vq.available_desc() >= descriptors)
+                        (self.is_broken()
+                            || self.locked.lock().ring.free_descriptors() >= descriptors)
                             .then_some(())
                     };
                     let waited = match wait {
@@ -1128,7 +692,7 @@ impl<H: Hal> QueueCore<H> {
                 let _ = prepared.push(self.prepare(slot, seal, None));
             }
             let mut guard = QueueGuard {
-                ring: self.ring.lock(),
+                locked: self.locked.lock(),
             };
             let mut added = 0;
             let mut error = None;
@@ -1269,43 +833,43 @@ impl<H: Hal> QueueCore<H> {
             let mut empty = false;
             {
                 let mut guard = QueueGuard {
-                    ring: self.ring.lock(),
+                    locked: self.locked.lock(),
                 };
                 if first {
                     // No interrupt per entry while this drain pops them (it ends with
                     // `enable_interrupts`).
-                    guard.suppress_interrupts();
+                    guard.locked.ring.suppress_interrupts();
                     first = false;
                 }
                 while done.len() < BATCH - 1 {
                     match guard.pop() {
-                        None if guard.enable_interrupts() => guard.suppress_interrupts(),
+                        None if guard.locked.ring.enable_interrupts() => {
+                            guard.locked.ring.suppress_interrupts()
+                        }
                         None => {
                             empty = true;
                             break;
                         }
-                        Some(Ok((entry, len))) => {
-                            let result = if len as usize > entry.writable_len() {
-                                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                                Err(Error::MalformedCompletion {
-                                    what: "used length longer than the buffers posted",
-                                })
-                            } else if len < entry.min_used {
-                                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                                Err(Error::MalformedCompletion {
-                                    what: "used length shorter than the reply",
-                                })
-                            } else {
-                                Ok(len)
-                            };
-                            let _ = done.push((entry, result, false));
+                        Some(Popped::Used(entry, len)) => {
+                            let _ = done.push((entry, Ok(len), false));
                         }
-                        Some(Err((entry, error))) => {
+                        Some(Popped::BadLength(entry, what)) => {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                            if let Some(entry) = entry {
-                                // Not popped: the device may still use it.
-                                let _ = done.push((entry, Err(error), true));
-                            }
+                            let error = Error::MalformedCompletion { what };
+                            let _ = done.push((entry, Err(error), false));
+                        }
+                        Some(Popped::NotInFlight) => {
+                            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                            broken = true;
+                            break;
+                        }
+                        Some(Popped::Unpoppable(entry)) => {
+                            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                            // Not popped: the device may still use it.
+                            let error = Error::MalformedCompletion {
+                                what: "used entry could not be popped",
+                            };
+                            let _ = done.push((entry, Err(error), true));
                             broken = true;
                             break;
                         }
@@ -1364,16 +928,13 @@ impl<H: Hal> QueueCore<H> {
     /// Takes one in-flight request off the ring (the guard is dropped before returning).
     fn detach_one(&self) -> Option<Posted<H>> {
         QueueGuard {
-            ring: self.ring.lock(),
+            locked: self.locked.lock(),
         }
         .take_any()
     }
 
     /// Free descriptors right now.
     pub fn free_descriptors(&self) -> usize {
-        QueueGuard {
-            ring: self.ring.lock(),
-        }
-        .free_descriptors()
+        self.locked.lock().ring.free_descriptors()
     }
 }

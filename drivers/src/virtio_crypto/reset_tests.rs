@@ -17,8 +17,9 @@ use super::cipher::{Cipher, Direction};
 use super::device::CtrlMode;
 use super::fake::*;
 use super::lifecycle::DeviceState;
-use super::queue::{CryptoQueue, Notify, QUEUE_SIZE, QueueCore};
+use super::queue::{CryptoQueue, Notify, QueueCore};
 use super::request::Request;
+use super::ring::QUEUE_SIZE;
 use super::slots::StorageConfig;
 use super::wire;
 use crate::crypto::Session;
@@ -254,7 +255,7 @@ fn create_session_with_used_length_0_and_short_data_are_refused() {
 /// request is stranded. With it, the device sees the request.
 #[test]
 fn full_barrier_between_publishing_avail_and_reading_no_notify() {
-    use super::queue::{AFTER_NO_NOTIFY_READ, AT_FULL_BARRIER};
+    use super::ring::{AFTER_NO_NOTIFY_READ, AT_FULL_BARRIER};
     use std::cell::Cell;
     use std::rc::Rc;
     let (queue, mut ring, _t) = rig_queue(8);

@@ -4,7 +4,7 @@
 //! Features taken: VIRTIO_F_VERSION_1 (modern interface; required) and VIRTIO_RING_F_EVENT_IDX
 //! unless `event_idx=off` (doorbells and interrupts suppressed by ring indices; the driver makes
 //! the need-event check itself, mod 2^16, because virtio-drivers 0.13's is not wrap-safe: see
-//! `vcrypt_drivers::virtio_crypto::queue::need_event`). Declined:
+//! `vcrypt_drivers::virtio_crypto::ring::need_event`). Declined:
 //! - INDIRECT_DESC: needs virtio-drivers' `alloc` feature (an allocation per request); a request
 //!   here is at most 5 descriptors, and the rings have 1024.
 //! - RING_RESET: the driver never resets a single queue.
