@@ -17,7 +17,7 @@ use crate::error::Error;
 pub use crate::stream::{ChainMode, DEFAULT_WINDOW, Stream};
 pub use crate::virtio_crypto::cipher::{Cipher, Direction};
 pub use crate::virtio_crypto::device::CryptoDevice;
-pub use crate::virtio_crypto::session::Service;
+pub use crate::virtio_crypto::session::SessionKind;
 
 /// `UnknownSession` from a session of an older device generation means the reset dropped it:
 /// `SessionLost` says so (and that it can be created again).
@@ -212,7 +212,7 @@ impl<'d, H: Hal> Session<'d, H> {
     pub fn close(mut self) -> Result<(), Error> {
         self.open = false;
         self.device
-            .destroy_session_of(Service::Cipher, self.id, self.generation)
+            .destroy_session_of(SessionKind::Cipher, self.id, self.generation)
     }
 }
 
@@ -222,7 +222,7 @@ impl<H: Hal> Drop for Session<'_, H> {
             && self.device.generation() == self.generation
             && let Err(e) =
                 self.device
-                    .destroy_session_of(Service::Cipher, self.id, self.generation)
+                    .destroy_session_of(SessionKind::Cipher, self.id, self.generation)
             // A reset under way or done drops every session anyway.
             && !matches!(e, Error::DeviceReset | Error::SessionLost)
         {

@@ -44,7 +44,7 @@ use virtio_drivers::Hal;
 use super::device::{CryptoDevice, DeviceHealth};
 use super::queue::{CryptoQueue, QueueCore};
 use super::request::Request;
-use super::session::Service;
+use super::session::SessionKind;
 use super::status::{DeviceStatus, RequestKind, status_to_result};
 use super::wire;
 use crate::error::Error;
@@ -652,7 +652,7 @@ impl<H: Hal> CryptoDevice<H> {
     /// Destroys an RSA session made in device generation `generation` (`SessionLost` if the
     /// device was reset since: the session is gone already).
     pub fn destroy_rsa_session(&self, session_id: u64, generation: u64) -> Result<(), Error> {
-        self.destroy_session_of(Service::Akcipher, session_id, generation)
+        self.destroy_session_of(SessionKind::Akcipher, session_id, generation)
     }
 
     /// Checks an operation's input against the session; returns the request's

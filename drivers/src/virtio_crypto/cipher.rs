@@ -597,11 +597,6 @@ impl<H: Hal> CipherOutput<H> {
         self.len = self.len.min(len);
         self
     }
-
-    /// The request, to reuse or inspect.
-    pub fn into_request(self) -> Request<H> {
-        self.request
-    }
 }
 
 impl<H: Hal> core::ops::Deref for CipherOutput<H> {

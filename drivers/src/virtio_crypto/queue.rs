@@ -203,20 +203,19 @@ pub struct QueueGuard<'a, H: Hal> {
 }
 
 impl<H: Hal> QueueGuard<'_, H> {
-    /// Adds the request's descriptors and records it as in flight under its token; a request
-    /// that could not be added comes back with the error.
-    fn add(&mut self, posted: Posted<H>) -> Result<u16, (Error, Posted<H>)> {
+    /// Adds the request's descriptors and moves it into the in-flight table under its token; a
+    /// request that could not be added stays with the caller.
+    fn add(&mut self, posted: &mut Option<Posted<H>>) -> Result<u16, Error> {
+        let Some(regions) = posted.as_ref().map(|p| p.regions) else {
+            return Err(Error::EmptyRequest);
+        };
         // SAFETY: the regions are the slot's memory (and the caller's buffers the slot keeps),
         // which stay allocated and untouched by the CPU while the slot is `InFlight` or
         // `Abandoned`, until `pop` hands them back after the device used them, or the device
         // is reset (module invariants of `slots`).
-        match unsafe { self.locked.ring.add(&posted.regions) } {
-            Ok(token) => {
-                self.locked.in_flight[token as usize] = Some(posted);
-                Ok(token)
-            }
-            Err(e) => Err((e, posted)),
-        }
+        let token = unsafe { self.locked.ring.add(&regions) }?;
+        self.locked.in_flight[token as usize] = posted.take();
+        Ok(token)
     }
 
     /// Pops the next used entry, if any, with its request (see [`Ring::pop`]).
@@ -540,17 +539,17 @@ impl<H: Hal> QueueCore<H> {
     fn admit(
         &self,
         guard: &mut QueueGuard<'_, H>,
-        posted: Posted<H>,
+        posted: &mut Option<Posted<H>>,
         generation: Option<u64>,
-    ) -> Result<u16, (Error, Posted<H>)> {
+    ) -> Result<u16, Error> {
         let stale = match (generation, self.lifecycle.get()) {
             (Some(g), Some(l)) => g != l.generation(),
             _ => false,
         };
         if self.is_broken() {
-            Err((self.closed_error(), posted))
+            Err(self.closed_error())
         } else if stale {
-            Err((Error::SessionLost, posted))
+            Err(Error::SessionLost)
         } else {
             let token = guard.add(posted)?;
             self.counters.submitted.fetch_add(1, Ordering::Relaxed);
@@ -616,28 +615,27 @@ impl<H: Hal> QueueCore<H> {
         handler: Option<Arc<dyn OnComplete<H>>>,
         wait: SpaceWait,
     ) -> Result<(), Error> {
-        let (mut posted, generation) = self.prepare(slot, seal, handler);
+        let (posted, generation) = self.prepare(slot, seal, handler);
         let descriptors = posted.regions.descriptors();
+        let mut posted = Some(posted);
         let platform = crate::sync::platform::get();
         let deadline = platform.now_ns().saturating_add(self.timeout_ns());
         let error = loop {
             let mut guard = QueueGuard {
                 locked: self.locked.lock(),
             };
-            match self.admit(&mut guard, posted, generation) {
+            match self.admit(&mut guard, &mut posted, generation) {
                 Ok(_token) => {
                     self.kick(guard, 1);
                     return Ok(());
                 }
-                Err((Error::QueueFull, refused)) if wait == SpaceWait::Never => {
+                Err(Error::QueueFull) if wait == SpaceWait::Never => {
                     drop(guard);
-                    posted = refused;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     break Error::QueueFull;
                 }
-                Err((Error::QueueFull, refused)) => {
+                Err(Error::QueueFull) => {
                     drop(guard);
-                    posted = refused;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
                     let space = || {
                         (self.is_broken()
@@ -662,14 +660,15 @@ impl<H: Hal> QueueCore<H> {
                         break Error::Timeout;
                     }
                 }
-                Err((e, refused)) => {
+                Err(e) => {
                     drop(guard);
-                    posted = refused;
                     break e;
                 }
             }
         };
-        self.unprepare(posted);
+        if let Some(posted) = posted {
+            self.unprepare(posted);
+        }
         Err(error)
     }
 
@@ -699,11 +698,12 @@ impl<H: Hal> QueueCore<H> {
             let mut refused = None;
             let mut rest = prepared.into_iter();
             for (posted, generation) in rest.by_ref() {
-                match self.admit(&mut guard, posted, generation) {
+                let mut posted = Some(posted);
+                match self.admit(&mut guard, &mut posted, generation) {
                     Ok(_token) => added += 1,
-                    Err((e, posted)) => {
+                    Err(e) => {
                         error = Some(e);
-                        refused = Some(posted);
+                        refused = posted;
                         break;
                     }
                 }

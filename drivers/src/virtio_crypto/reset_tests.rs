@@ -666,7 +666,7 @@ fn a_destroy_built_before_a_reset_is_refused_after_it() {
     let stale = dev
         .build_destroy(
             (&dev.control).into(),
-            super::session::Service::Cipher,
+            super::session::SessionKind::Cipher,
             0,
             dev.generation(),
         )

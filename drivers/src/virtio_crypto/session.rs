@@ -20,24 +20,18 @@ use crate::error::Error;
 
 pub use super::device::MAX_SESSIONS;
 
-/// The crypto services, as numbered in the spec.
+/// The services this driver makes sessions of (the spec's cipher and akcipher services).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
+pub enum SessionKind {
     Cipher,
-    Hash,
-    Mac,
-    Aead,
     Akcipher,
 }
 
-impl Service {
+impl SessionKind {
     pub fn destroy_opcode(self) -> u32 {
         match self {
-            Service::Cipher => wire::CIPHER_DESTROY_SESSION,
-            Service::Hash => wire::HASH_DESTROY_SESSION,
-            Service::Mac => wire::MAC_DESTROY_SESSION,
-            Service::Aead => wire::AEAD_DESTROY_SESSION,
-            Service::Akcipher => wire::AKCIPHER_DESTROY_SESSION,
+            SessionKind::Cipher => wire::CIPHER_DESTROY_SESSION,
+            SessionKind::Akcipher => wire::AKCIPHER_DESTROY_SESSION,
         }
     }
 }
@@ -165,7 +159,7 @@ impl<H: Hal> CryptoDevice<H> {
         let generation = self.generation();
         self.control_batch(
             ids,
-            |&id, group| self.build_destroy(group.into(), Service::Cipher, id, generation),
+            |&id, group| self.build_destroy(group.into(), SessionKind::Cipher, id, generation),
             |_, outcome| {
                 let result = outcome.and_then(|done| destroy_reply(&done));
                 if result.is_ok() {
@@ -250,8 +244,8 @@ impl<H: Hal> CryptoDevice<H> {
     }
 
     /// Destroys a session of `service` made in the current generation.
-    pub fn destroy_session(&self, service: Service, session_id: u64) -> Result<(), Error> {
-        self.destroy_session_of(service, session_id, self.generation())
+    pub fn destroy_session(&self, kind: SessionKind, session_id: u64) -> Result<(), Error> {
+        self.destroy_session_of(kind, session_id, self.generation())
     }
 
     /// Destroys a session of `service` made in device generation `generation`: one from before
@@ -259,7 +253,7 @@ impl<H: Hal> CryptoDevice<H> {
     /// leaves the session counted (the device may still hold it).
     pub fn destroy_session_of(
         &self,
-        service: Service,
+        kind: SessionKind,
         session_id: u64,
         generation: u64,
     ) -> Result<(), Error> {
@@ -267,8 +261,7 @@ impl<H: Hal> CryptoDevice<H> {
             return Err(Error::SessionLost);
         }
         self.ready()?;
-        let builder =
-            self.build_destroy((&self.control).into(), service, session_id, generation)?;
+        let builder = self.build_destroy((&self.control).into(), kind, session_id, generation)?;
         let done = self.control_round_trip(builder)?;
         destroy_reply(&done)?;
         self.sessions.give_back(generation);
@@ -282,11 +275,11 @@ impl<H: Hal> CryptoDevice<H> {
     pub(crate) fn build_destroy(
         &self,
         slots: SlotSource<'_, H>,
-        service: Service,
+        kind: SessionKind,
         session_id: u64,
         generation: u64,
     ) -> Result<RequestBuilder<H>, Error> {
-        let request = wire::DestroySession::new(service.destroy_opcode(), session_id);
+        let request = wire::DestroySession::new(kind.destroy_opcode(), session_id);
         let mut builder = slots.reserve(request.as_bytes().len(), wire::INHDR_LEN)?;
         builder.push_struct(&request)?;
         builder
@@ -298,7 +291,7 @@ impl<H: Hal> CryptoDevice<H> {
 
     /// Destroys a cipher session.
     pub fn destroy_cipher_session(&self, session_id: u64) -> Result<(), Error> {
-        self.destroy_session(Service::Cipher, session_id)
+        self.destroy_session(SessionKind::Cipher, session_id)
     }
 }
 
