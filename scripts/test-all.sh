@@ -187,7 +187,7 @@ MUST_PRINT=7649abac8119b246cee98e9b12e9197d
 step "kcapi one-shot: SP 800-38A CBC block" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' \
     -k 2b7e151628aed2a6abf7158809cf4f3c -i 000102030405060708090a0b0c0d0e0f -p 6bc1bee22e409f96e93d7e117393172a
 MUST_PRINT=8b19050f66582cb7f7e4b6c873819b7108afa0eaa7de29bac7d903576b674c32
-step "kcapi -d 2: the seed's chained CBC stream (first block = libkcapi's answer)" prints -- cargo run --quiet -- kcapi -d 2 -e -c 'cbc(aes)' \
+step "kcapi -d 2: the AF_ALG discussion's chained CBC stream (first block = libkcapi's answer)" prints -- cargo run --quiet -- kcapi -d 2 -e -c 'cbc(aes)' \
     -k 8d7dd9b0170ce0b5f2f8e1aa768e01e91da8bfc67fd486d081b28254c99eb423 -i 7fbc02ebf5b93322329df9bfccb635af -p 48981da18e4bb9ef7e2e3162d16b1910
 step "kcapi -s 16 chain=serial: the same stream in 16-byte chunks" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' chain=serial -s 16 \
     -k 8d7dd9b0170ce0b5f2f8e1aa768e01e91da8bfc67fd486d081b28254c99eb423 -i 7fbc02ebf5b93322329df9bfccb635af -p 48981da18e4bb9ef7e2e3162d16b191048981da18e4bb9ef7e2e3162d16b1910
@@ -225,7 +225,7 @@ MUST_PRINT=
 EXPECT_LINE="error: kcapi: -k: \"2b7g\" is not hexadecimal"
 step "kcapi with a bad argument" fail -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' -k 2b7g -p 00
 
-# The front door: every input taken exactly or refused with its error (issue 15).
+# The front door: every input taken exactly or refused with its error (docs/DESIGN.md, "Bad input and its errors").
 hex_of() { od -An -v -tx1 | tr -d ' \n'; }
 unhex() { local h; h=$(cat); printf "$(printf '%s' "$h" | sed 's/../\\x&/g')"; }
 key=2b7e151628aed2a6abf7158809cf4f3c

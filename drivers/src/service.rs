@@ -1,5 +1,5 @@
 //! The crypto service over every device: a session opened once is usable from every CPU, on the
-//! device and queue that CPU maps to (the third seed: per-CPU crypto state and queues).
+//! device and queue that CPU maps to (per-CPU crypto state and queues, as "DM-CRYPT: Scale to multiple CPUs" did).
 //!
 //! - `queues=percpu` (the design): CPU c submits to the device whose queue interrupts c (its
 //!   [`QueueRouting`](crate::virtio_crypto::routing::QueueRouting) says so), on that queue, so a
@@ -31,7 +31,7 @@ use crate::virtio_crypto::request::RequestBatch;
 pub enum QueueMode {
     /// Each CPU its own device and queue, interrupts routed back to it (the design).
     PerCpu = 0,
-    /// Every CPU on device 0, queue 0 (the baseline of the third seed).
+    /// Every CPU on device 0, queue 0 (the baseline of the dm-crypt experiment).
     Shared = 1,
 }
 

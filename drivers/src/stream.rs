@@ -1,5 +1,5 @@
-//! Chained-IV streams (design.md 5): an ordered sequence of cipher requests on one session whose
-//! IVs chain like one AF_ALG operation socket (the second seed). Feed chunks in order; the stream
+//! Chained-IV streams: an ordered sequence of cipher requests on one session whose
+//! IVs chain like one AF_ALG operation socket (docs/DESIGN.md, "Sources"). Feed chunks in order; the stream
 //! derives each chunk's IV from the previous one and hands the outputs back in order; their
 //! concatenation is bit-identical to one request over the concatenated input.
 //!
@@ -15,8 +15,8 @@
 //! - ECB (no IV) and XTS (each request is its own data unit) are refused with
 //!   [`Error::StreamNotSupported`].
 //!
-//! [`ChainMode`] (`chain=serial|pipelined`, design.md 4):
-//! - `Serial`, the baseline (the seed's mutex): each chunk waits for the previous one to finish
+//! [`ChainMode`] (`chain=serial|pipelined`):
+//! - `Serial`, the baseline (AF_ALG's mutex): each chunk waits for the previous one to finish
 //!   before it is even built, so one chunk at a time is in the ring.
 //! - `Pipelined`, the design: CBC-decrypt and CTR chunks are built and posted at once, up to the
 //!   stream's window in flight. CBC-encrypt chunks are built and checked at once too, but wait in
@@ -499,7 +499,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
         }
         let shared = self.shared.clone();
         if shared.mode == ChainMode::Serial {
-            // The seed's mutex: nothing of this chunk is done before the previous one finished.
+            // AF_ALG's mutex: nothing of this chunk is done before the previous one finished.
             shared
                 .wake
                 .wait_until_deadline(

@@ -2,7 +2,8 @@
 //! operation on the device, like libkcapi's `kcapi` tool. Prints the hex result, or one error
 //! line and a failing exit status.
 //!
-//! Chained streams (the second seed's `kcapi -d 2 ...`): `-d <n>` submits the data n times as n
+//! Chained streams (libkcapi's `kcapi -d 2 ...`, as in the AF_ALG serialization discussion of
+//! January 2018, docs/DESIGN.md "Sources"): `-d <n>` submits the data n times as n
 //! consecutive chunks of one stream (libkcapi's `--execloops` with its AIO cipher type), and
 //! `-s <bytes>` splits the (repeated) data into chunks of that size; either prints the result of
 //! one chained operation over the whole input. `-d` without a number means decrypt.

@@ -1,5 +1,5 @@
 //! A log2 latency histogram in microseconds, printed like the `usecs : count distribution`
-//! tables of bcc's funclatency (the shape the first seed quotes). Recording is lock-free.
+//! tables of bcc's funclatency (the shape the ctrl-queue commit quotes). Recording is lock-free.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};

@@ -32,7 +32,7 @@ pub use super::queue::DEFAULT_TIMEOUT_NS;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ChainMode {
-    /// Every chunk waits for the previous one before it is built (the seed's mutex).
+    /// Every chunk waits for the previous one before it is built (AF_ALG's mutex).
     Serial = 0,
     /// Only CBC encryption waits, and only to enter the ring (the design).
     Pipelined = 1,
@@ -110,7 +110,7 @@ pub enum CtrlMode {
     /// Sleep on the request's completion; any number in flight (the design).
     Sleep = 0,
     /// One request at a time under a control lock, busy-polling the used ring (the baseline the
-    /// first seed replaced).
+    /// ctrl-queue commit replaced).
     Poll = 1,
 }
 

@@ -1,4 +1,4 @@
-//! Property test of the request engine's lifecycle (the reset/recovery issue's last piece).
+//! Property test of the request engine's lifecycle against a hostile device.
 //!
 //! One data queue of a `CryptoDevice` on the fake transport, with small request memory (6
 //! slots, 96-byte inline blocks, two 512-byte large blocks, heap spills above), is driven by a

@@ -71,7 +71,7 @@ pub trait Notify: Send + Sync {
 pub enum KickMode {
     /// Kick prepared under the lock, doorbell rung after it is dropped (the design).
     Unlocked = 0,
-    /// Doorbell rung with the lock held (the baseline the third seed replaced).
+    /// Doorbell rung with the lock held (the baseline "virtio: Support releasing lock during kick" replaced).
     Locked = 1,
 }
 

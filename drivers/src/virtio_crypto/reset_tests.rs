@@ -1,7 +1,8 @@
 //! Host tests of an untrusted device and of recovery: a device that stops answering, too-short
 //! used lengths, duplicate completions, the barrier before the NO_NOTIFY read, the doorbell rung
 //! with the queue lock free, recovery (reset before failing, fresh rings, lost sessions), the
-//! fourth seed (65,536 completions between two polls). The property test of random
+//! ring-wrap poll (65,536 completions between two polls, "Introduce optional VirtIO ring wrap
+//! counters", 2022). The property test of random
 //! interleavings (submits, answers, bad entries, timeouts, drops, resets) is `lifecycle_props`.
 
 use alloc::boxed::Box;
@@ -564,7 +565,7 @@ fn control_timeouts_keep_sessions_counted_and_keys_are_wiped_after_reset() {
     assert_eq!(dev.live_sessions(), 0, "exact again after the reset");
 }
 
-// --- the fourth seed --------------------------------------------------------------------------
+// --- the 16-bit wrap under a poller --------------------------------------------------------------------------
 
 /// The fake device completes exactly 65,536 requests between two polls of a poller: the 16-bit
 /// used index is back where it was (a poller comparing it would see nothing new), yet the

@@ -1,6 +1,6 @@
 //! Trips into the hypervisor, counted per CPU: under TCG every doorbell write, MMIO read,
 //! interrupt delivery, EOI and IPI is handled under QEMU's global lock, so their number per
-//! request bounds throughput (design.md 2, "cost model"). Counting is a relaxed add to the CPU's
+//! request bounds throughput (docs/DESIGN.md, "The cost model: trips into QEMU"). Counting is a relaxed add to the CPU's
 //! own counter: no lock, no shared cache line between CPUs.
 
 use core::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,7 @@
-//! `bench chain`: chained-IV streams (the second seed). CBC-encrypt, CBC-decrypt and CTR streams
+//! `bench chain`: chained-IV streams (the AF_ALG serialization discussion, docs/DESIGN.md). CBC-encrypt, CBC-decrypt and CTR streams
 //! of 64 KiB and 1 MiB in chunks of 512 B, 4 KiB and 16 KiB, `chain=serial` (every chunk waits
-//! for the previous one: the seed's mutex) vs `chain=pipelined` (the design), one stream at a
-//! time per worker, one worker per CPU. Beside them the seed's reference point: independent
+//! for the previous one: AF_ALG's mutex) vs `chain=pipelined` (the design), one stream at a
+//! time per worker, one worker per CPU. Beside them the discussion's reference point: independent
 //! requests of the same size with their own IVs, kept 16 in flight per worker (the "raw non
 //! chained" rate). Per row: MB/s, the fraction of the independent rate, busy %, and the stream's
 //! chunks in the ring on average (time-weighted, measured by the stream).
@@ -230,7 +230,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         println!("{line}");
     }
     println!(
-        "seed 001 (Chelsio, 8K CBC): a mutex around each request of a socket = ~30% of independent \
+        "AF_ALG serialization discussion, Jan 2018 (Chelsio, 8K CBC): a mutex around each request of a socket = ~30% of independent \
          requests; a queue in the driver after building the descriptors = ~50%."
     );
     println!(

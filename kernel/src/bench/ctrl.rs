@@ -1,5 +1,6 @@
 //! `bench ctrl`: session create+destroy pairs per second, busy-polled under one control lock
-//! (`ctrl=poll`, depth 1: what the first seed replaced) vs sleeping on a completion with many in
+//! (`ctrl=poll`, depth 1: what "virtio-crypto: wait ctrl queue instead of busy polling"
+//! replaced) vs sleeping on a completion with many in
 //! flight (`ctrl=sleep`), with 1 worker, one per CPU and 8 per CPU; then `batch`: each worker
 //! creates 16 sessions with one kick and destroys them with another (the control path's batch
 //! API). Per row: ops/s, busy % per CPU and their sum, trips, and the destroy-session latency

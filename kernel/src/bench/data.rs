@@ -157,7 +157,7 @@ fn point(
 
 /// Which side sets a row's rate: the device (85% of its own rate or more), the guest's CPUs
 /// (busy on average 90% or more), or else the trips into QEMU, whose handling holds QEMU's
-/// global lock against the device's work (design.md 2, "cost model").
+/// global lock against the device's work (docs/DESIGN.md, "The cost model: trips into QEMU").
 fn limited_by(pct_of_device: u64, busy: &[u32], trips: &trips::TripCounts, ops: u64) -> String {
     let busy_avg = busy.iter().sum::<u32>() / busy.len().max(1) as u32;
     if pct_of_device >= 85 {

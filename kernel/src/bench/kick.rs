@@ -1,5 +1,5 @@
 //! `bench kick`: AES-CBC data requests (16 B, 4 KiB, 64 KiB) from two workers per CPU with the
-//! doorbell rung inside the queue lock (`kick=locked`, what the third seed replaced) vs after
+//! doorbell rung inside the queue lock (`kick=locked`, what "virtio: Support releasing lock during kick" replaced) vs after
 //! dropping it (`kick=unlocked`). Per row: ops/s, MB/s, busy %, and the queue lock's lockstat
 //! line (acquisitions, contentions, wait and hold time min/max/total).
 

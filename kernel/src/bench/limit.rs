@@ -1,5 +1,5 @@
 //! `bench limit`: the device's own rate, the ceiling the other data numbers are compared with
-//! (issue 10's "throwaway probe", kept). Batches of AES-CBC requests are added to one queue
+//! (kept as the yardstick every data row is measured against). Batches of AES-CBC requests are added to one queue
 //! with a single kick; the queue is handed to a poller (the device is asked for no interrupts)
 //! and polled until the last request is back. What counts is the time from the submission to
 //! the last completion: the device working with nothing in its way.

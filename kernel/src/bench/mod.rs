@@ -1,13 +1,14 @@
-//! Benchmarks that reproduce the seeds' experiments side by side in one boot:
-//! `bench ctrl` (control queue: busy-poll vs sleep, seed 000), `bench kick` (doorbell inside vs
-//! outside the queue lock, seed 002), `bench limit` (the device's own rate: batches with one
+//! Benchmarks that reproduce the experiments of the posts in docs/DESIGN.md ("Sources") side by
+//! side in one boot:
+//! `bench ctrl` (control queue: busy-poll vs sleep), `bench kick` (doorbell inside vs
+//! outside the queue lock), `bench limit` (the device's own rate: batches with one
 //! kick, polled, no interrupts), `bench data` (throughput and latency against request size and
-//! requests in flight, each row as a share of the device's rate), `bench scale` (shared vs per-CPU queues over every device, seed 003),
-//! `bench chain` (chained-IV streams, serial vs pipelined, seed 001), `bench rsa` (RSA
+//! requests in flight, each row as a share of the device's rate), `bench scale` (shared vs per-CPU queues over every device),
+//! `bench chain` (chained-IV streams, serial vs pipelined), `bench rsa` (RSA
 //! sign/verify/encrypt/decrypt ops/s). `bench` runs them all. Options: `dur=<ms>` per point
 //! (default 1000).
 //!
-//! Each prints a human table shaped like the seed's and one JSON line per row (`{"bench":...}`).
+//! Each prints a human table shaped like its source's and one JSON line per row (`{"bench":...}`).
 //! Ratios are meaningful inside one boot only; tests never assert timing.
 
 mod chain;

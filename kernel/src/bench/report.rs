@@ -67,7 +67,7 @@ impl Row {
         self
     }
 
-    /// Busy per CPU and their sum, in percent with one decimal (as the seed's "800% CPU").
+    /// Busy per CPU and their sum, in percent with one decimal (as "800% CPU" in the ctrl-queue commit message).
     pub fn busy(self, permille: &[u32]) -> Row {
         let sum: u32 = permille.iter().sum();
         let per_cpu: Vec<String> = permille

@@ -1,4 +1,5 @@
-//! `bench scale`: the third seed's experiment (dm-crypt's per-CPU crypto queues). For 1, 2 and
+//! `bench scale`: the experiment of "DM-CRYPT: Scale to multiple CPUs" (Andi Kleen, 2010): per-CPU
+//! crypto queues. For 1, 2 and
 //! 4 submitting CPUs (as many as the boot has), `queues=shared` (every CPU on device 0, queue
 //! 0) against `queues=percpu` (each CPU on the device and queue whose interrupt it takes), with
 //! AES-CBC at 16 B and 4 KiB and a fixed number of requests in flight per CPU: ops/s, busy per
@@ -192,7 +193,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         println!("{line}");
     }
     println!(
-        "seed 003 (dm-crypt): one shared queue and worker cannot keep up with many submitting CPUs; \
+        "DM-CRYPT: Scale to multiple CPUs (2010): one shared queue and worker cannot keep up with many submitting CPUs; \
          per-CPU queues remove the lock contention and the cross-CPU completions. Here QEMU runs every \
          device's requests in one main-loop thread on a 2-core host, so total ops/s is bounded by it; \
          the per-CPU gain shows as zero contentions and remote wake-ups and more ops per guest CPU-second."

@@ -283,7 +283,7 @@ pub(super) fn expect_err<T>(what: &str, got: Result<T, Error>, want: Error) -> T
     }
 }
 
-/// Each bad input of design.md section 8 that applies gets its own error, and the next good
+/// Each bad input of docs/DESIGN.md ("Bad input and its errors") that applies gets its own error, and the next good
 /// request still succeeds.
 pub fn bad_inputs_get_their_error_and_device_stays_usable() -> TestResult {
     let key = hex("2b7e151628aed2a6abf7158809cf4f3c");

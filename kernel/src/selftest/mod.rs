@@ -231,7 +231,7 @@ pub static TESTS: &[Test] = &[
         "irq::reschedule_ipis_still_reach_the_scheduler",
         irq::reschedule_ipis_still_reach_the_scheduler,
     ),
-    // The full differential count (about the time of the rest of the suite under TCG):
+    // The full differential count (about the time of the rest of the suite under TCG):
     // run once by scripts/test-all.sh.
     Test {
         name: "rsa::differential_3000_per_op_vs_rustcrypto",

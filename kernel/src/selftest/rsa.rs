@@ -272,7 +272,7 @@ pub fn differential_200_per_op_vs_rustcrypto() -> TestResult {
     differential(200)
 }
 
-/// The full count, run once by `scripts/test-all.sh`.
+/// The full count (3,000 per operation per key size), run once by `scripts/test-all.sh`.
 pub fn differential_3000_per_op_vs_rustcrypto() -> TestResult {
     differential(3000)
 }
