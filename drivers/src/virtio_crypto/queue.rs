@@ -37,8 +37,8 @@ use spin::Once;
 use virtio_drivers::Hal;
 use virtio_drivers::transport::Transport;
 
-use super::ring::{Popped, QUEUE_SIZE, Region, Regions, Ring};
-use super::slots::{Phase, Storage, StorageConfig};
+use super::ring::{Popped, QUEUE_SIZE, Regions, Ring};
+use super::slots::{Finish, Storage, StorageConfig};
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, SpinGuard, WaitQueue, spinlock::IrqsOff};
 
@@ -496,40 +496,25 @@ impl<H: Hal> QueueCore<H> {
         seal: Seal,
         handler: Option<Arc<dyn OnComplete<H>>>,
     ) -> (Posted<H>, Option<u64>) {
-        let storage = self.storage();
-        let mut st = storage.slots[slot as usize].state.lock();
-        let (base, _) = storage.region(slot, &st);
-        let region = |addr: usize, len: usize| Region { addr, len };
+        let regions = self.storage().post(
+            slot,
+            seal.min_used,
+            seal.reply_len,
+            seal.generation,
+            self.resets.load(Ordering::Acquire),
+        );
         let posted = Posted {
             slot,
-            regions: Regions {
-                readable: region(base, st.readable),
-                writable: region(base + st.readable, st.writable),
-                external: st.external.as_ref().map(|b| {
-                    (
-                        region(b.src.as_ptr() as usize, b.src.len()),
-                        region(b.dst.as_ptr() as usize, b.dst.len()),
-                    )
-                }),
-                min_used: seal.min_used,
-            },
+            regions,
             handler,
         };
-        st.phase = Phase::InFlight;
-        st.min_used = seal.min_used;
-        st.reply_len = seal.reply_len;
-        st.posted_after_resets = self.resets.load(Ordering::Acquire);
-        st.generation = seal.generation;
         (posted, seal.generation)
     }
 
     /// Undoes `prepare` for a request that was not added: back in `Building`, owned by the
     /// caller; its handler is dropped after the slot lock.
     fn unprepare(&self, posted: Posted<H>) {
-        self.storage().slots[posted.slot as usize]
-            .state
-            .lock()
-            .phase = Phase::Building;
+        self.storage().unpost(posted.slot);
         drop(posted);
     }
 
@@ -751,69 +736,24 @@ impl<H: Hal> QueueCore<H> {
         device_may_own: bool,
     ) {
         let Posted { slot, handler, .. } = posted;
-        let storage = self.storage();
-        let mut st = storage.slots[slot as usize].state.lock();
-        // A reset since it was posted: the device reaches it no more.
-        let device_may_own =
-            device_may_own && self.resets.load(Ordering::Acquire) == st.posted_after_resets;
-        match st.phase {
-            Phase::InFlight => {
-                if !device_may_own {
-                    // The slot's writable bytes the device did not write (all of them on a
-                    // failure) still hold an earlier request's: zero them before anyone can
-                    // read them. The device's output is a prefix (the caller's own
-                    // destination first, which is its own); the reply at the end (the status)
-                    // is where the device writes it whatever the used length, and holds this
-                    // request's preset until then: it is never cleared.
-                    let reply = (st.reply_len as usize).min(st.writable);
-                    let clearable = st.writable - reply;
-                    let before = st.external.as_ref().map_or(0, |b| b.dst.len());
-                    let written = match result {
-                        Ok(len) => (len as usize)
-                            .saturating_sub(reply)
-                            .saturating_sub(before)
-                            .min(clearable),
-                        Err(_) => 0,
-                    };
-                    let (base, _) = storage.region(slot, &st);
-                    // SAFETY: the device returned the request (or never had it), so the slot's
-                    // region is the CPU's; this is inside its writable part, which `reserve`
-                    // sized; the slot lock is held, so no owner reads it meanwhile.
-                    unsafe {
-                        core::ptr::write_bytes(
-                            (base + st.readable + written) as *mut u8,
-                            0,
-                            clearable - written,
-                        );
-                    }
-                }
-                st.outcome = Some(result);
-                st.device_may_own = device_may_own;
-                st.phase = Phase::Done;
-                if let Some(handler) = handler {
-                    let (readable, writable) = (st.readable, st.writable);
-                    drop(st);
-                    handler.on_complete(Finished {
-                        core: self.clone(),
-                        slot,
-                        readable,
-                        writable,
-                    });
-                } else if let Some(waiter) = &st.waiter {
-                    // Woken under the slot lock: the waiter removes its own registration under
-                    // the same lock, so the `Arc` is never dropped here.
-                    waiter.wake();
-                }
+        let resets = self.resets.load(Ordering::Acquire);
+        let finish = self
+            .storage()
+            .finish(slot, result, device_may_own, resets, handler.is_some());
+        match (finish, handler) {
+            (Finish::ToHandler { readable, writable }, Some(handler)) => {
+                handler.on_complete(Finished {
+                    core: self.clone(),
+                    slot,
+                    readable,
+                    writable,
+                });
             }
-            Phase::Abandoned if device_may_own => st.phase = Phase::Quarantined,
-            Phase::Abandoned => {
-                drop(st);
-                let _none = storage.release(slot, false);
-            }
-            _ => {
-                // The in-flight table only names InFlight/Abandoned slots.
+            (Finish::NotPosted, _) => {
+                // The in-flight table only names posted slots.
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
             }
+            _ => {}
         }
     }
 

@@ -21,7 +21,7 @@ use zerocopy::{Immutable, IntoBytes};
 
 use super::queue::{CryptoQueue, QueueCore, Seal, SpaceWait};
 pub use super::queue::{Finished, OnComplete};
-use super::slots::{OwnedBuffers, Phase};
+use super::slots::OwnedBuffers;
 use crate::error::Error;
 use crate::sync::platform;
 
@@ -160,11 +160,11 @@ impl<H: Hal> RequestBuilder<H> {
     /// `src` is read after the readable bytes pushed, `dst` written before the writable part.
     /// The request keeps them until [`Request::take_buffers`] (or frees them when dropped).
     pub fn hand_over(&mut self, buffers: OwnedBuffers) -> &mut Self {
-        let old = self.request.core.storage().slots[self.request.slot as usize]
-            .state
-            .lock()
-            .external
-            .replace(buffers);
+        let old = self
+            .request
+            .core
+            .storage()
+            .hand_over(self.request.slot, buffers);
         drop(old);
         self
     }
@@ -172,10 +172,10 @@ impl<H: Hal> RequestBuilder<H> {
     /// Zeroizes the readable part when the slot is released (it carries key material), also
     /// if the request is never posted.
     pub fn wipe_on_release(&mut self) -> &mut Self {
-        self.request.core.storage().slots[self.request.slot as usize]
-            .state
-            .lock()
-            .wipe_readable = true;
+        self.request
+            .core
+            .storage()
+            .wipe_on_release(self.request.slot);
         self
     }
 
@@ -499,38 +499,20 @@ impl<H: Hal> Request<H> {
         (self.readable, self.writable)
     }
 
-    fn phase(&self) -> Phase {
-        self.core.storage().slots[self.slot as usize]
-            .state
-            .lock()
-            .phase
-    }
-
-    /// The whole region (readable then writable), while the CPU owns it.
-    fn region_mut(&mut self) -> &mut [u8] {
-        let storage = self.core.storage();
-        let st = storage.slots[self.slot as usize].state.lock();
-        debug_assert!(matches!(st.phase, Phase::Building | Phase::Done));
-        let (base, len) = storage.region(self.slot, &st);
-        let n = (st.readable + st.writable).min(len);
-        // SAFETY: the slot is in `Building` or `Done` (a `Request` is only reachable by its
-        // owner in those phases: `submit` consumes the builder and `wait` returns once `Done`),
-        // so neither the device nor another CPU touches the region; `&mut self` makes this the
-        // only reference.
-        unsafe { core::slice::from_raw_parts_mut(base as *mut u8, n) }
-    }
-
+    /// The whole region (readable then writable) while the CPU owns it; empty while the
+    /// device may use it.
     fn region(&self) -> &[u8] {
-        let storage = self.core.storage();
-        let st = storage.slots[self.slot as usize].state.lock();
-        let (base, len) = storage.region(self.slot, &st);
-        let n = if matches!(st.phase, Phase::Building | Phase::Done) && !st.device_may_own {
-            (st.readable + st.writable).min(len)
-        } else {
-            0 // the device may be writing it
+        let Some(view) = self.core.storage().cpu_view(self.slot) else {
+            return &[];
         };
-        // SAFETY: as in `region_mut`; in any other phase the slice is empty.
-        unsafe { core::slice::from_raw_parts(base as *const u8, n) }
+        // SAFETY: `cpu_view` gives the region only in the phases where the CPU owns it
+        // (Building, or Done and not the device's), in which only this request's owner touches
+        // it; the slice lives as long as `&self`, and the phase cannot change while the owner
+        // holds the request (only the owner's drop or a reset reclaim, which needs the device
+        // reset and leaves the memory the CPU's, change it).
+        unsafe {
+            core::slice::from_raw_parts(view.base as *const u8, view.readable + view.writable)
+        }
     }
 
     /// The device-readable part (empty while in flight, and after a failure that left the
@@ -550,40 +532,30 @@ impl<H: Hal> Request<H> {
 
     /// The device-writable part, mutable (empty while in flight).
     pub fn writable_mut(&mut self) -> &mut [u8] {
-        let owned = {
-            let st = self.core.storage().slots[self.slot as usize].state.lock();
-            matches!(st.phase, Phase::Done | Phase::Building) && !st.device_may_own
-        };
-        if !owned {
+        let Some(view) = self.core.storage().cpu_view(self.slot) else {
             return &mut [];
+        };
+        // SAFETY: as in `region`; `&mut self` makes this the only reference.
+        unsafe {
+            core::slice::from_raw_parts_mut((view.base + view.readable) as *mut u8, view.writable)
         }
-        let (readable, _) = self.lengths();
-        &mut self.region_mut()[readable..]
     }
 
     /// The caller's buffers handed over with [`RequestBuilder::hand_over`], once the device is
     /// done with them (`None` while in flight, and after a failure that left them with the
     /// device: they are freed after its reset).
     pub fn take_buffers(&mut self) -> Option<OwnedBuffers> {
-        let mut st = self.core.storage().slots[self.slot as usize].state.lock();
-        if matches!(st.phase, Phase::Done | Phase::Building) && !st.device_may_own {
-            st.external.take()
-        } else {
-            None
-        }
+        self.core.storage().take_buffers(self.slot)
     }
 
     /// Whether the device returned the request (or it failed).
     pub fn is_done(&self) -> bool {
-        self.phase() == Phase::Done
+        self.core.storage().is_done(self.slot)
     }
 
     /// The used length, or why the request failed; `None` while in flight.
     pub fn outcome(&self) -> Option<Result<u32, Error>> {
-        self.core.storage().slots[self.slot as usize]
-            .state
-            .lock()
-            .outcome
+        self.core.storage().outcome(self.slot)
     }
 
     /// Sleeps until the request finishes or `deadline_ns` (platform clock) passes; returns the
@@ -591,28 +563,16 @@ impl<H: Hal> Request<H> {
     /// may be waited for again). Allocates nothing.
     pub fn wait_until(&self, deadline_ns: Option<u64>) -> Result<u32, Error> {
         let platform = platform::get();
-        let slot = &self.core.storage().slots[self.slot as usize];
+        let storage = self.core.storage();
         let mut registered = false;
         loop {
-            {
-                let mut st = slot.state.lock();
-                if st.phase == Phase::Done {
-                    let waiter = st.waiter.take();
-                    let outcome = st.outcome;
-                    drop(st);
-                    drop(waiter);
-                    return outcome.unwrap_or(Err(Error::MalformedCompletion {
-                        what: "a finished request without a result",
-                    }));
-                }
-                if !registered {
-                    st.waiter = Some(platform.current_task());
-                    registered = true;
-                }
+            let waiter = (!registered).then(|| platform.current_task());
+            registered = true;
+            if let Some(outcome) = storage.poll_wait(self.slot, waiter) {
+                return outcome;
             }
             if deadline_ns.is_some_and(|d| platform.now_ns() >= d) {
-                let waiter = slot.state.lock().waiter.take();
-                drop(waiter);
+                storage.stop_waiting(self.slot);
                 return match self.outcome() {
                     Some(outcome) => outcome,
                     None => Err(Error::Timeout),
@@ -663,26 +623,9 @@ impl<H: Hal> Request<H> {
 
 impl<H: Hal> Drop for Request<H> {
     fn drop(&mut self) {
-        let storage = self.core.storage();
-        let release = {
-            let mut st = storage.slots[self.slot as usize].state.lock();
-            match st.phase {
-                Phase::InFlight => {
-                    // The device still has it: the drain releases it when it comes back.
-                    st.phase = Phase::Abandoned;
-                    false
-                }
-                Phase::Done if st.device_may_own => {
-                    st.phase = Phase::Quarantined;
-                    false
-                }
-                Phase::Building | Phase::Done => true,
-                Phase::Free | Phase::Abandoned | Phase::Quarantined => false,
-            }
-        };
-        if release {
-            let spill = storage.release(self.slot, !self.from_callback);
-            drop(spill); // None from a handler: nothing is freed in interrupt context
-        }
+        // In flight, the drain frees the slot when the device gives it back; failed while the
+        // device could still write, a reset does.
+        let leftovers = self.core.storage().abandon(self.slot, !self.from_callback);
+        drop(leftovers); // nothing from a handler: nothing is freed in interrupt context
     }
 }
