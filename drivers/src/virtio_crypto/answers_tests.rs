@@ -15,7 +15,7 @@ use super::lifecycle::DeviceState;
 use super::wire;
 use crate::error::Error;
 
-const EX1_DER: &str = include_str!("testdata/ex1_1024.der.hex");
+const EX1_DER: &str = include_str!("akcipher/testdata/ex1_1024.der.hex");
 
 fn unhex(s: &str) -> Vec<u8> {
     let s: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
