@@ -149,28 +149,28 @@ MUST_PRINT="cpus online: 4"
 # The suites that depend on the device count (routing, the service, interrupts, many tasks);
 # the whole suite runs with 4 CPUs and with 2 devices above.
 step "device suites, 4 CPUs, 4 devices (per-CPU queues)" pass VCRYPT_SMP=4 VCRYPT_DEVICES=4 -- \
-    cargo run --quiet -- test service:: irq:: crypto::known crypto::many_tasks crypto::every_device \
-    crypto::completions crypto::many_streams bench::
+    cargo run --quiet -- test service:: irq:: crypto::known crypto::many_tasks stream::many_streams \
+    bench::
 MUST_PRINT=
-step "service suites, 1 CPU, 2 devices" pass VCRYPT_SMP=1 VCRYPT_DEVICES=2 -- cargo run --quiet -- test service:: crypto::compl
-step "driver suites, ctrl=poll" pass -- cargo run --quiet -- test crypto:: ctrl=poll
-step "driver suites, kick=locked" pass -- cargo run --quiet -- test crypto:: kick=locked
+step "service suites, 1 CPU, 2 devices" pass VCRYPT_SMP=1 VCRYPT_DEVICES=2 -- cargo run --quiet -- test service:: irq::completions
+step "driver suites, ctrl=poll" pass -- cargo run --quiet -- test crypto:: stream:: ctrl=poll
+step "driver suites, kick=locked" pass -- cargo run --quiet -- test crypto:: stream:: kick=locked
 # Notification suppression by ring indices (the default) and by flags: the volume and
 # differential tests among them.
 MUST_PRINT="notifications by flags (no EVENT_IDX)"
-step "driver suites, event_idx=off" pass -- cargo run --quiet -- test crypto:: event_idx=off
+step "driver suites, event_idx=off" pass -- cargo run --quiet -- test crypto:: stream:: event_idx=off
 MUST_PRINT="notifications by ring index (EVENT_IDX)"
-step "driver suites, event_idx=on" pass -- cargo run --quiet -- test crypto:: event_idx=on
+step "driver suites, event_idx=on" pass -- cargo run --quiet -- test crypto:: stream:: event_idx=on
 MUST_PRINT=
 MUST_PRINT="test pci::msix_entries_read_back ... not applicable: no device has an MSI-X capability (VCRYPT_VECTORS=0)"
 MAY_SKIP=yes
 step "self-tests, no MSI-X (INTx through the I/O APIC)" pass VCRYPT_VECTORS=0 -- cargo run --quiet
 MAY_SKIP=
 MUST_PRINT="no usable MSI-X; using INTx"
-step "driver suites, 2 devices sharing one INTx line" pass VCRYPT_DEVICES=2 VCRYPT_VECTORS=0 -- cargo run --quiet -- test crypto:: irq::
-step "driver suites, 1 MSI-X vector (falls back to INTx)" pass VCRYPT_VECTORS=1 -- cargo run --quiet -- test crypto:: irq::
+step "driver suites, 2 devices sharing one INTx line" pass VCRYPT_DEVICES=2 VCRYPT_VECTORS=0 -- cargo run --quiet -- test crypto:: stream:: irq::
+step "driver suites, 1 MSI-X vector (falls back to INTx)" pass VCRYPT_VECTORS=1 -- cargo run --quiet -- test crypto:: stream:: irq::
 MUST_PRINT="interrupts SharedVector"
-step "driver suites, 2 MSI-X vectors (configuration + one shared by the queues)" pass VCRYPT_VECTORS=2 -- cargo run --quiet -- test crypto:: irq:: log=info
+step "driver suites, 2 MSI-X vectors (configuration + one shared by the queues)" pass VCRYPT_VECTORS=2 -- cargo run --quiet -- test crypto:: stream:: irq:: log=info
 MUST_PRINT=
 MUST_PRINT="samples      %  function"
 step "profiler: samples resolved to functions" prints -- scripts/profile.sh test crypto::known
@@ -284,13 +284,13 @@ MUST_PRINT=
 
 EXPECT_LINE="no virtio-crypto device found"
 step "no device: clear error" fail VCRYPT_DEVICES=0 -- cargo run --quiet
-EXPECT_LINE="test harness_must_fail ... FAILED"
-step "a failing test fails the run" fail -- cargo run --quiet -- test harness_must_fail
-EXPECT_LINE="test harness_fault_must_fail ... FAILED: exception 14 (page fault)"
-step "a fault inside a test fails the run and names it" fail -- cargo run --quiet -- test harness_fault_must_fail
+EXPECT_LINE="test harness::must_fail ... FAILED"
+step "a failing test fails the run" fail -- cargo run --quiet -- test harness::must_fail
+EXPECT_LINE="test harness::fault_must_fail ... FAILED: exception 14 (page fault)"
+step "a fault inside a test fails the run and names it" fail -- cargo run --quiet -- test harness::fault_must_fail
 
 EXPECT_LINE="stack overflow in task 'overflow' (#"
-step "a task stack overflow is reported" fail -- cargo run --quiet -- test sched_stack_overflow_must_fail
+step "a task stack overflow is reported" fail -- cargo run --quiet -- test sched::stack_overflow_must_fail
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

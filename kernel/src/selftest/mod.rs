@@ -3,13 +3,13 @@
 //! closing `N passed, N failed` line and a QEMU exit status. A panic or CPU exception inside a
 //! test fails the run and names the test.
 
+mod arch;
 mod bench;
 mod crypto;
 mod harness;
 mod irq;
 mod mm;
 mod pci;
-mod platform;
 mod reference;
 mod reset;
 mod rsa;
@@ -37,228 +37,90 @@ pub struct Test {
     pub explicit_only: bool,
 }
 
-const fn test(name: &'static str, run: fn() -> TestResult) -> Test {
-    Test {
-        name,
-        run,
-        explicit_only: false,
-    }
+/// A test registered by its function's path: the name printed and matched by filters is the
+/// path itself (`crypto::known_answers_every_mode`), so a name cannot drift from the function it
+/// runs.
+macro_rules! test {
+    ($path:path) => {
+        Test {
+            name: stringify!($path),
+            run: $path,
+            explicit_only: false,
+        }
+    };
+}
+
+/// A test that runs only when named exactly on the command line (slow ones, and tests that
+/// exist to fail), registered by its path like [`test!`].
+macro_rules! explicit {
+    ($path:path) => {
+        Test {
+            name: stringify!($path),
+            run: $path,
+            explicit_only: true,
+        }
+    };
 }
 
 /// Every test, in the order they run.
 pub static TESTS: &[Test] = &[
-    test(
-        "mm::heap_alloc_free_many_sizes",
-        mm::heap_alloc_free_many_sizes,
-    ),
-    test(
-        "mm::frames_never_handed_out_twice",
-        mm::frames_never_handed_out_twice,
-    ),
-    test(
-        "mm::dma_alloc_is_zeroed_and_contiguous",
-        mm::dma_alloc_is_zeroed_and_contiguous,
-    ),
-    test(
-        "arch::breakpoint_is_caught_and_resumes",
-        platform::breakpoint_is_caught_and_resumes,
-    ),
-    test(
-        "arch::timer_ticks_agree_with_tsc",
-        platform::timer_ticks_agree_with_tsc,
-    ),
-    test("smp::cpu_count_matches_madt", smp::cpu_count_matches_madt),
-    test(
-        "smp::every_cpu_checked_in_with_own_index_and_apic_id",
-        smp::every_cpu_checked_in_with_own_index_and_apic_id,
-    ),
-    test(
-        "smp::every_cpu_takes_timer_ticks",
-        smp::every_cpu_takes_timer_ticks,
-    ),
-    test(
-        "smp::ipi_runs_handler_on_target_cpu",
-        smp::ipi_runs_handler_on_target_cpu,
-    ),
-    test(
-        "irq::occupied_vector_is_refused",
-        irq::occupied_vector_is_refused,
-    ),
-    test(
-        "irq::every_handler_of_a_line_runs",
-        irq::every_handler_of_a_line_runs,
-    ),
-    test(
-        "pci::finds_virtio_crypto_with_expected_ids",
-        pci::finds_virtio_crypto_with_expected_ids,
-    ),
-    test(
-        "pci::virtio_crypto_config_reads_back_consistently",
-        pci::config_reads_back_consistently,
-    ),
-    test("pci::msix_entries_read_back", pci::msix_entries_read_back),
-    test(
-        "pci::bar_above_4gib_is_mapped_and_reachable",
-        pci::bar_above_4gib_is_mapped_and_reachable,
-    ),
-    test(
-        "sched::tasks_run_on_every_cpu",
-        sched::tasks_run_on_every_cpu,
-    ),
-    test(
-        "sched::spinning_task_does_not_starve_another",
-        sched::spinning_task_does_not_starve_another,
-    ),
-    test(
-        "sched::busy_percent_idle_and_spinning",
-        sched::busy_percent_idle_and_spinning,
-    ),
-    test(
-        "sched::sleep_waits_and_yields",
-        sched::sleep_waits_and_yields,
-    ),
-    test(
-        "sync::ping_pong_10000_across_cpus",
-        sync::ping_pong_10000_across_cpus,
-    ),
-    test(
-        "sync::wake_from_interrupt_resumes_sleeper",
-        sync::wake_from_interrupt_resumes_sleeper,
-    ),
-    test(
-        "sync::timed_wait_times_out_in_window",
-        sync::timed_wait_times_out_in_window,
-    ),
-    test(
-        "sync::lock_stats_show_contention_only_across_cpus",
-        sync::lock_stats_show_contention_only_across_cpus,
-    ),
-    test(
-        "crypto::known_answers_every_mode",
-        crypto::known_answers_every_mode,
-    ),
-    test(
-        "crypto::bad_inputs_get_their_error_and_device_stays_usable",
-        crypto::bad_inputs_get_their_error_and_device_stays_usable,
-    ),
-    test(
-        "crypto::ctr_any_length_vs_rustcrypto",
-        crypto::ctr_any_length_vs_rustcrypto,
-    ),
-    test(
-        "crypto::session_exhaustion_and_recovery",
-        crypto::session_exhaustion_and_recovery,
-    ),
-    test(
-        "crypto::many_tasks_every_cpu_many_in_flight",
-        crypto::many_tasks_every_cpu_many_in_flight,
-    ),
-    test(
-        "crypto::differential_1000_per_mode_vs_rustcrypto",
-        crypto::differential_1000_per_mode_vs_rustcrypto,
-    ),
-    test(
-        "crypto::data_path_allocates_nothing_after_warmup",
-        crypto::data_path_allocates_nothing_after_warmup,
-    ),
-    test(
-        "crypto::volume_300k_data_100k_control",
-        crypto::volume_300k_data_100k_control,
-    ),
-    test(
-        "crypto::streams_random_lengths_every_mode_vs_rustcrypto",
-        stream::streams_random_lengths_every_mode_vs_rustcrypto,
-    ),
-    test(
-        "crypto::many_streams_and_independent_requests_on_every_cpu",
-        stream::many_streams_and_independent_requests_on_every_cpu,
-    ),
-    test(
-        "crypto::stream_failing_chunk_fails_the_stream_and_later_streams_work",
-        stream::failing_chunk_fails_the_stream_and_later_streams_work,
-    ),
-    test(
-        "crypto::every_device_takes_interrupts_in_its_mode",
-        irq::every_device_takes_interrupts_in_its_mode,
-    ),
-    test(
-        "service::every_cpu_submits_to_its_mapped_queue",
-        service::every_cpu_submits_to_its_mapped_queue,
-    ),
-    test(
-        "service::one_session_every_cpu_matches_rustcrypto_and_drops_everywhere",
-        service::one_session_every_cpu_matches_rustcrypto_and_drops_everywhere,
-    ),
-    test(
-        "service::hundred_thousand_requests_over_all_devices_none_lost",
-        service::hundred_thousand_requests_over_all_devices_none_lost,
-    ),
-    test(
-        "crypto::completions_wake_on_the_submitting_cpu",
-        irq::completions_wake_on_the_submitting_cpu,
-    ),
-    test("rsa::known_answers", rsa::known_answers),
-    test(
-        "rsa::bad_inputs_get_their_error_and_device_stays_usable",
-        rsa::bad_inputs_get_their_error_and_device_stays_usable,
-    ),
-    test(
-        "rsa::every_key_size_1024_to_4096",
-        rsa::every_key_size_1024_to_4096,
-    ),
-    test(
-        "rsa::differential_200_per_op_vs_rustcrypto",
-        rsa::differential_200_per_op_vs_rustcrypto,
-    ),
-    test(
-        "rsa::mixed_with_cipher_sessions_every_cpu",
-        rsa::mixed_with_cipher_sessions_every_cpu,
-    ),
-    test(
-        "rsa::kcapi_all_four_operations",
-        rsa::kcapi_all_four_operations,
-    ),
-    test(
-        "bench::every_bench_runs_and_emits_parsable_json",
-        bench::every_bench_runs_and_emits_parsable_json,
-    ),
-    test(
-        "irq::wakes_of_a_halted_cpu_share_one_ipi",
-        irq::wakes_of_a_halted_cpu_share_one_ipi,
-    ),
+    test!(mm::heap_alloc_free_many_sizes),
+    test!(mm::frames_never_handed_out_twice),
+    test!(mm::dma_alloc_is_zeroed_and_contiguous),
+    test!(arch::breakpoint_is_caught_and_resumes),
+    test!(arch::timer_ticks_agree_with_tsc),
+    test!(smp::cpu_count_matches_madt),
+    test!(smp::every_cpu_checked_in_with_own_index_and_apic_id),
+    test!(smp::every_cpu_takes_timer_ticks),
+    test!(smp::ipi_runs_handler_on_target_cpu),
+    test!(irq::occupied_vector_is_refused),
+    test!(irq::every_handler_of_a_line_runs),
+    test!(pci::finds_virtio_crypto_with_expected_ids),
+    test!(pci::virtio_crypto_config_reads_back_consistently),
+    test!(pci::msix_entries_read_back),
+    test!(pci::bar_above_4gib_is_mapped_and_reachable),
+    test!(sched::tasks_run_on_every_cpu),
+    test!(sched::spinning_task_does_not_starve_another),
+    test!(sched::busy_percent_idle_and_spinning),
+    test!(sched::sleep_waits_and_yields),
+    test!(sync::ping_pong_10000_across_cpus),
+    test!(sync::wake_from_interrupt_resumes_sleeper),
+    test!(sync::timed_wait_times_out_in_window),
+    test!(sync::lock_stats_show_contention_only_across_cpus),
+    test!(crypto::known_answers_every_mode),
+    test!(crypto::bad_inputs_get_their_error_and_device_stays_usable),
+    test!(crypto::ctr_any_length_vs_rustcrypto),
+    test!(crypto::session_exhaustion_and_recovery),
+    test!(crypto::many_tasks_every_cpu_many_in_flight),
+    test!(crypto::differential_1000_per_mode_vs_rustcrypto),
+    test!(crypto::data_path_allocates_nothing_after_warmup),
+    test!(crypto::volume_300k_data_100k_control),
+    test!(stream::streams_random_lengths_every_mode_vs_rustcrypto),
+    test!(stream::many_streams_and_independent_requests_on_every_cpu),
+    test!(stream::failing_chunk_fails_the_stream_and_later_streams_work),
+    test!(irq::every_device_takes_interrupts_in_its_mode),
+    test!(service::every_cpu_submits_to_its_mapped_queue),
+    test!(service::one_session_every_cpu_matches_rustcrypto_and_drops_everywhere),
+    test!(service::hundred_thousand_requests_over_all_devices_none_lost),
+    test!(irq::completions_wake_on_the_submitting_cpu),
+    test!(rsa::known_answers),
+    test!(rsa::bad_inputs_get_their_error_and_device_stays_usable),
+    test!(rsa::every_key_size_1024_to_4096),
+    test!(rsa::differential_200_per_op_vs_rustcrypto),
+    test!(rsa::mixed_with_cipher_sessions_every_cpu),
+    test!(rsa::kcapi_all_four_operations),
+    test!(bench::every_bench_runs_and_emits_parsable_json),
+    test!(irq::wakes_of_a_halted_cpu_share_one_ipi),
     // Last: checks what the whole run may have broken.
-    test(
-        "irq::reschedule_ipis_still_reach_the_scheduler",
-        irq::reschedule_ipis_still_reach_the_scheduler,
-    ),
+    test!(irq::reschedule_ipis_still_reach_the_scheduler),
     // The full differential count (about the time of the rest of the suite under TCG):
     // run once by scripts/test-all.sh.
-    Test {
-        name: "rsa::differential_3000_per_op_vs_rustcrypto",
-        run: rsa::differential_3000_per_op_vs_rustcrypto,
-        explicit_only: true,
-    },
+    explicit!(rsa::differential_3000_per_op_vs_rustcrypto),
     // Slow, and QEMU prints a complaint per injected fault: test-all runs it on its own.
-    Test {
-        name: "reset::twenty_cycles_with_fault_injection",
-        run: reset::twenty_cycles_with_fault_injection,
-        explicit_only: true,
-    },
-    Test {
-        name: "sched_stack_overflow_must_fail",
-        run: sched::stack_overflow_must_fail,
-        explicit_only: true,
-    },
-    Test {
-        name: "harness_must_fail",
-        run: harness::must_fail,
-        explicit_only: true,
-    },
-    Test {
-        name: "harness_fault_must_fail",
-        run: harness::fault_must_fail,
-        explicit_only: true,
-    },
+    explicit!(reset::twenty_cycles_with_fault_injection),
+    explicit!(sched::stack_overflow_must_fail),
+    explicit!(harness::must_fail),
+    explicit!(harness::fault_must_fail),
 ];
 
 /// Returns `Err(reason)` from the enclosing test when `cond` is false.

@@ -61,7 +61,7 @@ pub fn finds_virtio_crypto_with_expected_ids() -> TestResult {
 
 /// Re-reading each device's configuration gives what the probe read, and it is plausible for
 /// this device: ready, cipher service with AES-CBC, one queue per data queue plus control.
-pub fn config_reads_back_consistently() -> TestResult {
+pub fn virtio_crypto_config_reads_back_consistently() -> TestResult {
     ensure!(!probe::probed().is_empty(), "no device probed");
     for device in probe::probed() {
         let device = device.lock();
