@@ -2,7 +2,7 @@
 //! calls. Dropping a session destroys it on the device. The key is never kept: the driver's
 //! copy in the request buffer is zeroized as soon as the device has it.
 //!
-//! A request goes: `Session::encrypt` -> `CryptoDevice::start_session_request` (validation; header, IV and
+//! A request goes: `Session::encrypt` -> `CryptoDevice::start_cipher_request` (validation; header, IV and
 //! source copied into a request slot of the CPU's data queue) -> `RequestBuilder::submit` (queue
 //! lock: add + kick prepare; doorbell after unlock) -> the task sleeps in `Request::wait_until`
 //! -> the queue's MSI-X interrupt runs `CryptoQueue::handle_interrupt` (queue lock: pop used;
@@ -15,7 +15,7 @@ use virtio_drivers::Hal;
 
 use crate::error::Error;
 pub use crate::stream::{ChainMode, DEFAULT_WINDOW, Stream};
-pub use crate::virtio_crypto::cipher::{Cipher, Direction};
+pub use crate::virtio_crypto::cipher::{Cipher, CipherSession, Direction};
 pub use crate::virtio_crypto::device::CryptoDevice;
 pub use crate::virtio_crypto::session::SessionKind;
 
@@ -31,11 +31,9 @@ fn lost_if_reset(e: Error, device_generation: u64, session_generation: u64) -> E
 /// A cipher session on one device.
 pub struct Session<'d, H: Hal> {
     device: &'d CryptoDevice<H>,
-    id: u64,
-    cipher: Cipher,
-    direction: Direction,
-    /// The device generation the session was made in: after a reset it is `SessionLost`.
-    generation: u64,
+    /// Its id, algorithm, direction and the device generation it was made in (after a reset
+    /// it is `SessionLost`).
+    session: CipherSession,
     open: bool,
 }
 
@@ -47,28 +45,30 @@ impl<'d, H: Hal> Session<'d, H> {
         direction: Direction,
         key: &[u8],
     ) -> Result<Self, Error> {
-        let (id, generation) = device.create_cipher_session_gen(cipher, direction, key)?;
         Ok(Session {
             device,
-            id,
-            cipher,
-            direction,
-            generation,
+            session: device.create_cipher_session(cipher, direction, key)?,
             open: true,
         })
     }
 
     /// The device's id for this session.
     pub fn id(&self) -> u64 {
-        self.id
+        self.session.id
     }
 
     pub fn cipher(&self) -> Cipher {
-        self.cipher
+        self.session.cipher
     }
 
     pub fn direction(&self) -> Direction {
-        self.direction
+        self.session.direction
+    }
+
+    /// What the device's request builders take of the session (`CryptoDevice::build_cipher_request`
+    /// and the others): id, algorithm, direction, generation.
+    pub fn as_cipher_session(&self) -> CipherSession {
+        self.session
     }
 
     /// Encrypts `src` into `dst` (same length) with `iv`. The session must be an encrypting one.
@@ -93,12 +93,12 @@ impl<'d, H: Hal> Session<'d, H> {
 
     /// The device generation the session belongs to.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.session.generation
     }
 
     /// `SessionLost` if the device was reset since the session was made.
     fn check_alive(&self) -> Result<(), Error> {
-        if self.device.generation() != self.generation {
+        if self.device.generation() != self.session.generation {
             return Err(Error::SessionLost);
         }
         Ok(())
@@ -106,12 +106,12 @@ impl<'d, H: Hal> Session<'d, H> {
 
     /// A request's error, seen from the session: an unknown session after a reset is lost.
     fn session_error(&self, e: Error) -> Error {
-        lost_if_reset(e, self.device.generation(), self.generation)
+        lost_if_reset(e, self.device.generation(), self.session.generation)
     }
 
     fn check_direction(&self, wanted: Direction) -> Result<(), Error> {
         self.check_alive()?;
-        match (self.direction, wanted) {
+        match (self.session.direction, wanted) {
             (a, b) if a == b => Ok(()),
             (Direction::Encrypt, _) => Err(Error::WrongDirection { session: "encrypt" }),
             (Direction::Decrypt, _) => Err(Error::WrongDirection { session: "decrypt" }),
@@ -133,7 +133,7 @@ impl<'d, H: Hal> Session<'d, H> {
                 dst: dst.len(),
             });
         }
-        let out = self.start(direction, iv, src)?;
+        let out = self.start(iv, src)?;
         dst.copy_from_slice(&out[..dst.len()]);
         Ok(())
     }
@@ -141,23 +141,14 @@ impl<'d, H: Hal> Session<'d, H> {
     /// Posts one request of this session (bound to its generation) and waits for it.
     fn start(
         &self,
-        direction: Direction,
         iv: &[u8],
         src: &[u8],
     ) -> Result<crate::virtio_crypto::cipher::CipherOutput<H>, Error> {
         let queue = self.device.current_data_queue();
         // The caller takes the first `src.len()` bytes of the output.
-        let sent = self.cipher.as_sent(src);
+        let sent = self.session.cipher.as_sent(src);
         self.device
-            .start_session_request(
-                queue,
-                self.id,
-                self.generation,
-                self.cipher,
-                direction,
-                iv,
-                &sent,
-            )
+            .start_cipher_request(queue, &self.session, iv, &sent)
             .and_then(|r| r.wait())
             .map_err(|e| self.session_error(e))
     }
@@ -169,7 +160,7 @@ impl<'d, H: Hal> Session<'d, H> {
         data: &mut [u8],
     ) -> Result<(), Error> {
         self.check_direction(direction)?;
-        let out = self.start(direction, iv, data)?;
+        let out = self.start(iv, data)?;
         let len = data.len();
         data.copy_from_slice(&out[..len]);
         Ok(())
@@ -198,35 +189,39 @@ impl<'d, H: Hal> Session<'d, H> {
         Stream::open(
             self.device,
             self.device.current_data_queue(),
-            self.id,
-            self.cipher,
-            self.direction,
+            &self.session,
             iv,
             mode,
             window,
         )
-        .map(|stream| stream.bind_generation(self.generation))
     }
 
     /// Destroys the session, reporting the device's answer (dropping does the same silently).
     pub fn close(mut self) -> Result<(), Error> {
         self.open = false;
-        self.device
-            .destroy_session_of(SessionKind::Cipher, self.id, self.generation)
+        self.device.destroy_session_of(
+            SessionKind::Cipher,
+            self.session.id,
+            self.session.generation,
+        )
     }
 }
 
 impl<H: Hal> Drop for Session<'_, H> {
     fn drop(&mut self) {
         if self.open
-            && self.device.generation() == self.generation
+            && self.device.generation() == self.session.generation
             && let Err(e) =
                 self.device
-                    .destroy_session_of(SessionKind::Cipher, self.id, self.generation)
+                    .destroy_session_of(SessionKind::Cipher, self.session.id, self.session.generation)
             // A reset under way or done drops every session anyway.
             && !matches!(e, Error::DeviceReset | Error::SessionLost)
         {
-            log::warn!("{}: destroying session {}: {e}", self.device.name, self.id);
+            log::warn!(
+                "{}: destroying session {}: {e}",
+                self.device.name,
+                self.session.id
+            );
         }
     }
 }

@@ -236,12 +236,9 @@ impl<H: Hal + 'static> ServiceSession<H> {
     pub fn start(&self, iv: &[u8], src: &[u8]) -> Result<CipherRequest<H>, Error> {
         let (index, queue) = self.service.route(platform::get().current_cpu());
         let session = self.session_on(index)?;
-        self.service.devices[index].start_session_request(
+        self.service.devices[index].start_cipher_request(
             queue,
-            session.id(),
-            session.generation(),
-            self.cipher,
-            self.direction,
+            &session.as_cipher_session(),
             iv,
             src,
         )
@@ -258,25 +255,13 @@ impl<H: Hal + 'static> ServiceSession<H> {
         out: &mut Vec<CipherRequest<H>>,
     ) -> Result<(), Error> {
         let (index, queue) = self.service.route(platform::get().current_cpu());
-        let session = self.session_on(index)?;
+        let session = self.session_on(index)?.as_cipher_session();
         let device = self.service.devices[index];
-        if session.generation() != device.generation() {
-            return Err(Error::SessionLost);
-        }
         let inputs: Vec<(&[u8], &[u8])> = inputs.into_iter().collect();
         let mut group = queue.reserve_group(inputs.len())?;
         let mut batch = RequestBatch::with_capacity(inputs.len());
         for (iv, src) in inputs {
-            let mut builder = device.build_cipher_request(
-                &mut group,
-                session.id(),
-                self.cipher,
-                self.direction,
-                iv,
-                src,
-            )?;
-            builder.bind_generation(session.generation());
-            batch.push(builder)?;
+            batch.push(device.build_cipher_request(&mut group, &session, iv, src)?)?;
         }
         let mut posted = Vec::new();
         let result = batch.submit(&mut posted);

@@ -56,7 +56,9 @@ use virtio_drivers::Hal;
 
 use crate::error::Error;
 use crate::sync::{IrqSpinLock, WaitQueue, platform};
-use crate::virtio_crypto::cipher::{CIPHER_IV_OFFSET, Cipher, CipherOutput, Direction};
+use crate::virtio_crypto::cipher::{
+    CIPHER_IV_OFFSET, Cipher, CipherOutput, CipherSession, Direction,
+};
 pub use crate::virtio_crypto::device::ChainMode;
 use crate::virtio_crypto::device::{CryptoDevice, DeviceHealth};
 use crate::virtio_crypto::queue::CryptoQueue;
@@ -339,12 +341,7 @@ pub struct Stream<'a, H: Hal + 'static> {
     device: &'a CryptoDevice<H>,
     queue: &'a CryptoQueue<H>,
     health: Arc<DeviceHealth<H>>,
-    session_id: u64,
-    /// The device generation of the session, when known: requests are bound to it, so after a
-    /// reset they fail with `SessionLost` instead of reaching a session of the new device.
-    generation: Option<u64>,
-    cipher: Cipher,
-    direction: Direction,
+    session: CipherSession,
     shared: Arc<Shared<H>>,
     handlers: Vec<Arc<ChunkHandler<H>>>,
     fed: u64,
@@ -352,25 +349,18 @@ pub struct Stream<'a, H: Hal + 'static> {
 }
 
 impl<'a, H: Hal + 'static> Stream<'a, H> {
-    /// Binds every request of the stream to device generation `generation` (its session's).
-    pub fn bind_generation(mut self, generation: u64) -> Self {
-        self.generation = Some(generation);
-        self
-    }
-
-    /// Opens a stream of session `session_id` (made for `cipher` and `direction`) on `queue`,
-    /// starting from `iv`, keeping at most `window` chunks fed and not taken (1..=64).
-    #[allow(clippy::too_many_arguments)]
+    /// Opens a stream of `session` on `queue`, starting from `iv`, keeping at most `window`
+    /// chunks fed and not taken (1..=64). Every chunk is bound to the session's generation:
+    /// after a reset it fails with `SessionLost` instead of reaching a session of the new device.
     pub fn open(
         device: &'a CryptoDevice<H>,
         queue: &'a CryptoQueue<H>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
+        session: &CipherSession,
         iv: &[u8],
         mode: ChainMode,
         window: usize,
     ) -> Result<Self, Error> {
+        let (cipher, direction) = (session.cipher, session.direction);
         let chaining = Chaining::of(cipher, direction)?;
         let chain = IvChain::new(chaining, iv)?;
         device.check_cipher(cipher)?;
@@ -408,10 +398,7 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
             device,
             queue,
             health: device.health().clone(),
-            session_id,
-            generation: None,
-            cipher,
-            direction,
+            session: *session,
             shared,
             handlers,
             fed: 0,
@@ -510,18 +497,10 @@ impl<'a, H: Hal + 'static> Stream<'a, H> {
         }
         let iv = shared.state.lock().chain.after_input(chunk)?;
         // Its output is cut to `chunk.len()` when taken.
-        let sent = self.cipher.as_sent(chunk);
-        let mut builder = self.device.build_cipher_request(
-            self.queue,
-            self.session_id,
-            self.cipher,
-            self.direction,
-            &iv,
-            &sent,
-        )?;
-        if let Some(generation) = self.generation {
-            builder.bind_generation(generation);
-        }
+        let sent = self.session.cipher.as_sent(chunk);
+        let builder = self
+            .device
+            .build_cipher_request(self.queue, &self.session, &iv, &sent)?;
         let index = (seq % shared.window as u64) as usize;
         let handler = self.handlers[index].clone();
         let now = platform::get().now_ns();

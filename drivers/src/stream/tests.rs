@@ -8,6 +8,7 @@ use std::sync::mpsc;
 
 use super::*;
 use crate::crypto::Session;
+use crate::virtio_crypto::cipher::CipherSession;
 use crate::virtio_crypto::fake::*;
 
 // --- IV derivation ----------------------------------------------------------------------------
@@ -230,9 +231,12 @@ fn pipelined_outputs_come_back_in_order_when_the_device_completes_in_reverse() {
         let mut stream = Stream::open(
             &dev,
             &dev.data[0],
-            7,
-            cipher,
-            direction,
+            &CipherSession {
+                id: 7,
+                generation: dev.generation(),
+                cipher,
+                direction,
+            },
             &iv,
             ChainMode::Pipelined,
             4,
@@ -296,9 +300,12 @@ fn cbc_encrypt_posts_the_next_chunk_from_the_completion_handler() {
     let mut stream = Stream::open(
         &dev,
         &dev.data[0],
-        7,
-        Cipher::AesCbc,
-        Direction::Encrypt,
+        &CipherSession {
+            id: 7,
+            generation: dev.generation(),
+            cipher: Cipher::AesCbc,
+            direction: Direction::Encrypt,
+        },
         &iv,
         ChainMode::Pipelined,
         4,
@@ -348,9 +355,12 @@ fn a_failed_chunk_breaks_the_stream_and_the_next_stream_works() {
     let mut stream = Stream::open(
         &dev,
         &dev.data[0],
-        7,
-        Cipher::AesCbc,
-        Direction::Encrypt,
+        &CipherSession {
+            id: 7,
+            generation: dev.generation(),
+            cipher: Cipher::AesCbc,
+            direction: Direction::Encrypt,
+        },
         &[0; 16],
         ChainMode::Pipelined,
         4,
@@ -383,9 +393,12 @@ fn a_failed_chunk_breaks_the_stream_and_the_next_stream_works() {
     let mut stream = Stream::open(
         &dev,
         &dev.data[0],
-        7,
-        Cipher::AesCbc,
-        Direction::Decrypt,
+        &CipherSession {
+            id: 7,
+            generation: dev.generation(),
+            cipher: Cipher::AesCbc,
+            direction: Direction::Decrypt,
+        },
         &[0; 16],
         ChainMode::Pipelined,
         4,
@@ -406,9 +419,12 @@ fn a_failed_chunk_breaks_the_stream_and_the_next_stream_works() {
     let mut stream = Stream::open(
         &dev,
         &dev.data[0],
-        7,
-        Cipher::AesCbc,
-        Direction::Encrypt,
+        &CipherSession {
+            id: 7,
+            generation: dev.generation(),
+            cipher: Cipher::AesCbc,
+            direction: Direction::Encrypt,
+        },
         &[0; 16],
         ChainMode::Pipelined,
         4,
@@ -423,9 +439,12 @@ fn a_failed_chunk_breaks_the_stream_and_the_next_stream_works() {
         Stream::open(
             &dev,
             &dev.data[0],
-            7,
-            Cipher::AesXts,
-            Direction::Encrypt,
+            &CipherSession {
+                id: 7,
+                generation: dev.generation(),
+                cipher: Cipher::AesXts,
+                direction: Direction::Encrypt,
+            },
             &[0; 16],
             ChainMode::Pipelined,
             4,
@@ -484,9 +503,12 @@ fn a_ctr_stream_takes_a_partial_last_chunk() {
     let mut stream = Stream::open(
         &dev,
         &dev.data[0],
-        7,
-        Cipher::AesCtr,
-        Direction::Encrypt,
+        &CipherSession {
+            id: 7,
+            generation: dev.generation(),
+            cipher: Cipher::AesCtr,
+            direction: Direction::Encrypt,
+        },
         &iv,
         ChainMode::Pipelined,
         4,
@@ -512,28 +534,43 @@ fn a_ctr_stream_takes_a_partial_last_chunk() {
     );
 }
 
-/// A chunk that cannot be posted (here: bound to a device generation that is gone) is refused
-/// by `feed` itself, as its documentation says, not only later by `next_output`.
+/// A chunk that cannot be posted (here: its queue's ring stays full until the queue's timeout)
+/// is refused by `feed` itself, as its documentation says, not only later by `next_output`.
 #[test]
 fn a_chunk_that_cannot_be_posted_is_refused_by_feed() {
     let bell = CountingNotify::new();
-    let (dev, mut rings) = crypto_device(1, &bell);
+    let (dev, _rings) = crypto_device(1, &bell);
+    // A queue with a slot per descriptor, so the ring (not the slots) fills up.
+    let rig = queue_rig(false, CountingNotify::new());
+    rig.queue.set_timeout_ns(20_000_000);
+    let held: Vec<_> = (0..crate::virtio_crypto::ring::QUEUE_SIZE / 2)
+        .map(|_| {
+            let mut b = rig.queue.reserve(8, 8).unwrap();
+            b.push(&[0; 8]).unwrap();
+            b.submit().unwrap()
+        })
+        .collect();
+    assert_eq!(rig.queue.free_descriptors(), 0);
+    let session = CipherSession {
+        id: 7,
+        generation: dev.generation(),
+        cipher: Cipher::AesCbc,
+        direction: Direction::Decrypt,
+    };
     let mut stream = Stream::open(
         &dev,
-        &dev.data[0],
-        7,
-        Cipher::AesCbc,
-        Direction::Decrypt,
+        &rig.queue,
+        &session,
         &[0; 16],
         ChainMode::Pipelined,
         4,
     )
-    .unwrap()
-    .bind_generation(dev.generation() + 1);
-    assert_eq!(stream.feed(&[1; 16]), Err(Error::SessionLost));
-    assert!(rings[1].pending().is_empty());
+    .unwrap();
+    assert_eq!(stream.feed(&[1; 16]), Err(Error::Timeout));
     assert_eq!(
         stream.next_output().map(|r| r.err()),
-        Some(Some(Error::SessionLost))
+        Some(Some(Error::Timeout))
     );
+    drop(stream);
+    drop(held);
 }

@@ -157,6 +157,18 @@ impl Direction {
     }
 }
 
+/// A cipher session as its requests need it: the device's id for it, the device generation it
+/// was made in (its requests are bound to it: after a reset they are refused with
+/// `SessionLost`, never sent to a session that now has another owner), and what it was made
+/// for (the device fixes the algorithm and direction at creation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CipherSession {
+    pub id: u64,
+    pub generation: u64,
+    pub cipher: Cipher,
+    pub direction: Direction,
+}
+
 impl<H: Hal> CryptoDevice<H> {
     /// Whether the device could take `cipher` (advertised, or opted in).
     pub fn check_cipher(&self, cipher: Cipher) -> Result<(), Error> {
@@ -176,28 +188,22 @@ impl<H: Hal> CryptoDevice<H> {
         }
     }
 
-    /// Creates a cipher session; returns the device's session id.
+    /// Creates a cipher session.
     pub fn create_cipher_session(
         &self,
         cipher: Cipher,
         direction: Direction,
         key: &[u8],
-    ) -> Result<u64, Error> {
-        self.create_cipher_session_gen(cipher, direction, key)
-            .map(|(id, _)| id)
-    }
-
-    /// Creates a cipher session; returns the device's session id and the device generation it
-    /// belongs to.
-    pub fn create_cipher_session_gen(
-        &self,
-        cipher: Cipher,
-        direction: Direction,
-        key: &[u8],
-    ) -> Result<(u64, u64), Error> {
+    ) -> Result<CipherSession, Error> {
         self.ready()?;
         let request = self.cipher_create_request(cipher, direction, key)?;
-        self.create_session(&request, key)
+        let (id, generation) = self.create_session(&request, key)?;
+        Ok(CipherSession {
+            id,
+            generation,
+            cipher,
+            direction,
+        })
     }
 
     /// The create-session request for a cipher session with `key`, once the device could take
@@ -257,53 +263,48 @@ impl<H: Hal> CryptoDevice<H> {
         Ok(())
     }
 
-    /// Validates and builds (does not post) a cipher request of session `session_id` in a slot
-    /// of `slots` (a queue, or a group a batch took): submit it with `submit` (then
-    /// [`CipherRequest::from_request`]) or with a completion handler. No allocation for
-    /// requests that fit the queue's preallocated memory.
+    /// Validates and builds (does not post) a request of `session` in a slot of `slots` (a
+    /// queue, or a group a batch took), bound to the session's generation: submit it with
+    /// `submit` (then [`CipherRequest::from_request`]) or with a completion handler. No
+    /// allocation for requests that fit the queue's preallocated memory. The one request path
+    /// of the cipher service: every other entry point goes through it.
     pub fn build_cipher_request<'q>(
         &self,
         slots: impl Into<SlotSource<'q, H>>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
+        session: &CipherSession,
         iv: &[u8],
         src: &[u8],
     ) -> Result<RequestBuilder<H>, Error>
     where
         H: 'q,
     {
-        let mut builder = self.begin_cipher_request(
-            slots.into(),
-            session_id,
-            (cipher, direction),
-            iv,
-            (src.len(), src.len()),
-            true,
-        )?;
+        let mut builder =
+            self.begin_cipher_request(slots.into(), session, iv, (src.len(), src.len()), true)?;
         builder.push(src)?;
         Ok(builder)
     }
 
-    /// Validates a cipher request of `src_len` bytes into `dst_len`, reserves its slot and
-    /// pushes the header and IV; the status byte is preset and the reply expected. With
-    /// `data_in_slot` the slot also holds the data (the caller pushes `src`); without, the
-    /// caller hands its own buffers over.
+    /// Validates a request of `session` of `src_len` bytes into `dst_len`, reserves its slot
+    /// and pushes the header and IV; the status byte is preset, the reply expected and the
+    /// generation bound. With `data_in_slot` the slot also holds the data (the caller pushes
+    /// `src`); without, the caller hands its own buffers over.
     fn begin_cipher_request(
         &self,
         slots: SlotSource<'_, H>,
-        session_id: u64,
-        (cipher, direction): (Cipher, Direction),
+        session: &CipherSession,
         iv: &[u8],
         (src_len, dst_len): (usize, usize),
         data_in_slot: bool,
     ) -> Result<RequestBuilder<H>, Error> {
+        if session.generation != self.generation() {
+            return Err(Error::SessionLost);
+        }
         self.ready()?;
-        self.check_request(cipher, iv, src_len, dst_len)?;
+        self.check_request(session.cipher, iv, src_len, dst_len)?;
         let header = wire::CipherDataHeader::new(
-            direction.opcode(),
-            cipher.algo(),
-            session_id,
+            session.direction.opcode(),
+            session.cipher.algo(),
+            session.id,
             iv.len() as u32,
             src_len as u32,
         );
@@ -321,70 +322,24 @@ impl<H: Hal> CryptoDevice<H> {
             .push(iv)?
             // A status the device must overwrite (0xff is no status code).
             .preset_status(0xff)
-            .expect_used(dst_len + wire::INHDR_LEN);
+            .expect_used(dst_len + wire::INHDR_LEN)
+            .bind_generation(session.generation);
         Ok(builder)
     }
 
-    /// Validates and posts a cipher request without waiting for it: the caller may keep many in
-    /// flight (the request is owned, not borrowed) and collect each with
+    /// Validates and posts a request of `session` without waiting for it: the caller may keep
+    /// many in flight (the request is owned, not borrowed) and collect each with
     /// [`CipherRequest::wait`].
     pub fn start_cipher_request(
         &self,
         queue: &CryptoQueue<H>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
+        session: &CipherSession,
         iv: &[u8],
         src: &[u8],
     ) -> Result<CipherRequest<H>, Error> {
-        self.post_cipher_request(queue, session_id, None, cipher, direction, iv, src)
-    }
-
-    /// Like [`start_cipher_request`](Self::start_cipher_request) for a session made in device
-    /// generation `generation`: refused with `SessionLost` if the device was reset since.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_session_request(
-        &self,
-        queue: &CryptoQueue<H>,
-        session_id: u64,
-        generation: u64,
-        cipher: Cipher,
-        direction: Direction,
-        iv: &[u8],
-        src: &[u8],
-    ) -> Result<CipherRequest<H>, Error> {
-        if generation != self.generation() {
-            return Err(Error::SessionLost);
-        }
-        self.post_cipher_request(
-            queue,
-            session_id,
-            Some(generation),
-            cipher,
-            direction,
-            iv,
-            src,
-        )
-    }
-
-    /// Builds and posts a cipher request, bound to `generation` when given.
-    #[allow(clippy::too_many_arguments)]
-    fn post_cipher_request(
-        &self,
-        queue: &CryptoQueue<H>,
-        session_id: u64,
-        generation: Option<u64>,
-        cipher: Cipher,
-        direction: Direction,
-        iv: &[u8],
-        src: &[u8],
-    ) -> Result<CipherRequest<H>, Error> {
-        let mut builder =
-            self.build_cipher_request(queue, session_id, cipher, direction, iv, src)?;
-        if let Some(generation) = generation {
-            builder.bind_generation(generation);
-        }
-        let request = builder.submit()?;
+        let request = self
+            .build_cipher_request(queue, session, iv, src)?
+            .submit()?;
         Ok(CipherRequest::from_request(request, self.health().clone()))
     }
 
@@ -395,13 +350,11 @@ impl<H: Hal> CryptoDevice<H> {
     pub fn start_cipher_owned(
         &self,
         queue: &CryptoQueue<H>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
+        session: &CipherSession,
         iv: &[u8],
         buffers: OwnedBuffers,
     ) -> Result<OwnedCipherRequest<H>, OwnedFailure> {
-        let builder = self.build_cipher_owned(queue, session_id, cipher, direction, iv, buffers)?;
+        let builder = self.build_cipher_owned(queue, session, iv, buffers)?;
         let (request, failure) = builder.submit_keeping();
         match failure {
             None => Ok(self.owned_request(request)),
@@ -409,30 +362,21 @@ impl<H: Hal> CryptoDevice<H> {
         }
     }
 
-    /// Validates and builds (does not post) a zero-copy cipher request: submit it alone or in
-    /// a [`RequestBatch`](super::request::RequestBatch), then collect it through
+    /// Validates and builds (does not post) a zero-copy request of `session`: submit it alone
+    /// or in a [`RequestBatch`](super::request::RequestBatch), then collect it through
     /// [`owned_request`](Self::owned_request).
     pub fn build_cipher_owned<'q>(
         &self,
         slots: impl Into<SlotSource<'q, H>>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
+        session: &CipherSession,
         iv: &[u8],
         buffers: OwnedBuffers,
     ) -> Result<RequestBuilder<H>, OwnedFailure>
     where
         H: 'q,
     {
-        let begun = self.begin_cipher_request(
-            slots.into(),
-            session_id,
-            (cipher, direction),
-            iv,
-            (buffers.src.len(), buffers.dst.len()),
-            false,
-        );
-        match begun {
+        let lengths = (buffers.src.len(), buffers.dst.len());
+        match self.begin_cipher_request(slots.into(), session, iv, lengths, false) {
             Ok(mut builder) => {
                 builder.hand_over(buffers);
                 Ok(builder)
@@ -453,19 +397,15 @@ impl<H: Hal> CryptoDevice<H> {
         }
     }
 
-    /// Runs one cipher request and returns the output in a new vector.
+    /// Runs one request of `session` and returns the output in a new vector.
     pub fn cipher_request(
         &self,
         queue: &CryptoQueue<H>,
-        session_id: u64,
-        cipher: Cipher,
-        direction: Direction,
+        session: &CipherSession,
         iv: &[u8],
         src: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        let out = self
-            .start_cipher_request(queue, session_id, cipher, direction, iv, src)?
-            .wait()?;
+        let out = self.start_cipher_request(queue, session, iv, src)?.wait()?;
         Ok(out.to_vec())
     }
 }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::cipher::{Cipher, Direction};
+use super::cipher::{Cipher, CipherSession, Direction};
 use super::device::{CryptoDevice, CtrlMode};
 use super::fake::*;
 use super::queue::{CryptoQueue, KickMode};
@@ -108,9 +108,12 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
     let pending = dev
         .start_cipher_request(
             &dev.data[0],
-            session,
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &CipherSession {
+                id: session,
+                generation: dev.generation(),
+                cipher: Cipher::AesCbc,
+                direction: Direction::Encrypt,
+            },
             &iv,
             &src,
         )
@@ -157,9 +160,12 @@ fn cipher_request_descriptors_are_header_iv_src_then_dst_status() {
     let pending = dev
         .start_cipher_request(
             &dev.data[0],
-            7,
-            Cipher::AesEcb,
-            Direction::Decrypt,
+            &CipherSession {
+                id: 7,
+                generation: dev.generation(),
+                cipher: Cipher::AesEcb,
+                direction: Direction::Decrypt,
+            },
             &[],
             &src[..16],
         )
@@ -572,9 +578,12 @@ fn sessions_end_to_end_with_device_thread() {
         // The device no longer knows `id`.
         let r = dev.cipher_request(
             &dev.data[1],
-            id,
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &CipherSession {
+                id,
+                generation: dev.generation(),
+                cipher: Cipher::AesCbc,
+                direction: Direction::Encrypt,
+            },
             &iv,
             &src,
         );
@@ -633,9 +642,7 @@ fn concurrent_sessions_get_their_own_results() {
                         .map(|src| {
                             dev.start_cipher_request(
                                 queue,
-                                session.id(),
-                                Cipher::AesCbc,
-                                Direction::Encrypt,
+                                &session.as_cipher_session(),
                                 &[0; 16],
                                 src,
                             )
@@ -903,9 +910,7 @@ fn owned_buffers_are_used_in_place_and_come_back() {
     let request = dev
         .start_cipher_owned(
             queue,
-            s.id(),
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &s.as_cipher_session(),
             &iv,
             OwnedBuffers { src, dst },
         )
@@ -923,14 +928,7 @@ fn owned_buffers_are_used_in_place_and_come_back() {
 
     // Refused before posting (an IV of the wrong length): both buffers come back untouched.
     let OwnedFailure { error, buffers } = dev
-        .start_cipher_owned(
-            queue,
-            s.id(),
-            Cipher::AesCbc,
-            Direction::Encrypt,
-            &iv[..8],
-            back,
-        )
+        .start_cipher_owned(queue, &s.as_cipher_session(), &iv[..8], back)
         .err()
         .unwrap();
     assert!(matches!(error, Error::InvalidIvLength { .. }));
@@ -939,7 +937,17 @@ fn owned_buffers_are_used_in_place_and_come_back() {
 
     // Answered with an error status (a session the device does not know): buffers back too.
     let failed = dev
-        .start_cipher_owned(queue, 0xdead, Cipher::AesCbc, Direction::Encrypt, &iv, back)
+        .start_cipher_owned(
+            queue,
+            &CipherSession {
+                id: 0xdead,
+                generation: dev.generation(),
+                cipher: Cipher::AesCbc,
+                direction: Direction::Encrypt,
+            },
+            &iv,
+            back,
+        )
         .unwrap()
         .wait()
         .err()
@@ -1011,24 +1019,18 @@ fn sessions_created_and_destroyed_in_batches_ring_once_each() {
         created[7],
         Err(Error::InvalidKeyLength { got: 15, .. })
     ));
-    let ids: Vec<u64> = created
+    let sessions: Vec<CipherSession> = created
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != 7)
         .map(|(_, r)| *r.as_ref().unwrap())
         .collect();
+    let ids: Vec<u64> = sessions.iter().map(|s| s.id).collect();
     let distinct: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(distinct.len(), 20, "20 distinct session ids");
     assert_eq!(dev.live_sessions(), 20);
     let out = dev
-        .cipher_request(
-            &dev.data[0],
-            ids[3],
-            Cipher::AesCbc,
-            Direction::Encrypt,
-            &[0; 16],
-            &[1; 16],
-        )
+        .cipher_request(&dev.data[0], &sessions[3], &[0; 16], &[1; 16])
         .unwrap();
     assert_eq!(out, [1 ^ XOR; 16]);
     let rung = bell.count();

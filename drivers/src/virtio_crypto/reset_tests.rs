@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::cipher::{Cipher, Direction};
+use super::cipher::{Cipher, CipherSession, Direction};
 use super::device::CtrlMode;
 use super::fake::*;
 use super::lifecycle::DeviceState;
@@ -229,9 +229,12 @@ fn create_session_with_used_length_0_and_short_data_are_refused() {
     let p = dev
         .start_cipher_request(
             &dev.data[0],
-            1,
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &CipherSession {
+                id: 1,
+                generation: dev.generation(),
+                cipher: Cipher::AesCbc,
+                direction: Direction::Encrypt,
+            },
             &[0; 16],
             &[7; 16],
         )
@@ -409,14 +412,7 @@ fn recovery_resets_before_failing_and_old_sessions_are_lost() {
     drop(fake); // the device stops answering
     let old_used = transport.ring(1);
     let waited = dev
-        .start_cipher_request(
-            &dev.data[0],
-            old.id(),
-            Cipher::AesCbc,
-            Direction::Encrypt,
-            &[0; 16],
-            &[2; 16],
-        )
+        .start_cipher_request(&dev.data[0], &old.as_cipher_session(), &[0; 16], &[2; 16])
         .unwrap();
     let abandoned = submit(&dev.data[0], &[9; 8], 8).unwrap();
     assert_eq!(abandoned.wait(1_000_000), Err(Error::Timeout));

@@ -117,7 +117,7 @@ impl<H: Hal> CryptoDevice<H> {
         cipher: super::cipher::Cipher,
         direction: super::cipher::Direction,
         keys: &[&[u8]],
-    ) -> Vec<Result<u64, Error>> {
+    ) -> Vec<Result<super::cipher::CipherSession, Error>> {
         if self.ctrl_mode() == CtrlMode::Poll {
             return keys
                 .iter()
@@ -142,7 +142,14 @@ impl<H: Hal> CryptoDevice<H> {
                     self.sessions.give_back(generation);
                     Err(e)
                 }
-                result => self.settle_create(result, generation).map(|(id, _)| id),
+                result => self
+                    .settle_create(result, generation)
+                    .map(|(id, generation)| super::cipher::CipherSession {
+                        id,
+                        generation,
+                        cipher,
+                        direction,
+                    }),
             },
         )
     }

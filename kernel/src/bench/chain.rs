@@ -89,9 +89,7 @@ fn point(
                             device
                                 .start_cipher_request(
                                     queue,
-                                    session.id(),
-                                    cipher,
-                                    direction,
+                                    &session.as_cipher_session(),
                                     &own_iv,
                                     &data[..chunk],
                                 )

@@ -63,7 +63,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     if per_kick == 1 {
                         let id = device
                             .create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key)
-                            .map_err(|e| format!("create: {e}"))?;
+                            .map_err(|e| format!("create: {e}"))?
+                            .id;
                         let start = tsc::now_ns();
                         device
                             .destroy_cipher_session(id)
@@ -75,6 +76,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     let ids = device
                         .create_cipher_sessions(Cipher::AesCbc, Direction::Encrypt, keys)
                         .into_iter()
+                        .map(|created| created.map(|s| s.id))
                         .collect::<Result<Vec<u64>, _>>()
                         .map_err(|e| format!("create: {e}"))?;
                     let start = tsc::now_ns();

@@ -88,20 +88,11 @@ fn point(
                 while pending.len() + batch.len() < window {
                     let built = match pool.pop() {
                         Some(buffers) => device
-                            .build_cipher_owned(
-                                queue,
-                                session.id(),
-                                Cipher::AesCbc,
-                                Direction::Encrypt,
-                                &iv,
-                                buffers,
-                            )
+                            .build_cipher_owned(queue, &session.as_cipher_session(), &iv, buffers)
                             .map_err(|e| e.error),
                         None => device.build_cipher_request(
                             queue,
-                            session.id(),
-                            Cipher::AesCbc,
-                            Direction::Encrypt,
+                            &session.as_cipher_session(),
                             &iv,
                             &src,
                         ),

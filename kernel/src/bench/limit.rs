@@ -57,14 +57,7 @@ fn probe(
             while ops == 0 || tsc::now_ns() < deadline {
                 for _ in 0..batch {
                     let builder = device
-                        .build_cipher_request(
-                            queue,
-                            session.id(),
-                            Cipher::AesCbc,
-                            Direction::Encrypt,
-                            &iv,
-                            &src,
-                        )
+                        .build_cipher_request(queue, &session.as_cipher_session(), &iv, &src)
                         .map_err(|e| format!("{e}"))?;
                     requests.push(builder).map_err(|e| format!("{e}"))?;
                 }

@@ -6,7 +6,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use vcrypt_drivers::crypto::{Cipher, Direction, Session};
+use vcrypt_drivers::crypto::{Cipher, CipherSession, Direction, Session};
 use vcrypt_drivers::error::Error;
 use vcrypt_drivers::virtio_crypto::cipher::CipherRequest;
 use vcrypt_drivers::virtio_crypto::request::RequestBatch;
@@ -227,9 +227,7 @@ pub fn differential_1000_per_mode_vs_rustcrypto() -> TestResult {
                             device
                                 .start_cipher_owned(
                                     queue,
-                                    enc.id(),
-                                    cipher,
-                                    Direction::Encrypt,
+                                    &enc.as_cipher_session(),
                                     &iv,
                                     OwnedBuffers {
                                         src: plain.clone(),
@@ -374,18 +372,20 @@ pub fn bad_inputs_get_their_error_and_device_stays_usable() -> TestResult {
             "data request on an unknown session",
             device.cipher_request(
                 queue,
-                0xdead_beef,
-                Cipher::AesCbc,
-                Direction::Encrypt,
+                &CipherSession {
+                    id: 0xdead_beef,
+                    ..session.as_cipher_session()
+                },
                 &iv,
                 &[0u8; 16],
             ),
             Error::UnknownSession,
         )?;
         good("unknown session")?;
-        let id = device
+        let destroyed = device
             .create_cipher_session(Cipher::AesCbc, Direction::Encrypt, &key)
             .map_err(|e| format!("{e}"))?;
+        let id = destroyed.id;
         device
             .destroy_cipher_session(id)
             .map_err(|e| format!("destroy: {e}"))?;
@@ -401,14 +401,7 @@ pub fn bad_inputs_get_their_error_and_device_stays_usable() -> TestResult {
         )?;
         expect_err(
             "data request on a destroyed session",
-            device.cipher_request(
-                queue,
-                id,
-                Cipher::AesCbc,
-                Direction::Encrypt,
-                &iv,
-                &[0u8; 16],
-            ),
+            device.cipher_request(queue, &destroyed, &iv, &[0u8; 16]),
             Error::UnknownSession,
         )?;
         good("destroyed session")?;
@@ -491,9 +484,7 @@ pub fn many_tasks_every_cpu_many_in_flight() -> TestResult {
                             .map(|(iv, plain)| {
                                 device.start_cipher_request(
                                     queue,
-                                    enc.id(),
-                                    Cipher::AesCbc,
-                                    Direction::Encrypt,
+                                    &enc.as_cipher_session(),
                                     iv,
                                     plain,
                                 )
@@ -591,9 +582,7 @@ pub fn volume_300k_data_100k_control() -> TestResult {
                                         .map(|n| {
                                             device.start_cipher_request(
                                                 queue,
-                                                session.id(),
-                                                Cipher::AesCbc,
-                                                Direction::Encrypt,
+                                                &session.as_cipher_session(),
                                                 &(*n as u128).to_le_bytes(),
                                                 &zero,
                                             )
@@ -613,9 +602,7 @@ pub fn volume_300k_data_100k_control() -> TestResult {
                                             device
                                                 .build_cipher_owned(
                                                     queue,
-                                                    session.id(),
-                                                    Cipher::AesCbc,
-                                                    Direction::Encrypt,
+                                                    &session.as_cipher_session(),
                                                     &iv,
                                                     OwnedBuffers {
                                                         src: zero.to_vec(),
@@ -626,9 +613,7 @@ pub fn volume_300k_data_100k_control() -> TestResult {
                                         } else {
                                             device.build_cipher_request(
                                                 queue,
-                                                session.id(),
-                                                Cipher::AesCbc,
-                                                Direction::Encrypt,
+                                                &session.as_cipher_session(),
                                                 &iv,
                                                 &zero,
                                             )
@@ -678,7 +663,8 @@ pub fn volume_300k_data_100k_control() -> TestResult {
                             while control_done / 2 < due {
                                 let id = device
                                     .create_cipher_session(Cipher::AesCbc, Direction::Decrypt, &key)
-                                    .map_err(|e| format!("create: {e}"))?;
+                                    .map_err(|e| format!("create: {e}"))?
+                                    .id;
                                 device
                                     .destroy_cipher_session(id)
                                     .map_err(|e| format!("destroy {id}: {e}"))?;
@@ -763,9 +749,7 @@ pub fn data_path_allocates_nothing_after_warmup() -> TestResult {
                         device
                             .start_cipher_request(
                                 queue,
-                                session.id(),
-                                Cipher::AesCbc,
-                                Direction::Encrypt,
+                                &session.as_cipher_session(),
                                 &iv,
                                 &src[..256],
                             )

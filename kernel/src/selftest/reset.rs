@@ -59,12 +59,9 @@ fn worker(
         let mut end = None;
         for k in 0..IN_FLIGHT {
             let i = (ok + k) as u64;
-            match device.start_session_request(
+            match device.start_cipher_request(
                 queue,
-                session.id(),
-                session.generation(),
-                Cipher::AesCbc,
-                Direction::Encrypt,
+                &session.as_cipher_session(),
                 &iv_of(i),
                 &plain,
             ) {
@@ -113,15 +110,7 @@ fn check_after(device: &'static Device, cycle: usize) -> TestResult {
         let batch: Vec<_> = (next..(next + 32).min(AFTER as u64))
             .map(|i| {
                 device
-                    .start_session_request(
-                        queue,
-                        session.id(),
-                        session.generation(),
-                        Cipher::AesCbc,
-                        Direction::Encrypt,
-                        &iv_of(i),
-                        &plain,
-                    )
+                    .start_cipher_request(queue, &session.as_cipher_session(), &iv_of(i), &plain)
                     .map(|p| (i, p))
             })
             .collect::<Result<_, _>>()

@@ -538,14 +538,7 @@ pub fn mixed_with_cipher_sessions_every_cpu() -> TestResult {
                     let ciphering: Vec<_> = cases
                         .iter()
                         .map(|(iv, p)| {
-                            device.start_cipher_request(
-                                queue,
-                                aes.id(),
-                                Cipher::AesCbc,
-                                Direction::Encrypt,
-                                iv,
-                                p,
-                            )
+                            device.start_cipher_request(queue, &aes.as_cipher_session(), iv, p)
                         })
                         .collect::<Result<_, _>>()
                         .map_err(at)?;

@@ -192,17 +192,15 @@ pub fn failing_chunk_fails_the_stream_and_later_streams_work() -> TestResult {
 
             // The device fails a chunk: a session it does not know.
             let queue = device.current_data_queue();
-            let mut stream = vcrypt_drivers::stream::Stream::open(
-                device,
-                queue,
-                0xdead_beef,
-                Cipher::AesCbc,
-                Direction::Encrypt,
-                &iv,
-                mode,
-                8,
-            )
-            .map_err(|e| format!("{e}"))?;
+            let unknown = vcrypt_drivers::crypto::CipherSession {
+                id: 0xdead_beef,
+                generation: device.generation(),
+                cipher: Cipher::AesCbc,
+                direction: Direction::Encrypt,
+            };
+            let mut stream =
+                vcrypt_drivers::stream::Stream::open(device, queue, &unknown, &iv, mode, 8)
+                    .map_err(|e| format!("{e}"))?;
             stream.feed(&[2; 32]).map_err(|e| format!("{e}"))?;
             // Later chunks are refused as soon as the device has failed chunk 0, and replaced
             // by `StreamBroken` if they were fed before.
