@@ -24,8 +24,8 @@ pub fn breakpoint_is_caught_and_resumes() -> TestResult {
 /// runs down at (the median of 15 clean samples), and the initial count it reloads. A host that
 /// deschedules the vCPU loses ticks but cannot change that rate: a sample whose reads are not
 /// tight, or which took more than half again the span it was given, is thrown away and taken
-/// again. A sample spans 250 us, which is under one tick unless the timer runs more than four
-/// times fast (then the tick count, which load cannot raise, says so first).
+/// again. A kept sample spans at most 375 us, under one tick unless the timer runs more than
+/// twice as fast as it should (then the tick count, which load cannot raise, says so first).
 pub fn measured_tick_ns() -> Result<(u64, u32), String> {
     const SPAN_NS: u64 = 250_000;
     let (initial, _) = apic::timer_counts();
