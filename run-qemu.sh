@@ -105,8 +105,11 @@ fi
 # id 0xdeadbeef (3735928559) on purpose, and QEMU's builtin backend prints that it cannot find
 # it. Those lines are counted and said once at the end; every other line passes unchanged.
 expected="${qemu##*/}: Cannot find a valid session id: 3735928559"
+# --foreground keeps QEMU in this script's process group: Ctrl-C, or a caller's time limit that
+# signals the group (scripts/test-all.sh), reaches QEMU too instead of leaving it running
+# until VCRYPT_TIMEOUT. On the timeout QEMU gets SIGTERM, and SIGKILL 5 s later.
 exec 3>&1
-timeout --kill-after=5 "$timeout_s" "${args[@]}" </dev/null 2>&1 1>&3 3>&- |
+timeout --foreground --kill-after=5 "$timeout_s" "${args[@]}" </dev/null 2>&1 1>&3 3>&- |
     awk -v expected="$expected" '
         $0 == expected { n++; next }
         { print; fflush() }

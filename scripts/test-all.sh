@@ -4,6 +4,12 @@
 # input, and the runs that must fail (no device, the harness's own failing test). Prints one line
 # per step and a closing "N passed, N failed, N skipped" over every test of every step (skipped:
 # self-tests that do not apply to a configuration, e.g. MSI-X ones without MSI-X).
+#
+# Every step has a time limit, so that one hang cannot stall the run: STEP_LIMIT seconds
+# (default below), set for one step as `STEP_LIMIT=1800 step ...`. A step past its limit gets
+# SIGTERM (SIGKILL 10 s later) to its whole process group, cargo's children and QEMU included,
+# and fails with "timed out after N s". Each QEMU boot also has run-qemu.sh's own
+# VCRYPT_TIMEOUT, which is shorter and says which boot it was.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +18,17 @@ failed=0
 skipped=0
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
+# A step's time limit when it sets none: a build (about 2 minutes on a loaded 2-core machine)
+# plus a boot up to run-qemu.sh's default VCRYPT_TIMEOUT (300 s), with room.
+DEFAULT_STEP_LIMIT=600
+# The running step's timeout process: stopped with the script (Ctrl-C, CI cancelling), which
+# passes the signal on to the step's process group, which is not the terminal's.
+step_pid=
+stop_step() {
+    [ -n "$step_pid" ] && kill -TERM "$step_pid" 2>/dev/null && wait "$step_pid"
+    exit 130
+}
+trap stop_step INT TERM
 
 # Adds the counts of every "N passed, N failed[, N skipped]" line (ours) and "test result:" line
 # (cargo's). Prints "passed failed skipped".
@@ -25,12 +42,12 @@ count() {
     echo "$p $f $k"
 }
 
-# step NAME EXPECT(pass|fail|prints|clean) ENV... -- COMMAND...
+# [STEP_LIMIT=seconds] step NAME EXPECT(pass|fail|prints|clean) ENV... -- COMMAND...
 # pass: exit 0, tests ran, none failed, and none skipped unless $MAY_SKIP is set; it must also
 # print $MUST_PRINT (a line containing it), when that is set, and no line matching the extended
 # regular expression $MUST_NOT_PRINT. prints: exit 0 and the whole line
 # $MUST_PRINT. clean: exit 0 (a hygiene check; counts as one). fail: non-zero exit and a line
-# containing $EXPECT_LINE.
+# containing $EXPECT_LINE. Any expectation: done within STEP_LIMIT (else "timed out").
 step() {
     local name=$1 expect=$2
     shift 2
@@ -38,10 +55,21 @@ step() {
     while [ "$1" != "--" ]; do envs+=("$1"); shift; done
     shift
     local log="$log_dir/$(echo "$name" | tr -c 'a-zA-Z0-9' '_').log"
-    local start=$SECONDS
-    env "${envs[@]}" "$@" >"$log" 2>&1
+    local start=$SECONDS limit=${STEP_LIMIT:-$DEFAULT_STEP_LIMIT}
+    # Not --foreground: timeout then signals the step's whole process group, so a hung test
+    # binary under cargo, or QEMU under run-qemu.sh, dies with the step.
+    timeout --kill-after=10 "$limit" env "${envs[@]}" "$@" >"$log" 2>&1 &
+    step_pid=$!
+    wait "$step_pid"
     local status=$?
+    step_pid=
     local secs=$((SECONDS - start))
+    if { [ $status -eq 124 ] || [ $status -eq 137 ]; } && [ $secs -ge "$limit" ]; then
+        failed=$((failed + 1))
+        echo "FAILED $name: timed out after $limit s (STEP_LIMIT); its output:"
+        sed 's/^/    | /' "$log" | tail -60
+        return
+    fi
     read -r p f k < <(count "$log")
     # An interrupt on a vector without a handler is a bug in any run, passing or not.
     if grep -q "unexpected interrupt" "$log"; then
@@ -220,7 +248,9 @@ step "kcapi RSA decrypt (-o 1)" prints -- cargo run --quiet -- kcapi -x 4 -o 1 -
     -j "$RSA_PRIV" -p "$RSA_CT"
 MUST_PRINT=
 MUST_PRINT="rsa differential: 3000 per op per key size"
-step "RSA differential, 3,000 per operation per key size" pass -- cargo run --quiet -- test rsa::differential_3000_per_op_vs_rustcrypto
+# About as long as the whole suite: longer limits than any other boot.
+STEP_LIMIT=1800 step "RSA differential, 3,000 per operation per key size" pass VCRYPT_TIMEOUT=1500 -- \
+    cargo run --quiet -- test rsa::differential_3000_per_op_vs_rustcrypto
 MUST_PRINT=
 EXPECT_LINE="error: kcapi: -k: \"2b7g\" is not hexadecimal"
 step "kcapi with a bad argument" fail -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' -k 2b7g -p 00
