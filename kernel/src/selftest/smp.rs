@@ -102,7 +102,7 @@ pub fn every_cpu_takes_timer_ticks() -> TestResult {
     let want_ns = 1_000_000_000 / apic::TICK_HZ;
     for cpu in 0..count {
         let (tick_ns, initial) =
-            crate::sched::spawn("tick-rate", Some(cpu), super::platform::measured_tick_ns)
+            crate::sched::spawn("tick-rate", Some(cpu), super::arch::measured_tick_ns)
                 .map_err(|e| alloc::format!("{e:?}"))?
                 .join_timeout(60_000_000_000)
                 .map_err(|_| alloc::format!("the measurement on CPU {cpu} never finished"))??;
