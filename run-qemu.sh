@@ -38,6 +38,10 @@ case $kernel in
     # `cargo test` for the kernel target: there is no test to run there.
     fail "cargo test runs no test here: run 'cargo hosttest' (host unit tests), 'cargo run' (in-QEMU self-tests) or scripts/test-all.sh (everything)"
     ;;
+*/vcrypt-report)
+    # The host tool's stub for the kernel's target (`cargo build --workspace` builds it).
+    fail "vcrypt-report is a host tool: run it with 'cargo results ...' (see the README)"
+    ;;
 esac
 
 smp=${VCRYPT_SMP:-2}

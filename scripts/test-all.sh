@@ -122,6 +122,12 @@ step "cargo doc without warnings (report tool, host)" clean RUSTDOCFLAGS=-Dwarni
     cargo doc -p vcrypt-report --target x86_64-unknown-linux-gnu --no-deps
 EXPECT_LINE="run-qemu.sh: cargo test runs no test here: run 'cargo hosttest'"
 step "root cargo test says where the tests are and fails" fail -- cargo test
+# A Rust user's habits work: the host report tool builds as a stub for the kernel's target.
+step "cargo build --workspace" clean -- cargo build --workspace
+step "cargo clippy --workspace" clean -- cargo clippy --workspace -- -D warnings
+EXPECT_LINE="run-qemu.sh: vcrypt-report is a host tool: run it with 'cargo results"
+step "cargo run -p vcrypt-report (the kernel target's stub) says where the tool is" fail -- \
+    cargo run --quiet -p vcrypt-report
 
 step "host unit tests" pass -- cargo hosttest
 MUST_PRINT="layering: no upward references"
