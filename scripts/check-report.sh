@@ -44,6 +44,16 @@ done
 check "QEMU's vCPU threads were sampled" grep -q '"host_cpu_pct":{[^}]*CPU 0/TCG' "$out/run/rows.jsonl"
 check "summary names the QEMU it ran on" grep -q '^- qemu: `QEMU emulator version' "$out/run/summary.md"
 
+# Two runs whose measured texts differ (limited_by) still match row for row: rows match on what
+# identifies them, and the texts are compared.
+mkdir -p "$out/other"
+sed 's/"limited_by":"[^"]*"/"limited_by":"guest CPU (changed)"/' "$out/run/rows.jsonl" >"$out/other/rows.jsonl"
+message=$(cargo results compare "$out/run" "$out/other" --out "$out/cmp-texts" 2>&1)
+status=$?
+check "compare of two runs with other limited_by texts exits 0 (got $status)" test "$status" -eq 0
+check "every row matched (no 'only in A/B')" test "$(grep -c 'only in' <<<"$message")" -eq 0
+check "the changed texts are listed as differing" grep -q '| limited_by | .* | guest CPU (changed) | differs |' <<<"$message"
+
 # Bad input: a folder without results gives a clear message and a failure.
 mkdir -p "$out/empty"
 message=$(cargo results compare "$out/run" "$out/empty" --out "$out/cmp" 2>&1)

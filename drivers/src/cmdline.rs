@@ -29,6 +29,14 @@ use crate::virtio_crypto::cipher::{Cipher, Direction};
 /// one before boot with the same number; the kernel refuses one it is handed, never cuts it.
 pub const MAX_CMDLINE_BYTES: usize = 65536;
 
+/// The most data one `kcapi` operation may hold, in bytes, after `-d <n>` repeats it (the input
+/// and the output are each this large; a small guest's heap may hold less, which the kernel
+/// checks before it allocates).
+pub const MAX_KCAPI_BYTES: usize = 1 << 20;
+
+/// The largest `-s <bytes>` chunk: one stream request ([`crate::stream::MAX_CHUNK`]).
+pub const MAX_KCAPI_CHUNK: usize = crate::stream::MAX_CHUNK;
+
 /// The switches the kernel knows, with the values each takes (for messages).
 pub const SWITCHES: &[(&str, &str)] = &[
     ("log", "error|warn|info|debug|trace|off"),
@@ -89,6 +97,23 @@ pub enum CmdlineError {
         option: &'static str,
         value: String,
     },
+    /// A count above its limit (or too long to be a number at all).
+    TooLarge {
+        option: &'static str,
+        value: String,
+        max: usize,
+        unit: &'static str,
+    },
+    /// `-p` repeated by `-d <n>` holds more than [`MAX_KCAPI_BYTES`].
+    DataTooLarge {
+        bytes: usize,
+        times: usize,
+        max: usize,
+    },
+    /// `-d <n>` or `-s <bytes>` with empty data: the same refusal as a single empty request.
+    NoData,
+    /// An `xts(aes)` key whose two halves are equal.
+    XtsKeyHalvesEqual,
     Missing {
         what: &'static str,
     },
@@ -140,7 +165,7 @@ impl fmt::Display for CmdlineError {
             }
             CmdlineError::UnknownOption { word } => write!(
                 f,
-                "unknown option {} (options: -e, -d, -c, -k, -i, -p)",
+                "unknown option {} (options: -e, -d, -c <cipher>, -k <hex>, -i <hex>, -p <hex>, -d <n>, -s <bytes>; RSA: -x 4 -o <0|1|2|3> -c <pkcs1pad(rsa,hash)> -j <hex key> -p <hex> [-t <hex>])",
                 shown(word)
             ),
             CmdlineError::RepeatedOption { option } => {
@@ -163,9 +188,25 @@ impl fmt::Display for CmdlineError {
                 shown(name)
             ),
             CmdlineError::BothDirections => write!(f, "give either -e or -d, not both"),
-            CmdlineError::NotACount { option, value } => {
-                write!(f, "{option}: {} is not a positive number", shown(value))
-            }
+            CmdlineError::NotACount { option, value } => write!(
+                f,
+                "{option}: {} is not a positive number (decimal digits, at least 1)",
+                shown(value)
+            ),
+            CmdlineError::TooLarge {
+                option,
+                value,
+                max,
+                unit,
+            } => write!(f, "{option}: {} is too large: at most {max} {unit}", shown(value)),
+            CmdlineError::DataTooLarge { bytes, times, max } => write!(
+                f,
+                "-d {times}: {bytes} bytes of data {times} times is more than one kcapi operation may hold ({max} bytes)"
+            ),
+            CmdlineError::NoData => f.write_str("the request has no data"),
+            CmdlineError::XtsKeyHalvesEqual => f.write_str(
+                "-k: the two halves of the xts(aes) key are equal; XTS needs two different keys (a weak key, refused as Linux's xts_verify_key and OpenSSL do)",
+            ),
             CmdlineError::Missing { what } => write!(f, "{what}"),
         }
     }
@@ -362,13 +403,30 @@ pub struct KcapiRequest {
     pub chunk: Option<usize>,
 }
 
-/// A positive count for `option`.
-fn parse_count(option: &'static str, text: &str) -> Result<usize, CmdlineError> {
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-        _ => Err(CmdlineError::NotACount {
+/// A positive decimal count for `option`, at most `max` (`unit` names what it counts).
+fn parse_count(
+    option: &'static str,
+    text: &str,
+    max: usize,
+    unit: &'static str,
+) -> Result<usize, CmdlineError> {
+    if text.is_empty()
+        || !text.bytes().all(|b| b.is_ascii_digit())
+        || text.bytes().all(|b| b == b'0')
+    {
+        return Err(CmdlineError::NotACount {
             option,
             value: text.to_string(),
+        });
+    }
+    match text.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        // Digits only and not zero: the only other failure is overflow.
+        _ => Err(CmdlineError::TooLarge {
+            option,
+            value: text.to_string(),
+            max,
+            unit,
         }),
     }
 }
@@ -391,7 +449,10 @@ pub fn parse_kcapi(args: &[&str]) -> Result<KcapiRequest, CmdlineError> {
                 .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
         {
             words.next();
-            if repeat.replace(parse_count("-d", count)?).is_some() {
+            if repeat
+                .replace(parse_count("-d", count, MAX_KCAPI_BYTES, "repetitions")?)
+                .is_some()
+            {
                 return Err(CmdlineError::RepeatedOption { option: "-d <n>" });
             }
             continue;
@@ -437,14 +498,21 @@ pub fn parse_kcapi(args: &[&str]) -> Result<KcapiRequest, CmdlineError> {
                 .is_some(),
             "-k" => key.replace(parse_hex(option, value)?).is_some(),
             "-i" => iv.replace(parse_hex(option, value)?).is_some(),
-            "-s" => chunk.replace(parse_count(option, value)?).is_some(),
+            "-s" => chunk
+                .replace(parse_count(
+                    option,
+                    value,
+                    MAX_KCAPI_CHUNK,
+                    "bytes (one stream request)",
+                )?)
+                .is_some(),
             _ => data.replace(parse_hex(option, value)?).is_some(),
         };
         if repeated {
             return Err(CmdlineError::RepeatedOption { option });
         }
     }
-    Ok(KcapiRequest {
+    let request = KcapiRequest {
         direction: direction.ok_or(CmdlineError::Missing {
             what: "give -e (encrypt) or -d (decrypt)",
         })?,
@@ -460,7 +528,35 @@ pub fn parse_kcapi(args: &[&str]) -> Result<KcapiRequest, CmdlineError> {
         })?,
         repeat,
         chunk,
-    })
+    };
+    if request.repeat.is_some() || request.chunk.is_some() {
+        if request.data.is_empty() {
+            return Err(CmdlineError::NoData);
+        }
+        let times = request.repeat.unwrap_or(1);
+        if request
+            .data
+            .len()
+            .checked_mul(times)
+            .is_none_or(|total| total > MAX_KCAPI_BYTES)
+        {
+            return Err(CmdlineError::DataTooLarge {
+                bytes: request.data.len(),
+                times,
+                max: MAX_KCAPI_BYTES,
+            });
+        }
+    }
+    // Two equal halves make XTS's tweak key its data key: Linux's xts_verify_key
+    // (include/crypto/xts.h) refuses such a key when weak keys are forbidden, OpenSSL always.
+    if request.cipher == Cipher::AesXts
+        && request.key.len().is_multiple_of(2)
+        && !request.key.is_empty()
+        && request.key[..request.key.len() / 2] == request.key[request.key.len() / 2..]
+    {
+        return Err(CmdlineError::XtsKeyHalvesEqual);
+    }
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -626,6 +722,137 @@ mod tests {
             kcapi("-e -c cbc(aes) -p 00"),
             Err(CmdlineError::Missing { .. })
         ));
+    }
+
+    #[test]
+    fn counts_and_sizes_are_bounded() {
+        let base = "-e -c cbc(aes) -k 00112233445566778899aabbccddeeff -p 00112233445566778899aabbccddeeff";
+        for (extra, want) in [
+            (
+                "-d 18446744073709551615",
+                CmdlineError::TooLarge {
+                    option: "-d",
+                    value: "18446744073709551615".into(),
+                    max: MAX_KCAPI_BYTES,
+                    unit: "repetitions",
+                },
+            ),
+            (
+                "-d 10000000",
+                CmdlineError::TooLarge {
+                    option: "-d",
+                    value: "10000000".into(),
+                    max: MAX_KCAPI_BYTES,
+                    unit: "repetitions",
+                },
+            ),
+            (
+                "-d 65537",
+                CmdlineError::DataTooLarge {
+                    bytes: 16,
+                    times: 65537,
+                    max: MAX_KCAPI_BYTES,
+                },
+            ),
+            (
+                "-s 99999999999999999999999",
+                CmdlineError::TooLarge {
+                    option: "-s",
+                    value: "99999999999999999999999".into(),
+                    max: MAX_KCAPI_CHUNK,
+                    unit: "bytes (one stream request)",
+                },
+            ),
+            (
+                "-s 65537",
+                CmdlineError::TooLarge {
+                    option: "-s",
+                    value: "65537".into(),
+                    max: MAX_KCAPI_CHUNK,
+                    unit: "bytes (one stream request)",
+                },
+            ),
+            (
+                "-s 0",
+                CmdlineError::NotACount {
+                    option: "-s",
+                    value: "0".into(),
+                },
+            ),
+        ] {
+            assert_eq!(kcapi(&format!("{base} {extra}")), Err(want), "{extra}");
+        }
+        let msg = format!(
+            "{}",
+            kcapi(&format!("{base} -s 99999999999999999999999")).unwrap_err()
+        );
+        assert!(msg.contains("too large: at most 65536 bytes"), "{msg}");
+        let msg = format!("{}", kcapi(&format!("{base} -d 65537")).unwrap_err());
+        assert!(msg.contains("(1048576 bytes)"), "{msg}");
+        // At the limits: accepted.
+        assert_eq!(
+            kcapi(&format!("{base} -d 65536")).unwrap().repeat,
+            Some(65536)
+        );
+        assert_eq!(
+            kcapi(&format!("{base} -s 65536")).unwrap().chunk,
+            Some(65536)
+        );
+    }
+
+    #[test]
+    fn empty_data_is_refused_in_chunks_too() {
+        for extra in ["-d 2", "-s 16", "-d 2 -s 16"] {
+            let line = format!("-e -c cbc(aes) -k 00112233445566778899aabbccddeeff -p '' {extra}");
+            let e = kcapi(&line).unwrap_err();
+            assert_eq!(e, CmdlineError::NoData, "{extra}");
+            assert_eq!(format!("{e}"), "the request has no data");
+        }
+    }
+
+    #[test]
+    fn xts_keys_with_equal_halves_are_refused() {
+        let half = "000102030405060708090a0b0c0d0e0f";
+        for key in [format!("{half}{half}"), format!("{half}{half}{half}{half}")] {
+            let e = kcapi(&format!("-e -c xts(aes) -k {key} -i {half} -p {half}")).unwrap_err();
+            assert_eq!(e, CmdlineError::XtsKeyHalvesEqual);
+            assert!(format!("{e}").contains("halves of the xts(aes) key are equal"));
+        }
+        let other = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+        assert!(
+            kcapi(&format!(
+                "-e -c xts(aes) -k {half}{other} -i {half} -p {half}"
+            ))
+            .is_ok()
+        );
+        // Other ciphers take any key.
+        assert!(
+            kcapi(&format!(
+                "-e -c cbc(aes) -k {half}{half} -i {half} -p {half}"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_unknown_option_error_names_every_option() {
+        let msg = format!("{}", kcapi("-e -q").unwrap_err());
+        for option in [
+            "-e",
+            "-d",
+            "-c",
+            "-k",
+            "-i",
+            "-p",
+            "-d <n>",
+            "-s <bytes>",
+            "-x 4",
+            "-o",
+            "-j",
+            "-t",
+        ] {
+            assert!(msg.contains(option), "{option} missing: {msg}");
+        }
     }
 
     #[test]

@@ -28,7 +28,20 @@ pub fn parse_hex(option: &'static str, text: &str) -> Result<Vec<u8>, String> {
     cmdline::parse_hex(option, text).map_err(|e| format!("{e}"))
 }
 
-fn run(args: &[&str]) -> Result<String, String> {
+/// An empty buffer with room for `len` bytes, or why the heap cannot hold them: a failed
+/// allocation would panic, and nothing on the command line may panic the kernel.
+fn buffer(len: usize, what: &str) -> Result<Vec<u8>, String> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(len).map_err(|_| {
+        format!(
+            "{len} bytes of {what} do not fit in the kernel's heap ({} bytes free); give less data or more RAM (VCRYPT_MEM)",
+            crate::mm::heap::usage().1
+        )
+    })?;
+    Ok(buffer)
+}
+
+fn run(args: &[&str]) -> Result<Vec<u8>, String> {
     let request = cmdline::parse_kcapi(args).map_err(|e| format!("{e}"))?;
     let device = devices().first().ok_or("no virtio-crypto device")?;
     let session =
@@ -41,11 +54,17 @@ fn run(args: &[&str]) -> Result<String, String> {
             format!("{e}{hint}")
         })?;
     if request.repeat.is_some() || request.chunk.is_some() {
-        // One chained operation over the whole input, in chunks of one stream.
-        let input = request.data.repeat(request.repeat.unwrap_or(1));
+        // One chained operation over the whole input, in chunks of one stream. The parser
+        // bounds the total by MAX_KCAPI_BYTES; the heap of a small guest may hold less.
+        let times = request.repeat.unwrap_or(1);
+        let total = request.data.len() * times;
+        let mut input = buffer(total, "input")?;
+        for _ in 0..times {
+            input.extend_from_slice(&request.data);
+        }
+        let mut out = buffer(total, "output")?;
         let chunk = request.chunk.unwrap_or(request.data.len()).max(1);
         let mut stream = session.stream(&request.iv).map_err(|e| format!("{e}"))?;
-        let mut out = Vec::with_capacity(input.len());
         stream
             .process(input.chunks(chunk), |o| out.extend_from_slice(o))
             .map_err(|e| format!("{e}"))?;
@@ -53,7 +72,7 @@ fn run(args: &[&str]) -> Result<String, String> {
         session
             .close()
             .map_err(|e| format!("destroying the session: {e}"))?;
-        return Ok(out.iter().map(|b| format!("{b:02x}")).collect());
+        return Ok(out);
     }
     let mut out = request.data.clone();
     match request.direction {
@@ -64,7 +83,16 @@ fn run(args: &[&str]) -> Result<String, String> {
     session
         .close()
         .map_err(|e| format!("destroying the session: {e}"))?;
-    Ok(out.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(out)
+}
+
+/// Prints `bytes` as one line of hex, a piece at a time (no second copy of a large result).
+fn print_hex(bytes: &[u8]) {
+    for piece in bytes.chunks(512) {
+        let hex: String = piece.iter().map(|b| format!("{b:02x}")).collect();
+        crate::print!("{hex}");
+    }
+    println!();
 }
 
 /// Runs the command and exits QEMU.
@@ -72,9 +100,12 @@ pub fn main(args: &[&str]) -> ! {
     if args.contains(&"-x") {
         crate::kcapi_rsa::main(args)
     }
-    match run(args) {
-        Ok(hex) => {
-            println!("{hex}");
+    let result = run(args);
+    // The profile (profile=on) before the result: the result is the last line.
+    qemu::run_exit_hook();
+    match result {
+        Ok(bytes) => {
+            print_hex(&bytes);
             qemu::exit(ExitCode::Success)
         }
         Err(e) => {

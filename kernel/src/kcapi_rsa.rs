@@ -13,6 +13,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use vcrypt_drivers::crypto::{RsaHash, RsaKeyKind, RsaOp, RsaSession};
+use vcrypt_drivers::error::Error;
 
 use crate::arch::qemu::{self, ExitCode};
 use crate::kcapi::parse_hex;
@@ -106,7 +107,20 @@ pub(crate) fn run(args: &[&str]) -> Result<String, String> {
         } else {
             "private (RSAPrivateKey)"
         };
-        format!("{e} ({} needs a {which} key)", request.op.name())
+        match e {
+            // The key's own faults: say which kind of key the operation takes.
+            Error::InvalidKey { .. }
+            | Error::WrongKeyKind { .. }
+            | Error::InvalidModulusSize { .. }
+            | Error::KeyRejected => {
+                format!("{e} ({} needs a {which} key)", request.op.name())
+            }
+            _ if !request.hash.device_implements() => format!(
+                "{e} (the device refuses {} sessions: QEMU 7.2's builtin backend implements sha1, sha256 and sha512 only)",
+                request.hash.kcapi_name()
+            ),
+            _ => format!("{e}"),
+        }
     })?;
     let out = match request.op {
         RsaOp::Verify => session
@@ -128,7 +142,10 @@ pub(crate) fn run(args: &[&str]) -> Result<String, String> {
 
 /// Runs the command and exits QEMU.
 pub fn main(args: &[&str]) -> ! {
-    match run(args) {
+    let result = run(args);
+    // The profile (profile=on) before the result: the result is the last line.
+    qemu::run_exit_hook();
+    match result {
         Ok(text) => {
             println!("{text}");
             qemu::exit(ExitCode::Success)

@@ -131,6 +131,11 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
             qemu::exit(ExitCode::Failure);
         }
     }
+    // dur= is for bench, but a bad value is refused whatever the command, not ignored.
+    if let Err(e) = bench::point_ns(&cmdline) {
+        println!("error: {e}");
+        qemu::exit(ExitCode::Failure);
+    }
     if crypto == 0 {
         println!(
             "error: no virtio-crypto device found (QEMU needs -device virtio-crypto-pci; run-qemu.sh adds VCRYPT_DEVICES of them)"
@@ -144,7 +149,8 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         "bench" => bench::main(&cmdline.args(), &cmdline),
         other => {
             println!(
-                "error: unknown command \"{other}\" (commands: test [filter...], bench [ctrl|kick|data] [dur=ms], kcapi ...)"
+                "error: unknown command {} (commands: test [filter...], bench [ctrl] [kick] [limit] [data] [scale] [chain] [rsa] [dur=ms], kcapi -e|-d ..., kcapi -x 4 ...)",
+                cmdline::shown(other)
             );
             qemu::exit(ExitCode::Failure)
         }

@@ -55,18 +55,57 @@ fn metrics(row: &Row) -> Vec<(String, f64, String)> {
     out
 }
 
-/// Every metric of every experiment in either run, in A's order then B's extras.
-pub fn lines(a: &[Row], b: &[Row]) -> Vec<Line> {
+/// Each row with its key; a key that repeats within a run gets its occurrence (`#2`) so that
+/// no row is lost.
+fn keyed(rows: &[Row]) -> Vec<(String, &Row)> {
+    let mut out: Vec<(String, &Row)> = Vec::new();
+    for row in rows {
+        let key = row.key();
+        let seen = out
+            .iter()
+            .filter(|(k, _)| *k == key || k.starts_with(&format!("{key} #")))
+            .count();
+        let key = if seen == 0 {
+            key
+        } else {
+            format!("{key} #{}", seen + 1)
+        };
+        out.push((key, row));
+    }
+    out
+}
+
+/// The experiments of both runs, in A's order then B's extras, each with its row in A and B.
+fn experiments<'r>(a: &'r [Row], b: &'r [Row]) -> Vec<(String, Option<&'r Row>, Option<&'r Row>)> {
+    let (a, b) = (keyed(a), keyed(b));
     let mut keys: Vec<String> = Vec::new();
-    for row in a.iter().chain(b) {
-        if !keys.contains(&row.key()) {
-            keys.push(row.key());
+    for (key, _) in a.iter().chain(&b) {
+        if !keys.contains(key) {
+            keys.push(key.clone());
         }
     }
+    keys.into_iter()
+        .map(|key| {
+            let find =
+                |rows: &[(String, &'r Row)]| rows.iter().find(|(k, _)| *k == key).map(|(_, r)| *r);
+            let (row_a, row_b) = (find(&a), find(&b));
+            (key, row_a, row_b)
+        })
+        .collect()
+}
+
+/// How many experiments are in both runs.
+pub fn matched(a: &[Row], b: &[Row]) -> usize {
+    experiments(a, b)
+        .iter()
+        .filter(|(_, a, b)| a.is_some() && b.is_some())
+        .count()
+}
+
+/// Every metric of every experiment in either run, in A's order then B's extras.
+pub fn lines(a: &[Row], b: &[Row]) -> Vec<Line> {
     let mut out = Vec::new();
-    for key in keys {
-        let row_a = a.iter().find(|r| r.key() == key);
-        let row_b = b.iter().find(|r| r.key() == key);
+    for (key, row_a, row_b) in experiments(a, b) {
         let metrics_a = row_a.map(metrics).unwrap_or_default();
         let metrics_b = row_b.map(metrics).unwrap_or_default();
         let mut names: Vec<(String, String)> = Vec::new();
@@ -89,13 +128,47 @@ pub fn lines(a: &[Row], b: &[Row]) -> Vec<Line> {
     out
 }
 
+/// One measured text field (bench data's `limited_by`) of one experiment in both runs.
+#[derive(Debug, PartialEq)]
+pub struct TextLine {
+    pub key: String,
+    pub field: String,
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+/// Every measured text of every experiment found in both runs.
+pub fn text_lines(a: &[Row], b: &[Row]) -> Vec<TextLine> {
+    let mut out = Vec::new();
+    for (key, row_a, row_b) in experiments(a, b) {
+        let (Some(row_a), Some(row_b)) = (row_a, row_b) else {
+            continue;
+        };
+        let mut fields = row_a.text_metric_names();
+        for field in row_b.text_metric_names() {
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        }
+        for field in fields {
+            out.push(TextLine {
+                key: key.clone(),
+                a: row_a.text(&field),
+                b: row_b.text(&field),
+                field,
+            });
+        }
+    }
+    out
+}
+
 fn cell(value: Option<f64>) -> String {
     value.map_or("—".to_string(), figures::format_value)
 }
 
 /// The comparison as Markdown: where each run ran, then per experiment each metric with A, B
 /// and B/A.
-pub fn markdown(a: &Results, b: &Results, lines: &[Line]) -> String {
+pub fn markdown(a: &Results, b: &Results, lines: &[Line], texts: &[TextLine]) -> String {
     let mut out = String::from("# vcrypt bench comparison\n\n");
     for (name, results) in [("A", a), ("B", b)] {
         let _ = writeln!(out, "## {name}: {}\n", results.source.display());
@@ -117,6 +190,23 @@ pub fn markdown(a: &Results, b: &Results, lines: &[Line]) -> String {
             cell(line.b),
             line.ratio_text()
         );
+    }
+    if !texts.is_empty() {
+        out.push_str(
+            "\n## Measured texts\n\n| experiment | field | A | B | |\n|---|---|---|---|---|\n",
+        );
+        for text in texts {
+            let (a_text, b_text) = (
+                text.a.as_deref().unwrap_or("—"),
+                text.b.as_deref().unwrap_or("—"),
+            );
+            let verdict = if text.a == text.b { "same" } else { "differs" };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {a_text} | {b_text} | {verdict} |",
+                text.key, text.field
+            );
+        }
     }
     let problems: Vec<&String> = a.problems.iter().chain(&b.problems).collect();
     if !problems.is_empty() {
@@ -154,8 +244,16 @@ pub fn compare(a_path: &Path, b_path: &Path, out: Option<PathBuf>) -> Result<Pat
             )),
     };
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if matched(&a.rows, &b.rows) == 0 {
+        bail!(
+            "no experiment of {} is in {}: rows match on bench, x and series fields (mode, sweep), and these runs share none",
+            a_path.display(),
+            b_path.display()
+        );
+    }
     let lines = lines(&a.rows, &b.rows);
-    let text = markdown(&a, &b, &lines);
+    let texts = text_lines(&a.rows, &b.rows);
+    let text = markdown(&a, &b, &lines, &texts);
     fs::write(dir.join("compare.md"), &text).context("writing compare.md")?;
     let figures = figures::build(&[
         Run {
@@ -228,6 +326,67 @@ mod tests {
                 .ratio_text(),
             "only in B"
         );
+    }
+
+    #[test]
+    fn rows_match_on_their_key_never_on_measured_texts() {
+        // Two bench data runs: the same points, other measured texts and numbers.
+        let run = |limits: [&str; 2], ops: [&str; 2]| {
+            let rows: Vec<String> = [("4096", 0), ("16", 1)]
+                .iter()
+                .map(|(size, n)| {
+                    DATA_ROW_LIMITED
+                        .replace("\"size\":4096", &format!("\"size\":{size}"))
+                        .replace("QEMU trips (0.46/req)", limits[*n])
+                        .replace("55920", ops[*n])
+                })
+                .collect();
+            parse_log(&rows.join("\n")).rows
+        };
+        let a = run(["QEMU trips (0.46/req)", "guest CPU"], ["55920", "90000"]);
+        let b = run(["QEMU trips (0.44/req)", "device"], ["60000", "90000"]);
+        assert_eq!(a[0].key(), "data sweep=size size=4096");
+        assert_eq!(matched(&a, &b), 2);
+        let all = lines(&a, &b);
+        assert!(
+            all.iter().all(|l| l.a.is_some() && l.b.is_some()),
+            "a row only in one run: {all:?}"
+        );
+        let ops = all
+            .iter()
+            .find(|l| l.key == "data sweep=size size=4096" && l.metric == "ops_per_s")
+            .unwrap();
+        assert_eq!((ops.a, ops.b), (Some(55920.0), Some(60000.0)));
+        let texts = text_lines(&a, &b);
+        assert_eq!(
+            texts,
+            [
+                TextLine {
+                    key: "data sweep=size size=4096".into(),
+                    field: "limited_by".into(),
+                    a: Some("QEMU trips (0.46/req)".into()),
+                    b: Some("QEMU trips (0.44/req)".into()),
+                },
+                TextLine {
+                    key: "data sweep=size size=16".into(),
+                    field: "limited_by".into(),
+                    a: Some("guest CPU".into()),
+                    b: Some("device".into()),
+                },
+            ]
+        );
+        // Two runs that share no experiment are an error, not a table of "only in" lines.
+        let base = crate::output::tests::temp_dir("cmp-none");
+        let (a_dir, b_dir) = (base.join("a"), base.join("b"));
+        for (dir, row) in [(&a_dir, DATA_ROW_LIMITED), (&b_dir, KICK_ROW)] {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join(output::ROWS_FILE), format!("{row}\n")).unwrap();
+        }
+        let error = format!(
+            "{:#}",
+            compare(&a_dir, &b_dir, Some(base.join("out"))).unwrap_err()
+        );
+        assert!(error.contains("no experiment of"), "{error}");
     }
 
     #[test]

@@ -241,7 +241,12 @@ pub fn markdown_tables(rows: &[Row]) -> String {
         let bench_rows: Vec<&Row> = rows.iter().filter(|r| r.bench == bench).collect();
         let mut columns: Vec<String> = Vec::new();
         for row in &bench_rows {
-            for name in row.key_fields().into_iter().chain(row.metric_names()) {
+            for name in row
+                .key_fields()
+                .into_iter()
+                .chain(row.text_metric_names())
+                .chain(row.metric_names())
+            {
                 if !columns.contains(&name) {
                     columns.push(name);
                 }

@@ -213,23 +213,47 @@ impl Row {
             .collect()
     }
 
-    /// The fields naming the point a row measured: its string fields (mode, sweep), the x field
-    /// and the series fields. Two runs' rows with the same key are the same experiment.
+    /// The fields naming the point a row measured. A row that declares its plot is identified by
+    /// its declaration: the x field and the series fields (bench data: `sweep` and `size` or
+    /// `in_flight`), in the row's order; its other text fields (`limited_by`) are measured and
+    /// never part of the key. A row without a declaration: its text fields (mode, sweep). Two
+    /// runs' rows with the same key are the same experiment.
     pub fn key_fields(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .fields
+        if self.declares_plot() {
+            let declared: Vec<String> = self
+                .x_field()
+                .into_iter()
+                .chain(self.series_fields())
+                .collect();
+            return self
+                .fields
+                .keys()
+                .filter(|name| declared.contains(name))
+                .cloned()
+                .collect();
+        }
+        self.fields
             .iter()
             .filter(|(name, value)| {
                 value.is_string() && !DECLARATION_FIELDS.contains(&name.as_str())
             })
             .map(|(name, _)| name.clone())
-            .collect();
-        for name in self.x_field().into_iter().chain(self.series_fields()) {
-            if !keys.contains(&name) {
-                keys.push(name);
-            }
-        }
-        keys
+            .collect()
+    }
+
+    /// Text fields that measure something (bench data's `limited_by`): every text field that is
+    /// neither a key field nor a declaration. Compared between runs, never matched on.
+    pub fn text_metric_names(&self) -> Vec<String> {
+        let keys = self.key_fields();
+        self.fields
+            .iter()
+            .filter(|(name, value)| {
+                value.is_string()
+                    && !keys.contains(name)
+                    && !DECLARATION_FIELDS.contains(&name.as_str())
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// A stable identity for comparing runs: bench plus `field=value` for every key field, or

@@ -6,3 +6,6 @@ pub const KICK_ROW: &str = r#"{"bench":"kick","mode":"locked","size":16,"workers
 /// A row from before rows declared their axes.
 pub const UNDECLARED_ROW: &str =
     r#"{"bench":"future","mode":"x","ops_per_s":5,"latency_us":7,"busy_pct":[1.0]}"#;
+/// A bench data row as the kernel prints it now: `sweep` is a declared series, `limited_by` a
+/// measured text.
+pub const DATA_ROW_LIMITED: &str = r#"{"bench":"data","sweep":"size","size":4096,"in_flight":16,"ops_per_s":55920,"device_ops_per_s":155815,"pct_of_device":35,"limited_by":"QEMU trips (0.46/req)","mb_per_s":229,"p50_us":270,"p99_us":900,"busy_pct":[40.1,35.5],"busy_sum_pct":75.6,"trips_per_1k":446,"duration_ms":50,"plot":{"x":"size","y":["ops_per_s","mb_per_s","p50_us","p99_us"],"series":["sweep"],"hist":[]},"units":{"size":"B","in_flight":"requests","ops_per_s":"ops/s"}}"#;

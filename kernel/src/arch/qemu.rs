@@ -24,11 +24,21 @@ pub fn set_exit_hook(hook: fn()) -> bool {
     installed
 }
 
-/// Exits QEMU. If no isa-debug-exit device is present, halts forever.
-pub fn exit(code: ExitCode) -> ! {
-    if let Some(hook) = EXIT_HOOK.get() {
+static EXIT_HOOK_RAN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Runs the exit hook now, once: before a command's last line (a kcapi result, the tests'
+/// closing line), so that its output (the profile) does not come after it.
+pub fn run_exit_hook() {
+    if let Some(hook) = EXIT_HOOK.get()
+        && !EXIT_HOOK_RAN.swap(true, core::sync::atomic::Ordering::AcqRel)
+    {
         hook();
     }
+}
+
+/// Exits QEMU. If no isa-debug-exit device is present, halts forever.
+pub fn exit(code: ExitCode) -> ! {
+    run_exit_hook();
     super::port::outl(DEBUG_EXIT_PORT, code as u32);
     super::halt_forever()
 }

@@ -100,10 +100,15 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
         let mut chosen = Vec::new();
         for name in args {
             match BENCHES.iter().find(|b| b.name == *name) {
+                Some(b) if chosen.iter().any(|c: &&Bench| c.name == b.name) => {
+                    println!("error: bench: {name} is given more than once");
+                    qemu::exit(ExitCode::Failure)
+                }
                 Some(b) => chosen.push(b),
                 None => {
                     println!(
-                        "error: bench: unknown benchmark \"{name}\" (known: ctrl, kick, limit, data, scale, chain, rsa)"
+                        "error: bench: unknown benchmark {} (known: ctrl, kick, limit, data, scale, chain, rsa)",
+                        crate::cmdline::shown(name)
                     );
                     qemu::exit(ExitCode::Failure)
                 }

@@ -29,8 +29,26 @@ pub fn kernel_image() -> (u64, u64) {
     }
 }
 
+/// The end of the highest RAM region of the boot memory map.
+static MEMMAP_END: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The first physical address above the RAM of the boot memory map: with more RAM than fits
+/// below the PCI hole, QEMU puts the rest at 4 GiB and up (`hw/i386/pc.c`), so free physical
+/// address space starts here, not at 4 GiB. (Reserved regions are not counted: QEMU reserves
+/// 1012 GiB..1 TiB on AMD hosts, at the edge of a 40-bit physical address space.)
+pub fn ram_end() -> u64 {
+    MEMMAP_END.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Sets up frames and heap. Returns (usable RAM bytes, heap bytes), or why the RAM is not enough.
 pub fn init(memmap: &[MemRegion]) -> Result<(u64, usize), NotEnoughRam> {
+    let end = memmap
+        .iter()
+        .filter(|r| r.kind == crate::arch::pvh::MEMMAP_RAM)
+        .map(|r| r.addr.saturating_add(r.size))
+        .max()
+        .unwrap_or(0);
+    MEMMAP_END.store(end, core::sync::atomic::Ordering::Relaxed);
     let (kernel_start, kernel_end) = kernel_image();
     let ram = frames::init(memmap, kernel_start, kernel_end);
     let heap = heap::init(ram).ok_or(NotEnoughRam { usable: ram })?;

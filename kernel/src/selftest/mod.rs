@@ -171,7 +171,9 @@ pub fn run(filters: &[&str]) -> ! {
     }
     let count = selected(filters).count();
     if count == 0 {
-        println!("error: no test matches {filters:?}; tests are:");
+        let shown: alloc::vec::Vec<String> =
+            filters.iter().map(|f| crate::cmdline::shown(f)).collect();
+        println!("error: no test matches {}; tests are:", shown.join(" "));
         for t in TESTS {
             println!("  {}", t.name);
         }
@@ -216,6 +218,8 @@ fn closing_line(passed: usize, failed: usize) -> String {
 pub fn finish() -> ! {
     let passed = PASSED.load(Ordering::SeqCst);
     let failed = FAILED.load(Ordering::SeqCst);
+    // The profile (profile=on) before the closing line: the closing line is the last line.
+    qemu::run_exit_hook();
     println!("{}", closing_line(passed, failed));
     qemu::exit(if failed == 0 {
         ExitCode::Success

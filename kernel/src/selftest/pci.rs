@@ -111,7 +111,9 @@ pub fn virtio_crypto_config_reads_back_consistently() -> TestResult {
 }
 
 /// Every MSI-X table entry takes an address and vector, reads them back, and masks; each entry
-/// is restored afterwards (the driver's interrupts go through them).
+/// is restored afterwards (the driver's interrupts go through them). MSI-X is enabled exactly
+/// when the driver uses it: with 2 or more vectors (one shared by the queues when there are
+/// fewer than queues + 1); with 1 the driver takes INTx and leaves MSI-X off.
 /// Not applicable when no device has MSI-X (`VCRYPT_VECTORS=0`).
 pub fn msix_entries_read_back() -> TestResult {
     let my_apic = apic::id();
@@ -131,9 +133,8 @@ pub fn msix_entries_read_back() -> TestResult {
             continue;
         };
         ensure!(
-            msix.table_size() >= 3,
-            "{at}: {} MSI-X vectors, need data + control + config",
-            msix.table_size()
+            msix.table_size() >= 1,
+            "{at}: an MSI-X table without entries"
         );
         for entry in 0..msix.table_size() {
             let original = msix.entry(entry).map_err(|e| alloc::format!("{e}"))?;
@@ -162,9 +163,14 @@ pub fn msix_entries_read_back() -> TestResult {
             msix.entry(msix.table_size()).is_err(),
             "{at}: entry past the table was accepted"
         );
+        // The driver's choice (virtio::crypto::init_device): MSI-X from 2 vectors up.
+        let uses_msix = msix.table_size() >= 2;
         ensure!(
-            msix.enabled(&device.pci),
-            "{at}: MSI-X is not enabled after the driver came up"
+            msix.enabled(&device.pci) == uses_msix,
+            "{at}: with {} MSI-X vectors, MSI-X is {} after the driver came up (expected {})",
+            msix.table_size(),
+            if uses_msix { "off" } else { "on" },
+            if uses_msix { "on" } else { "off: INTx" }
         );
     }
     Ok(())
@@ -172,8 +178,19 @@ pub fn msix_entries_read_back() -> TestResult {
 
 /// Moves a device's 64-bit BAR above 4 GiB (where the boot identity map does not reach), builds
 /// a transport on it, and checks it reads the same device registers; then moves the BAR back.
+/// The address is free: above the boot identity map, above the RAM of the memory map (RAM
+/// beyond 3.5 GiB is at 4 GiB and up) and above every PCI function's BARs, aligned to the
+/// BAR's size as PCI requires.
 pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
-    const HIGH_BASE: u64 = 0x1_0000_0000;
+    let bars_end = crate::pci::enumerate()
+        .iter()
+        .flat_map(|f| f.bars.iter().flatten())
+        .map(|bar| match bar {
+            Bar::Memory { address, size, .. } => address.saturating_add(*size),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
     let device = probe::probed().first().ok_or("no device probed")?.lock();
     let (index, size) = device
         .pci
@@ -189,6 +206,13 @@ pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
             _ => None,
         })
         .ok_or("the device has no 64-bit BAR")?;
+    let align = size.max(2 << 20).next_power_of_two();
+    let lowest = crate::arch::boot::BOOT_IDENTITY_MAP_END
+        .max(crate::mm::ram_end())
+        .max(bars_end);
+    let high_base = lowest
+        .checked_next_multiple_of(align)
+        .ok_or("no free address above the memory map")?;
     let reg = 0x10 + 4 * index as u8;
     let at = device.pci.address;
     let (old_low, old_high) = (at.read32(reg), at.read32(reg + 4));
@@ -199,10 +223,10 @@ pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
         at.write32(reg + 4, (base >> 32) as u32);
         at.write16(0x04, command);
     };
-    move_bar(HIGH_BASE, old_low & 0xf);
+    move_bar(high_base, old_low & 0xf);
     let mut moved = device.pci.clone();
     moved.bars[index] = Some(Bar::Memory {
-        address: HIGH_BASE,
+        address: high_base,
         size,
         is_64bit: true,
         prefetchable: true,
@@ -219,12 +243,12 @@ pub fn bar_above_4gib_is_mapped_and_reachable() -> TestResult {
     let (queues, config) = result.map_err(|e| alloc::format!("transport on the moved BAR: {e}"))?;
     ensure!(
         queues as usize == device.queue_sizes.len(),
-        "through the BAR at {HIGH_BASE:#x}: {queues} queues, expected {}",
+        "through the BAR at {high_base:#x}: {queues} queues, expected {}",
         device.queue_sizes.len()
     );
     ensure!(
         config? == device.config,
-        "through the BAR at {HIGH_BASE:#x}: a different configuration"
+        "through the BAR at {high_base:#x}: a different configuration"
     );
     ensure!(
         probe::read_config(&device.transport)? == device.config,

@@ -557,7 +557,15 @@ pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
         || chain != ChainMode::Pipelined
     {
         crate::println!(
-            "driver switches: ctrl={ctrl:?} kick={kick:?} unadvertised={} queues={} chain={}",
+            "driver switches: ctrl={} kick={} unadvertised={} queues={} chain={}",
+            match ctrl {
+                CtrlMode::Sleep => "sleep",
+                CtrlMode::Poll => "poll",
+            },
+            match kick {
+                KickMode::Unlocked => "unlocked",
+                KickMode::Locked => "locked",
+            },
             if unadvertised { "try" } else { "refuse" },
             queues.name(),
             chain.name()
