@@ -19,6 +19,9 @@
 #   VCRYPT_TIMEOUT  seconds before QEMU is stopped (default 300)
 #   VCRYPT_VECTORS  MSI-X vectors per device (default 4: data + control + config + spare;
 #                   0 = no MSI-X, the driver falls back to INTx through the I/O APIC)
+#   VCRYPT_IOMMU    off (default) or on: q35 with an emulated Intel VT-d (intel-iommu,intremap=off)
+#                   and every virtio-crypto-pci with iommu_platform=on,disable-legacy=on, so the
+#                   device reaches only what the kernel maps for it
 #   VCRYPT_QEMU_PIDFILE  if set, QEMU writes its pid there (the report tool samples QEMU's
 #                   threads, which carry names: "CPU 0/TCG", "qemu-system-x86" for the main loop)
 set -u
@@ -46,6 +49,7 @@ devices=${VCRYPT_DEVICES:-1}
 accel=${VCRYPT_ACCEL:-tcg}
 timeout_s=${VCRYPT_TIMEOUT:-300}
 vectors=${VCRYPT_VECTORS:-4}
+iommu=${VCRYPT_IOMMU:-off}
 
 is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_count "$smp" && [ "$smp" -ge 1 ] && [ "$smp" -le 8 ] || fail "VCRYPT_SMP must be 1..8, got '$smp'"
@@ -61,6 +65,13 @@ case "$accel" in
     tcg) accel_args=(-accel tcg) ;;
     kvm) accel_args=(-accel kvm -accel tcg) ;;
     *) fail "VCRYPT_ACCEL must be tcg or kvm, got '$accel'" ;;
+esac
+
+case "$iommu" in
+    off) machine_args=() device_opts= ;;
+    on) machine_args=(-machine q35 -device intel-iommu,intremap=off)
+        device_opts=,iommu_platform=on,disable-legacy=on ;;
+    *) fail "VCRYPT_IOMMU must be on or off, got '$iommu'" ;;
 esac
 
 qemu=${QEMU:-qemu-system-x86_64}
@@ -81,7 +92,7 @@ printf '%s' "$cmdline" >"$cmdline_file"
 
 args=(
     "$qemu" -kernel "$kernel" -fw_cfg "name=opt/vcrypt/cmdline,file=${cmdline_file//,/,,}"
-    "${accel_args[@]}" -smp "$smp" -m "$mem"
+    "${machine_args[@]}" "${accel_args[@]}" -smp "$smp" -m "$mem"
     -serial stdio -display none -no-reboot -nic none
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
     -name vcrypt,debug-threads=on
@@ -91,7 +102,7 @@ args=(
 # for configuration changes, with a spare.
 for ((i = 0; i < devices; i++)); do
     args+=(-object "cryptodev-backend-builtin,id=crypto$i"
-           -device "virtio-crypto-pci,cryptodev=crypto$i,vectors=$vectors")
+           -device "virtio-crypto-pci,cryptodev=crypto$i,vectors=$vectors$device_opts")
 done
 
 echo "run-qemu.sh: ${args[*]}" >&2

@@ -35,7 +35,7 @@ use spin::Once;
 
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
-use virtio_drivers::{Hal, PhysAddr};
+use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::lifecycle::Lifecycle;
@@ -80,6 +80,37 @@ struct Posted {
     external: Option<((usize, usize), (usize, usize))>,
     /// The least used length a correct answer has (the reply the device must write).
     min_used: u32,
+}
+
+/// Asks the platform's IOMMU whether the device made a DMA access outside what was mapped for it
+/// since the last call, and if so returns the error the requests get ([`Error::DmaFault`]).
+/// Called by a drain that popped answers, before it hands them over (an answer that came back
+/// after a fault cannot be trusted), and by recovery. Any context; never allocates.
+pub type DmaFaultCheck = Arc<dyn Fn() -> Option<Error> + Send + Sync>;
+
+/// Gives back the mappings of a request the ring no longer holds but `pop_used` never saw (failed
+/// by a reset): the same regions and directions `VirtQueue::add` shared.
+fn unshare_posted<H: Hal>(posted: &Posted) {
+    let (src, dst) = posted.external.unwrap_or(((0, 0), (0, 0)));
+    for ((addr, len), direction) in [
+        (posted.readable, BufferDirection::DriverToDevice),
+        (src, BufferDirection::DriverToDevice),
+        (dst, BufferDirection::DeviceToDriver),
+        (posted.writable, BufferDirection::DeviceToDriver),
+    ] {
+        if let (Some(ptr), true) = (NonNull::new(addr as *mut u8), len > 0) {
+            // SAFETY: the region was shared by `add` for this request and is still allocated
+            // (the slot or the caller's buffers the slot holds); the device was reset, so it no
+            // longer reaches it.
+            unsafe {
+                H::unshare(
+                    addr as PhysAddr,
+                    NonNull::slice_from_raw_parts(ptr, len),
+                    direction,
+                )
+            };
+        }
+    }
 }
 
 /// How `post` waits for ring space.
@@ -329,6 +360,12 @@ pub struct QueueCore<H: Hal> {
     /// The device's lifecycle, once the queue belongs to a device: a protocol violation asks it
     /// for a reset, and a closed queue reports its state.
     lifecycle: Once<Arc<Lifecycle>>,
+    /// The IOMMU's fault check, when the device's DMA goes through one (`set_dma_fault_check`).
+    dma_faults: Once<DmaFaultCheck>,
+    /// With an IOMMU: requests failed while the device could still reach them, whose mappings
+    /// are given back once it is reset (capacity for a full ring, reserved up front: filled
+    /// from interrupt context).
+    unshare_after_reset: IrqSpinLock<Vec<Posted>>,
     pub counters: QueueCounters,
 }
 
@@ -582,6 +619,8 @@ impl<H: Hal> CryptoQueue<H> {
                 broken: AtomicBool::new(false),
                 timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
                 lifecycle: Once::new(),
+                dma_faults: Once::new(),
+                unshare_after_reset: IrqSpinLock::new("unshare-after-reset", Vec::new()),
                 counters: QueueCounters::default(),
             }),
         })
@@ -758,6 +797,17 @@ impl<H: Hal> QueueCore<H> {
         }
     }
 
+    /// The device's DMA goes through an IOMMU: every drain that popped answers asks `check`
+    /// first, and a fault fails those answers with its error and asks for a reset; requests
+    /// failed by a reset give their mappings back once the device is reset. Only the first call
+    /// has an effect. Task context (reserves memory).
+    pub fn set_dma_fault_check(&self, check: DmaFaultCheck) {
+        if self.dma_faults.get().is_none() {
+            self.unshare_after_reset.lock().reserve(QUEUE_SIZE);
+            self.dma_faults.call_once(|| check);
+        }
+    }
+
     /// Makes the queue part of a device: a protocol violation then asks `lifecycle` for a reset.
     pub fn attach_lifecycle(&self, lifecycle: Arc<Lifecycle>) {
         self.lifecycle.call_once(|| lifecycle);
@@ -792,11 +842,25 @@ impl<H: Hal> QueueCore<H> {
     /// how many requests were in flight. Task context. The queue must be closed.
     pub fn fail_after_reset(self: &Arc<Self>, error: Error) -> usize {
         let mut failed = 0;
+        let iommu = self.dma_faults.get().is_some();
         while let Some(entry) = self.detach_one() {
+            if iommu {
+                unshare_posted::<H>(&entry);
+            }
             self.complete(entry.slot, Err(error), false);
             failed += 1;
         }
+        let parked = core::mem::take(&mut *self.unshare_after_reset.lock());
+        for entry in &parked {
+            unshare_posted::<H>(entry);
+        }
         self.storage().reclaim_after_reset();
+        if iommu {
+            // Keep the reservation for the next reset (this is task context).
+            let mut list = self.unshare_after_reset.lock();
+            *list = parked;
+            list.clear();
+        }
         failed
     }
 
@@ -1223,9 +1287,33 @@ impl<H: Hal> QueueCore<H> {
                     self.broken.store(true, Ordering::Release);
                 }
             }
+            // With an IOMMU: a fault recorded before these answers were published makes them
+            // untrustworthy (the device may have read or written garbage in place of the pages
+            // it could not reach), so they fail with the fault and the device is reset.
+            let mut faulted = false;
+            if !done.is_empty()
+                && let Some(check) = self.dma_faults.get()
+                && let Some(fault) = check()
+            {
+                for entry in done.iter_mut() {
+                    entry.1 = Err(fault);
+                }
+                faulted = true;
+            }
             let finished = done.len();
             for (slot, result, device_may_own) in done {
                 self.complete(slot, result, device_may_own);
+            }
+            if faulted {
+                self.counters
+                    .completed
+                    .fetch_add(finished as u64, Ordering::Relaxed);
+                total += finished;
+                self.close();
+                if let Some(lifecycle) = self.lifecycle.get() {
+                    lifecycle.request_recovery();
+                }
+                break;
             }
             total += finished;
             self.counters
@@ -1257,6 +1345,13 @@ impl<H: Hal> QueueCore<H> {
         self.broken.store(true, Ordering::Release);
         // One at a time, completing outside the lock: no allocation, usable from interrupts.
         while let Some(entry) = self.detach_one() {
+            if self.dma_faults.get().is_some() {
+                // Mapped until the reset: the device may still use it.
+                let mut list = self.unshare_after_reset.lock();
+                if list.len() < list.capacity() {
+                    list.push(entry);
+                }
+            }
             self.complete(entry.slot, Err(error), true);
         }
         self.space.wake_all();

@@ -6,6 +6,7 @@
 mod bench;
 mod crypto;
 mod harness;
+mod iommu;
 mod irq;
 mod mm;
 mod pci;
@@ -238,6 +239,14 @@ pub static TESTS: &[Test] = &[
         run: rsa::differential_3000_per_op_vs_rustcrypto,
         explicit_only: true,
     },
+    test(
+        "iommu::sharing_maps_only_the_buffer_with_its_direction",
+        iommu::sharing_maps_only_the_buffer_with_its_direction,
+    ),
+    test(
+        "iommu::unmapped_page_faults_and_the_device_recovers",
+        iommu::unmapped_page_faults_and_the_device_recovers,
+    ),
     // Slow, and QEMU prints a complaint per injected fault: test-all runs it on its own.
     Test {
         name: "reset::twenty_cycles_with_fault_injection",

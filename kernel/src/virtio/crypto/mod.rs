@@ -80,6 +80,15 @@ impl CryptoFunction {
         self.lines.iter().map(|l| l.vector()).collect()
     }
 
+    /// Whether the device's DMA is confined by the IOMMU: VIRTIO_F_ACCESS_PLATFORM negotiated
+    /// and translation on.
+    pub fn dma_confined(&self) -> bool {
+        crate::mm::iommu::enabled()
+            && probe::probed()
+                .get(self.probed_index)
+                .is_some_and(|p| p.lock().features & probe::FEATURE_ACCESS_PLATFORM != 0)
+    }
+
     /// Interrupts taken on the device's lines (on a shared INTx line, also other devices').
     pub fn interrupts_taken(&self) -> u64 {
         self.lines.iter().map(|l| l.interrupts_taken()).sum()
@@ -401,6 +410,20 @@ fn init_device(
     .map_err(|e| format!("{e}"))?;
     let device: &'static Device = Box::leak(Box::new(device));
     device.set_routing(routing);
+    if probed.features & probe::FEATURE_ACCESS_PLATFORM != 0
+        && let Some(iommu) = crate::mm::iommu::get()
+    {
+        let source = probed.pci.address.source_id();
+        device.set_dma_fault_check(Arc::new(move || {
+            iommu
+                .take_fault(source)
+                .map(|f| vcrypt_drivers::error::Error::DmaFault {
+                    address: f.address,
+                    write: f.write,
+                    reason: f.reason,
+                })
+        }));
+    }
 
     // Handlers, now that they have a device to look at; then let the interrupts flow.
     let mut mode = mode;
