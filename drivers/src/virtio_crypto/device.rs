@@ -300,7 +300,7 @@ impl<H: Hal> CryptoDevice<H> {
                 .health
                 .dma_faults
                 .get()
-                .and_then(|check| check())
+                .and_then(|iommu| iommu.popped(true))
                 .unwrap_or(Error::DeviceReset);
             for q in &self.health.queues {
                 q.fail_after_reset(error);

@@ -82,11 +82,21 @@ struct Posted {
     min_used: u32,
 }
 
-/// Asks the platform's IOMMU whether the device made a DMA access outside what was mapped for it
-/// since the last call, and if so returns the error the requests get ([`Error::DmaFault`]).
-/// Called by a drain that popped answers, before it hands them over (an answer that came back
-/// after a fault cannot be trusted), and by recovery. Any context; never allocates.
-pub type DmaFaultCheck = Arc<dyn Fn() -> Option<Error> + Send + Sync>;
+/// The platform's IOMMU as a drain sees it. Any context; never allocates.
+pub trait DmaGuard: Send + Sync {
+    /// A drain on this CPU is about to pop answers: the unmaps `pop_used` makes until
+    /// [`popped`](Self::popped) may leave their IOTLB invalidation to it (one for the batch).
+    fn popping(&self) {}
+    /// The drain popped answers (`popped`; none: `false`) and is about to hand them over:
+    /// finishes the invalidations of what it unmapped, then, if it popped any, asks whether the
+    /// device made a DMA access outside what was mapped for it since the last call, and if so
+    /// returns the error those answers get ([`Error::DmaFault`]: an answer that came back after
+    /// a fault cannot be trusted). Recovery calls it too (`true`).
+    fn popped(&self, popped: bool) -> Option<Error>;
+}
+
+/// The IOMMU of a device whose DMA goes through one (`set_dma_fault_check`).
+pub type DmaFaultCheck = Arc<dyn DmaGuard>;
 
 /// Gives back the mappings of a request the ring no longer holds but `pop_used` never saw (failed
 /// by a reset): the same regions and directions `VirtQueue::add` shared.
@@ -1239,6 +1249,9 @@ impl<H: Hal> QueueCore<H> {
                 heapless::Vec::new();
             let mut broken = false;
             let mut empty = false;
+            if let Some(iommu) = self.dma_faults.get() {
+                iommu.popping();
+            }
             {
                 let mut guard = QueueGuard {
                     ring: self.ring.lock(),
@@ -1291,9 +1304,9 @@ impl<H: Hal> QueueCore<H> {
             // untrustworthy (the device may have read or written garbage in place of the pages
             // it could not reach), so they fail with the fault and the device is reset.
             let mut faulted = false;
-            if !done.is_empty()
-                && let Some(check) = self.dma_faults.get()
-                && let Some(fault) = check()
+            if let Some(iommu) = self.dma_faults.get()
+                && let Some(fault) = iommu.popped(!done.is_empty())
+                && !done.is_empty()
             {
                 for entry in done.iter_mut() {
                     entry.1 = Err(fault);

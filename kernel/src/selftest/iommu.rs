@@ -328,3 +328,99 @@ pub fn unmapped_page_faults_and_the_device_recovers() -> TestResult {
     );
     Ok(())
 }
+
+/// The IOTLB forgets an unmapped page: a zero-copy request's destination is written by the device
+/// (its translation is now cached), the request comes back and the page is unmapped; a second
+/// request's destination descriptor then points at that page (`iommu::inject`). The write must
+/// fault and leave the page as the CPU last wrote it: a missed or late IOTLB invalidation would
+/// let the device write through the cached translation.
+pub fn page_unmapped_after_a_request_is_out_of_reach() -> TestResult {
+    let (unit, function) = match confined() {
+        Ok(c) => c,
+        Err(skip) => return skip,
+    };
+    let device: &Device = function.device;
+    let key = [0x44u8; 16];
+    let iv = [0x55u8; 16];
+    let session = Session::new(device, Cipher::AesCbc, Direction::Encrypt, &key)
+        .map_err(|e| format!("session: {e}"))?;
+    let queue = device.data_queue_for(crate::arch::percpu::cpu_index());
+    let len = 3 * PAGE_SIZE;
+    let first = device
+        .start_cipher_owned(
+            queue,
+            session.id(),
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &iv,
+            OwnedBuffers {
+                src: vec![0x66; len],
+                dst: vec![0; len],
+            },
+        )
+        .and_then(|r| r.wait())
+        .map_err(|e| format!("first request: {}", e.error))?;
+    let mut used = first.dst;
+    // A page entirely inside the destination: the device wrote it, and it is the buffer's own.
+    let offset = (used.as_ptr() as usize).next_multiple_of(PAGE_SIZE) - used.as_ptr() as usize;
+    let page = used.as_ptr() as u64 + offset as u64;
+    ensure!(
+        used[offset..offset + PAGE_SIZE].iter().any(|&b| b != 0),
+        "the device did not write the first destination"
+    );
+    ensure!(
+        !unit.is_mapped(page, PAGE_SIZE),
+        "the first destination's page {page:#x} is still mapped after the request came back"
+    );
+    const PATTERN: u8 = 0xc3;
+    used[offset..offset + PAGE_SIZE].fill(PATTERN);
+    let generation = device.generation();
+    let dst = vec![0u8; PAGE_SIZE];
+    crate::println!(
+        "note: the next request's destination descriptor points at {page:#x}, unmapped after the \
+         previous request: QEMU's complaints about a translation failure there are expected"
+    );
+    iommu::inject::redirect_next_share(dst.as_ptr() as u64, page);
+    let result = device
+        .start_cipher_owned(
+            queue,
+            session.id(),
+            Cipher::AesCbc,
+            Direction::Encrypt,
+            &iv,
+            OwnedBuffers {
+                src: vec![0x77; PAGE_SIZE],
+                dst,
+            },
+        )
+        .and_then(|r| r.wait());
+    iommu::inject::disarm();
+    match result {
+        Err(failure) => ensure!(
+            matches!(failure.error, Error::DmaFault { address, write: true, .. } if address == page),
+            "the second request failed with \"{}\", expected a DMA fault writing {page:#x}",
+            failure.error
+        ),
+        Ok(_) => {
+            return Err(format!(
+                "the second request succeeded: the device reached {page:#x} after it was unmapped"
+            ));
+        }
+    }
+    ensure!(
+        used[offset..offset + PAGE_SIZE]
+            .iter()
+            .all(|&b| b == PATTERN),
+        "the unmapped page changed: the device wrote through a stale translation"
+    );
+    let start = crate::arch::tsc::now_ns();
+    while device.generation() == generation || device.state() != DeviceState::Running {
+        ensure!(
+            crate::arch::tsc::now_ns() - start < 10_000_000_000,
+            "no recovery within 10 s (state {:?})",
+            device.state()
+        );
+        crate::sched::sleep_ns(1_000_000);
+    }
+    Ok(())
+}

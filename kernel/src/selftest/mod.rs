@@ -247,6 +247,10 @@ pub static TESTS: &[Test] = &[
         "iommu::unmapped_page_faults_and_the_device_recovers",
         iommu::unmapped_page_faults_and_the_device_recovers,
     ),
+    test(
+        "iommu::page_unmapped_after_a_request_is_out_of_reach",
+        iommu::page_unmapped_after_a_request_is_out_of_reach,
+    ),
     // Slow, and QEMU prints a complaint per injected fault: test-all runs it on its own.
     Test {
         name: "reset::twenty_cycles_with_fault_injection",

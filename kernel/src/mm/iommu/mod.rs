@@ -125,7 +125,15 @@ struct Domain {
     counts: Vec<u32>,
     /// First I/O virtual address not covered (the end of RAM).
     limit: u64,
+    /// Pages (first, last) whose present entries changed during a drain and whose IOTLB
+    /// invalidation waits for the drain's `finish_deferred`.
+    stale: Option<(u64, u64)>,
 }
+
+/// Per CPU: a drain is popping answers, and its unmaps leave their invalidation to
+/// `finish_deferred` (one for the batch instead of one per buffer).
+static DEFERRING: [core::sync::atomic::AtomicBool; crate::arch::percpu::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; crate::arch::percpu::MAX_CPUS];
 
 /// What the driver's mapping calls did (for the benchmark's notes and the self-tests).
 #[derive(Default)]
@@ -366,6 +374,7 @@ pub fn init(rsdp_paddr: u64, sources: &[u16], ram_end: u64) -> Result<&'static I
                 leaves,
                 counts,
                 limit: ram_end,
+                stale: None,
             },
         ),
         pending: IrqSpinLock::new("iommu-faults", heapless::Vec::new()),
@@ -479,6 +488,16 @@ impl Iommu {
                 });
             }
         }
+        // A page made present again while an invalidation for it is deferred: invalidate first,
+        // so the device cannot use an old translation with the old permission meanwhile.
+        if add
+            && let Some((a, b)) = domain.stale
+            && a <= last
+            && first <= b
+        {
+            domain.stale = None;
+            self.invalidate(a, b);
+        }
         // Pages whose present permission changed (need an IOTLB invalidation).
         let mut stale: Option<(u64, u64)> = None;
         for page in first..=last {
@@ -517,11 +536,45 @@ impl Iommu {
             }
         }
         // Invalidated under the domain lock: a concurrent map of the same page cannot be
-        // overtaken by this invalidation's completion.
+        // overtaken by this invalidation's completion. An unmap inside a drain's pops (flagged by
+        // `defer_invalidations`, made under the queue lock: interrupts off, so no other task of
+        // this CPU runs meanwhile) leaves it to the drain's `finish_deferred`, which runs before
+        // the drain hands anything back. Never a map: a wider permission is invalidated at once.
         if let Some((a, b)) = stale {
-            self.invalidate(a, b);
+            let cpu = crate::arch::percpu::cpu_index();
+            if !add
+                && DEFERRING[cpu].load(Ordering::Relaxed)
+                && !x86_64::instructions::interrupts::are_enabled()
+            {
+                domain.stale = Some(match domain.stale {
+                    Some((x, y)) => (x.min(a), y.max(b)),
+                    None => (a, b),
+                });
+            } else {
+                self.invalidate(a, b);
+            }
         }
         Ok(())
+    }
+
+    /// From now until `finish_deferred` on this CPU, unmaps made with interrupts off (a drain's,
+    /// under its queue lock) clear their entries but leave the IOTLB invalidation to
+    /// `finish_deferred`. Another drain on this CPU in between (an interrupt's) ends it early:
+    /// later unmaps then invalidate at once, and whoever finishes first invalidates everything
+    /// left.
+    pub fn defer_invalidations(&self) {
+        DEFERRING[crate::arch::percpu::cpu_index()].store(true, Ordering::Relaxed);
+    }
+
+    /// Ends `defer_invalidations` on this CPU and issues the invalidations left for it (one,
+    /// covering every page whose entry changed; domain-wide when they are far apart). After this
+    /// the device reaches none of the pages unmapped meanwhile.
+    pub fn finish_deferred(&self) {
+        DEFERRING[crate::arch::percpu::cpu_index()].store(false, Ordering::Relaxed);
+        let mut domain = self.domain.lock();
+        if let Some((a, b)) = domain.stale.take() {
+            self.invalidate(a, b);
+        }
     }
 
     /// Invalidates the IOTLB entries of pages `first..=last` of the domain (11.4.8): one

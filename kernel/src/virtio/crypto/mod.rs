@@ -95,6 +95,33 @@ impl CryptoFunction {
     }
 }
 
+/// A device's view of the IOMMU for its drains (`vcrypt_drivers::virtio_crypto::queue::DmaGuard`).
+struct IommuGuard {
+    iommu: &'static crate::mm::iommu::Iommu,
+    /// The device's requester id.
+    source: u16,
+}
+
+impl vcrypt_drivers::virtio_crypto::queue::DmaGuard for IommuGuard {
+    fn popping(&self) {
+        self.iommu.defer_invalidations();
+    }
+
+    fn popped(&self, popped: bool) -> Option<vcrypt_drivers::error::Error> {
+        self.iommu.finish_deferred();
+        if !popped {
+            return None;
+        }
+        self.iommu
+            .take_fault(self.source)
+            .map(|f| vcrypt_drivers::error::Error::DmaFault {
+                address: f.address,
+                write: f.write,
+                reason: f.reason,
+            })
+    }
+}
+
 /// Every device that came up.
 pub fn devices() -> &'static [&'static Device] {
     DEVICES.get().map_or(&[], |d| d.as_slice())
@@ -413,15 +440,9 @@ fn init_device(
     if probed.features & probe::FEATURE_ACCESS_PLATFORM != 0
         && let Some(iommu) = crate::mm::iommu::get()
     {
-        let source = probed.pci.address.source_id();
-        device.set_dma_fault_check(Arc::new(move || {
-            iommu
-                .take_fault(source)
-                .map(|f| vcrypt_drivers::error::Error::DmaFault {
-                    address: f.address,
-                    write: f.write,
-                    reason: f.reason,
-                })
+        device.set_dma_fault_check(Arc::new(IommuGuard {
+            iommu,
+            source: probed.pci.address.source_id(),
         }));
     }
 
