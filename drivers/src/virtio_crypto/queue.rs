@@ -373,7 +373,7 @@ pub struct QueueCore<H: Hal> {
     /// The IOMMU's fault check, when the device's DMA goes through one (`set_dma_fault_check`).
     dma_faults: Once<DmaFaultCheck>,
     /// With an IOMMU: requests failed while the device could still reach them, whose mappings
-    /// are given back once it is reset (capacity for a full ring, reserved up front: filled
+    /// are given back once it is reset (capacity for every request slot, reserved up front: filled
     /// from interrupt context).
     unshare_after_reset: IrqSpinLock<Vec<Posted>>,
     pub counters: QueueCounters,
@@ -813,7 +813,9 @@ impl<H: Hal> QueueCore<H> {
     /// has an effect. Task context (reserves memory).
     pub fn set_dma_fault_check(&self, check: DmaFaultCheck) {
         if self.dma_faults.get().is_none() {
-            self.unshare_after_reset.lock().reserve(QUEUE_SIZE);
+            // At most one request per slot is in flight.
+            let slots = self.storage().config.slots;
+            self.unshare_after_reset.lock().reserve(slots);
             self.dma_faults.call_once(|| check);
         }
     }
