@@ -19,6 +19,9 @@
 #   VCRYPT_TIMEOUT  seconds before QEMU is stopped (default 300)
 #   VCRYPT_VECTORS  MSI-X vectors per device (default 4: data + control + config + spare;
 #                   0 = no MSI-X, the driver falls back to INTx through the I/O APIC)
+#   VCRYPT_IOMMU    off (default) or on: q35 with an emulated Intel VT-d (intel-iommu,intremap=off)
+#                   and every virtio-crypto-pci with iommu_platform=on,disable-legacy=on, so the
+#                   device reaches only what the kernel maps for it
 #   VCRYPT_QEMU_PIDFILE  if set, QEMU writes its pid there (the report tool samples QEMU's
 #                   threads, which carry names: "CPU 0/TCG", "qemu-system-x86" for the main loop)
 set -u
@@ -50,6 +53,7 @@ devices=${VCRYPT_DEVICES:-1}
 accel=${VCRYPT_ACCEL:-tcg}
 timeout_s=${VCRYPT_TIMEOUT:-300}
 vectors=${VCRYPT_VECTORS:-4}
+iommu=${VCRYPT_IOMMU:-off}
 
 # Decimal only, without a leading zero (bash arithmetic reads 010 as octal 8 and refuses 09), and
 # short enough that bash's 64-bit arithmetic cannot overflow.
@@ -71,6 +75,13 @@ case "$accel" in
     *) fail "VCRYPT_ACCEL must be tcg or kvm, got '$accel'" ;;
 esac
 
+case "$iommu" in
+    off) machine_args=() device_opts= ;;
+    on) machine_args=(-machine q35 -device intel-iommu,intremap=off)
+        device_opts=,iommu_platform=on,disable-legacy=on ;;
+    *) fail "VCRYPT_IOMMU must be on or off, got '$iommu'" ;;
+esac
+
 qemu=${QEMU:-qemu-system-x86_64}
 command -v "$qemu" >/dev/null 2>&1 ||
     fail "$qemu not found: install it with 'sudo apt-get install qemu-system-x86'"
@@ -90,7 +101,7 @@ printf '%s' "$cmdline" >"$cmdline_file"
 
 args=(
     "$qemu" -kernel "$kernel" -fw_cfg "name=opt/vcrypt/cmdline,file=${cmdline_file//,/,,}"
-    "${accel_args[@]}" -smp "$smp" -m "$mem"
+    "${machine_args[@]}" "${accel_args[@]}" -smp "$smp" -m "$mem"
     -serial stdio -display none -no-reboot -nic none
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
     -name vcrypt,debug-threads=on
@@ -102,7 +113,7 @@ args+=(-pidfile "$pidfile")
 # for configuration changes, with a spare.
 for ((i = 0; i < devices; i++)); do
     args+=(-object "cryptodev-backend-builtin,id=crypto$i"
-           -device "virtio-crypto-pci,cryptodev=crypto$i,vectors=$vectors")
+           -device "virtio-crypto-pci,cryptodev=crypto$i,vectors=$vectors$device_opts")
 done
 
 echo "run-qemu.sh: ${args[*]}" >&2

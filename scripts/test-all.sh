@@ -223,6 +223,16 @@ for smp in 1 2 4; do
 done
 step "reset cycles with fault injection, 2 devices on one INTx line" pass VCRYPT_DEVICES=2 VCRYPT_VECTORS=0 -- \
     cargo run --quiet -- test reset::twenty_cycles_with_fault_injection
+# DMA confinement (VCRYPT_IOMMU=on: q35, VT-d, iommu_platform=on): the crypto suites (streams and
+# volume among them), RSA, the fault test and reset cycles, on 1 CPU with 1 device and on 2 CPUs
+# with 2 devices.
+MUST_PRINT="iommu fault: request failed with a DMA fault"
+for config in "1 1" "2 2"; do
+    read -r smp devs <<<"$config"
+    step "IOMMU on: crypto, RSA, iommu and reset suites, $smp CPU(s), $devs device(s)" pass \
+        VCRYPT_IOMMU=on VCRYPT_SMP=$smp VCRYPT_DEVICES=$devs -- cargo run --quiet -- test crypto:: \
+        rsa:: iommu:: reset::twenty_cycles_with_fault_injection
+done
 MUST_PRINT=7649abac8119b246cee98e9b12e9197d
 step "kcapi one-shot: SP 800-38A CBC block" prints -- cargo run --quiet -- kcapi -e -c 'cbc(aes)' \
     -k 2b7e151628aed2a6abf7158809cf4f3c -i 000102030405060708090a0b0c0d0e0f -p 6bc1bee22e409f96e93d7e117393172a

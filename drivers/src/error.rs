@@ -73,6 +73,15 @@ pub enum Error {
     /// The session was created before the device was last reset, which dropped every session:
     /// create it again.
     SessionLost,
+    /// The IOMMU blocked a DMA access of the device outside the memory mapped for it (a DMA
+    /// remapping fault, Intel VT-d 3.0, 7.1): the answer cannot be trusted, so the request
+    /// failed and the device is reset. `address` is the faulting I/O virtual page, `write`
+    /// whether the device tried to write it, `reason` the VT-d fault reason code.
+    DmaFault {
+        address: u64,
+        write: bool,
+        reason: u8,
+    },
     /// The key is not what was asked for: malformed DER, the wrong PKCS#1 structure, or values
     /// that do not make an RSA key; `what` says which.
     InvalidKey { what: &'static str },
@@ -185,6 +194,15 @@ impl fmt::Display for Error {
             Error::SessionLost => {
                 f.write_str("the session was lost when the device was reset; create it again")
             }
+            Error::DmaFault {
+                address,
+                write,
+                reason,
+            } => write!(
+                f,
+                "dma fault: the device tried to {} {address:#x}, which is not mapped for it (VT-d fault reason {reason:#x}); the request failed and the device is reset",
+                if write { "write" } else { "read" }
+            ),
             Error::InvalidKey { what } => write!(f, "invalid key: {what}"),
             Error::InvalidModulusSize { bits } => {
                 write!(f, "rsa modulus of {bits} bits (allowed: 1024 to 4096)")
@@ -295,6 +313,11 @@ mod tests {
             Error::StreamWindowFull { window: 32 },
             Error::DeviceReset,
             Error::SessionLost,
+            Error::DmaFault {
+                address: 0x1000,
+                write: true,
+                reason: 5,
+            },
             Error::InvalidKey { what: "x" },
             Error::InvalidModulusSize { bits: 512 },
             Error::WrongKeyKind {

@@ -105,6 +105,27 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
             d.header_type
         );
     }
+    // DMA confinement: with an IOMMU (ACPI DMAR), the virtio-crypto functions get one domain
+    // and reach only what the driver maps for them (before any queue memory is allocated).
+    let sources: alloc::vec::Vec<u16> = devices
+        .iter()
+        .filter(|d| virtio::crypto::probe::is_virtio_crypto(d))
+        .map(|d| d.address.source_id())
+        .collect();
+    let ram_end = boot
+        .memmap
+        .iter()
+        .filter(|r| r.kind == arch::pvh::MEMMAP_RAM)
+        .map(|r| r.addr + r.size)
+        .max()
+        .unwrap_or(0);
+    if !sources.is_empty() {
+        match mm::iommu::init(boot.rsdp_paddr, &sources, ram_end) {
+            Ok(_) => println!("iommu: {}", mm::iommu::describe()),
+            Err(mm::iommu::IommuError::Dmar(e)) => log::info!("iommu: {e}"),
+            Err(e) => println!("iommu: {e}; devices reach all memory"),
+        }
+    }
     let event_idx = match cmdline.switch("event_idx") {
         None | Some("on") => true,
         Some("off") => false,

@@ -19,7 +19,7 @@ use virtio_drivers::transport::Transport;
 
 use super::config::CryptoConfig;
 use super::lifecycle::{DeviceState, Lifecycle};
-use super::queue::{CryptoQueue, KickMode, QueueCore};
+use super::queue::{CryptoQueue, DmaFaultCheck, KickMode, QueueCore};
 use super::request::{Request, RequestBuilder};
 use super::routing::QueueRouting;
 use super::slots::StorageConfig;
@@ -123,6 +123,8 @@ pub struct DeviceHealth<H: Hal> {
     queues: Vec<Arc<QueueCore<H>>>,
     timeout_ns: AtomicU64,
     lifecycle: Arc<Lifecycle>,
+    /// The IOMMU's fault check, when the device's DMA goes through one.
+    dma_faults: spin::Once<DmaFaultCheck>,
 }
 
 impl<H: Hal> DeviceHealth<H> {
@@ -262,6 +264,7 @@ impl<H: Hal> CryptoDevice<H> {
                 queues,
                 timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
                 lifecycle,
+                dma_faults: spin::Once::new(),
             }),
             routing: spin::Once::new(),
         })
@@ -332,6 +335,18 @@ impl<H: Hal> CryptoDevice<H> {
         self.health.lifecycle.generation()
     }
 
+    /// The device's DMA goes through an IOMMU whose faults `check` reports: answers popped after
+    /// a fault fail with it ([`Error::DmaFault`]) and the device is reset; a recovery fails the
+    /// requests it finds in flight with the fault, when there was one, instead of `DeviceReset`;
+    /// mappings of requests failed by a reset are given back once the device is reset. Only
+    /// the first call has an effect. Task context.
+    pub fn set_dma_fault_check(&self, check: DmaFaultCheck) {
+        for q in &self.health.queues {
+            q.set_dma_fault_check(check.clone());
+        }
+        self.health.dma_faults.call_once(|| check);
+    }
+
     /// Stops submissions and asks the recovery task for a reset (see
     /// [`DeviceHealth::request_recovery`]).
     pub fn request_recovery(&self) {
@@ -356,8 +371,14 @@ impl<H: Hal> CryptoDevice<H> {
         }
         let result = (|| {
             steps.reset_and_wait(transport)?;
+            let error = self
+                .health
+                .dma_faults
+                .get()
+                .and_then(|iommu| iommu.popped(true))
+                .unwrap_or(Error::DeviceReset);
             for q in &self.health.queues {
-                q.fail_after_reset(Error::DeviceReset);
+                q.fail_after_reset(error);
             }
             steps.renegotiate(transport)?;
             for q in &self.health.queues {

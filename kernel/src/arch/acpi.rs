@@ -24,7 +24,7 @@ pub type ApicIds = Vec<u32, MAX_MADT_CPUS>;
 /// address. ACPI tables live in RAM the firmware reserved below 4 GiB; a pointer anywhere else is
 /// a broken table, and reads as zeroes (a header of zeroes fails every signature check).
 #[derive(Clone, Copy)]
-struct IdentityHandler;
+pub(crate) struct IdentityHandler;
 
 static ZEROES: [u8; 4096] = [0; 4096];
 

@@ -129,7 +129,12 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
         crate::arch::tsc::hz() / 1_000_000
     );
     for bench in selected {
-        match (bench.run)(&config) {
+        let before = iommu_counts();
+        let result = (bench.run)(&config);
+        if let (Some(before), Some(after)) = (before, iommu_counts()) {
+            print_iommu_costs(bench.name, before, after);
+        }
+        match result {
             Ok(_) => {}
             Err(e) => {
                 println!("error: bench {}: {e}", bench.name);
@@ -138,4 +143,39 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
         }
     }
     qemu::exit(ExitCode::Success)
+}
+
+/// The IOMMU's counters and the requests posted to every device so far: maps, unmaps, entry
+/// writes, IOTLB invalidations, fault-register reads, requests.
+fn iommu_counts() -> Option<[u64; 6]> {
+    use core::sync::atomic::Ordering::Relaxed;
+    let c = &crate::mm::iommu::get()?.counters;
+    let requests = devices()
+        .iter()
+        .flat_map(|d| core::iter::once(&d.control).chain(&d.data))
+        .map(|q| q.counters.submitted.load(Relaxed))
+        .sum();
+    Some([
+        c.maps.load(Relaxed),
+        c.unmaps.load(Relaxed),
+        c.entry_writes.load(Relaxed),
+        c.invalidations.load(Relaxed),
+        c.fault_polls.load(Relaxed),
+        requests,
+    ])
+}
+
+/// Where a benchmark's IOMMU cost came from, per request posted.
+fn print_iommu_costs(name: &str, before: [u64; 6], after: [u64; 6]) {
+    let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let per = |x: u64| x as f64 / d[5].max(1) as f64;
+    println!(
+        "iommu: bench {name}: {} requests; per request: {:.2} maps, {:.2} unmaps, {:.3} entry writes, {:.3} IOTLB invalidations, {:.3} fault-register reads",
+        d[5],
+        per(d[0]),
+        per(d[1]),
+        per(d[2]),
+        per(d[3]),
+        per(d[4])
+    );
 }

@@ -7,6 +7,7 @@
 pub mod dma;
 pub mod frames;
 pub mod heap;
+pub mod iommu;
 pub mod paging;
 
 use crate::arch::pvh::MemRegion;

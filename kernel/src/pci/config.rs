@@ -20,6 +20,13 @@ pub struct PciAddress {
     pub function: u8,
 }
 
+impl PciAddress {
+    /// The requester id the function's DMA carries (bus << 8 | device << 3 | function).
+    pub fn source_id(&self) -> u16 {
+        (self.bus as u16) << 8 | (self.device as u16 & 31) << 3 | (self.function as u16 & 7)
+    }
+}
+
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)

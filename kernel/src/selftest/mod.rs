@@ -7,6 +7,7 @@ mod arch;
 mod bench;
 mod crypto;
 mod harness;
+mod iommu;
 mod irq;
 mod mm;
 mod pci;
@@ -116,6 +117,9 @@ pub static TESTS: &[Test] = &[
     // The full differential count (about the time of the rest of the suite under TCG):
     // run once by scripts/test-all.sh.
     explicit!(rsa::differential_3000_per_op_vs_rustcrypto),
+    test!(iommu::sharing_maps_only_the_buffer_with_its_direction),
+    test!(iommu::unmapped_page_faults_and_the_device_recovers),
+    test!(iommu::page_unmapped_after_a_request_is_out_of_reach),
     // Slow, and QEMU prints a complaint per injected fault: test-all runs it on its own.
     explicit!(reset::twenty_cycles_with_fault_injection),
     explicit!(sched::stack_overflow_must_fail),

@@ -140,6 +140,22 @@ impl<H: Hal> Locked<H> {
     }
 }
 
+/// The platform's IOMMU as a drain sees it. Any context; never allocates.
+pub trait DmaGuard: Send + Sync {
+    /// A drain on this CPU is about to pop answers: the unmaps `pop_used` makes until
+    /// [`popped`](Self::popped) may leave their IOTLB invalidation to it (one for the batch).
+    fn popping(&self) {}
+    /// The drain popped answers (`popped`; none: `false`) and is about to hand them over:
+    /// finishes the invalidations of what it unmapped, then, if it popped any, asks whether the
+    /// device made a DMA access outside what was mapped for it since the last call, and if so
+    /// returns the error those answers get ([`Error::DmaFault`]: an answer that came back after
+    /// a fault cannot be trusted). Recovery calls it too (`true`).
+    fn popped(&self, popped: bool) -> Option<Error>;
+}
+
+/// The IOMMU of a device whose DMA goes through one (`set_dma_fault_check`).
+pub type DmaFaultCheck = Arc<dyn DmaGuard>;
+
 /// How `post` waits for ring space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SpaceWait {
@@ -197,6 +213,12 @@ pub struct QueueCore<H: Hal> {
     /// The device's lifecycle, once the queue belongs to a device: a protocol violation asks it
     /// for a reset, and a closed queue reports its state.
     lifecycle: Once<Arc<dyn QueueOwner>>,
+    /// The IOMMU's fault check, when the device's DMA goes through one (`set_dma_fault_check`).
+    dma_faults: Once<DmaFaultCheck>,
+    /// With an IOMMU: the regions of requests failed while the device could still reach them,
+    /// whose mappings are given back once it is reset (capacity for every request slot,
+    /// reserved up front: filled from interrupt context).
+    unshare_after_reset: IrqSpinLock<Vec<Regions>>,
     pub counters: QueueCounters,
 }
 
@@ -279,6 +301,8 @@ impl<H: Hal> CryptoQueue<H> {
                 timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
                 resets: AtomicU64::new(0),
                 lifecycle: Once::new(),
+                dma_faults: Once::new(),
+                unshare_after_reset: IrqSpinLock::new("unshare-after-reset", Vec::new()),
                 counters: QueueCounters::default(),
             }),
         })
@@ -387,6 +411,19 @@ impl<H: Hal> QueueCore<H> {
         }
     }
 
+    /// The device's DMA goes through an IOMMU: every drain that popped answers asks `check`
+    /// first, and a fault fails those answers with its error and asks for a reset; requests
+    /// failed by a reset give their mappings back once the device is reset. Only the first call
+    /// has an effect. Task context (reserves memory).
+    pub fn set_dma_fault_check(&self, check: DmaFaultCheck) {
+        if self.dma_faults.get().is_none() {
+            // At most one request per slot is in flight.
+            let slots = self.storage().capacity();
+            self.unshare_after_reset.lock().reserve(slots);
+            self.dma_faults.call_once(|| check);
+        }
+    }
+
     /// Makes the queue part of a device: a protocol violation then asks `lifecycle` for a reset.
     pub fn attach_lifecycle(&self, lifecycle: Arc<dyn QueueOwner>) {
         self.lifecycle.call_once(|| lifecycle);
@@ -472,6 +509,9 @@ impl<H: Hal> QueueCore<H> {
                 heapless::Vec::new();
             let mut broken = false;
             let mut empty = false;
+            if let Some(iommu) = self.dma_faults.get() {
+                iommu.popping();
+            }
             {
                 let mut guard = QueueGuard {
                     locked: self.locked.lock(),
@@ -520,9 +560,34 @@ impl<H: Hal> QueueCore<H> {
                     self.broken.store(true, Ordering::Release);
                 }
             }
+            // With an IOMMU: a fault recorded before these answers were published makes them
+            // untrustworthy (the device may have read or written garbage in place of the pages
+            // it could not reach), so they fail with the fault and the device is reset.
+            let mut faulted = false;
+            if let Some(iommu) = self.dma_faults.get()
+                && let Some(fault) = iommu.popped(!done.is_empty())
+                && !done.is_empty()
+            {
+                for entry in done.iter_mut() {
+                    entry.1 = Err(fault);
+                }
+                faulted = true;
+            }
             let finished = done.len();
             for (posted, result, device_may_own) in done {
                 self.complete(posted, result, device_may_own);
+            }
+            if faulted {
+                self.counters
+                    .completed
+                    .fetch_add(finished as u64, Ordering::Relaxed);
+                total += finished;
+                if let Some(lifecycle) = self.lifecycle.get() {
+                    // Closes every queue of the device, this one included.
+                    QueueOwner::request_recovery(&**lifecycle);
+                }
+                self.close();
+                break;
             }
             total += finished;
             self.counters

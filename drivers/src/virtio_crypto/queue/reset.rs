@@ -6,14 +6,41 @@
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
-use virtio_drivers::Hal;
+use core::ptr::NonNull;
+
 use virtio_drivers::transport::Transport;
+use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 #[cfg(test)]
 use super::BETWEEN_DETACH_AND_FAIL;
 use super::{Locked, Posted, QueueCore, QueueGuard};
 use crate::error::Error;
-use crate::virtio_crypto::ring::Ring;
+use crate::virtio_crypto::ring::{Regions, Ring};
+
+/// Gives back the mappings of a request the ring no longer holds but `pop_used` never saw (failed
+/// by a reset): the same regions and directions `VirtQueue::add` shared.
+fn unshare_regions<H: Hal>(regions: &Regions) {
+    let (src, dst) = regions.external.unwrap_or_default();
+    for (region, direction) in [
+        (regions.readable, BufferDirection::DriverToDevice),
+        (src, BufferDirection::DriverToDevice),
+        (dst, BufferDirection::DeviceToDriver),
+        (regions.writable, BufferDirection::DeviceToDriver),
+    ] {
+        if let (Some(ptr), true) = (NonNull::new(region.addr as *mut u8), region.len > 0) {
+            // SAFETY: the region was shared by `add` for this request and is still allocated
+            // (the slot or the caller's buffers the slot holds); the device was reset, so it no
+            // longer reaches it.
+            unsafe {
+                H::unshare(
+                    region.addr as PhysAddr,
+                    NonNull::slice_from_raw_parts(ptr, region.len),
+                    direction,
+                )
+            };
+        }
+    }
+}
 
 impl<H: Hal> QueueCore<H> {
     /// Closes the queue to new requests and wakes every submitter waiting for space or a slot
@@ -41,11 +68,25 @@ impl<H: Hal> QueueCore<H> {
         // quarantined until the next reset.
         self.resets.fetch_add(1, Ordering::AcqRel);
         let mut failed = 0;
+        let iommu = self.dma_faults.get().is_some();
         while let Some(entry) = self.detach_one() {
+            if iommu {
+                unshare_regions::<H>(&entry.regions);
+            }
             self.complete(entry, Err(error), false);
             failed += 1;
         }
+        let parked = core::mem::take(&mut *self.unshare_after_reset.lock());
+        for regions in &parked {
+            unshare_regions::<H>(regions);
+        }
         self.storage().reclaim_after_reset();
+        if iommu {
+            // Keep the reservation for the next reset (this is task context).
+            let mut list = self.unshare_after_reset.lock();
+            *list = parked;
+            list.clear();
+        }
         failed
     }
 
@@ -87,6 +128,13 @@ impl<H: Hal> QueueCore<H> {
             #[cfg(test)]
             if let Some(hook) = BETWEEN_DETACH_AND_FAIL.with(|h| h.borrow_mut().take()) {
                 hook();
+            }
+            if self.dma_faults.get().is_some() {
+                // Mapped until the reset: the device may still use it.
+                let mut list = self.unshare_after_reset.lock();
+                if list.len() < list.capacity() {
+                    list.push(entry.regions);
+                }
             }
             self.complete(entry, Err(error), true);
         }

@@ -108,6 +108,11 @@ impl DmaBlock {
     pub(crate) fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
+
+    /// The block as the DMA interface takes it.
+    fn as_dma(&self) -> NonNull<[u8]> {
+        NonNull::slice_from_raw_parts(self.ptr, self.len)
+    }
 }
 
 impl Drop for DmaBlock {
@@ -223,6 +228,26 @@ pub(crate) struct Storage<H: virtio_drivers::Hal> {
     _hal: core::marker::PhantomData<fn() -> H>,
 }
 
+impl<H: virtio_drivers::Hal> Drop for Storage<H> {
+    fn drop(&mut self) {
+        for block in self
+            .slots
+            .iter()
+            .map(|s| &s.inline)
+            .chain(self.large.iter())
+        {
+            // SAFETY: shared in `new`; nothing reaches a queue's storage when it is dropped.
+            unsafe {
+                H::unshare(
+                    block.addr() as virtio_drivers::PhysAddr,
+                    block.as_dma(),
+                    virtio_drivers::BufferDirection::Both,
+                )
+            };
+        }
+    }
+}
+
 impl<H: virtio_drivers::Hal> Storage<H> {
     pub(crate) fn new(config: StorageConfig) -> Result<Self, Error> {
         let config = StorageConfig {
@@ -272,6 +297,14 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         }
         for i in (0..config.large_blocks).rev() {
             let _ = free.large.push(i as u8);
+        }
+        // Mapped for the device once, for the queue's life (behind an IOMMU the device reaches
+        // only what the DMA interface shared; `add` shares each request's regions again, which
+        // then costs no mapping change).
+        for block in slots.iter().map(|s| &s.inline).chain(&large) {
+            // SAFETY: the block is allocated and stays so until `Storage` is dropped, which
+            // unshares it first.
+            let _ = unsafe { H::share(block.as_dma(), virtio_drivers::BufferDirection::Both) };
         }
         Ok(Storage {
             config,

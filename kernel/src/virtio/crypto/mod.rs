@@ -80,9 +80,45 @@ impl CryptoFunction {
         self.lines.iter().map(|l| l.vector()).collect()
     }
 
+    /// Whether the device's DMA is confined by the IOMMU: VIRTIO_F_ACCESS_PLATFORM negotiated
+    /// and translation on.
+    pub fn dma_confined(&self) -> bool {
+        crate::mm::iommu::enabled()
+            && probe::probed()
+                .get(self.probed_index)
+                .is_some_and(|p| p.lock().features & probe::FEATURE_ACCESS_PLATFORM != 0)
+    }
+
     /// Interrupts taken on the device's lines (on a shared INTx line, also other devices').
     pub fn interrupts_taken(&self) -> u64 {
         self.lines.iter().map(|l| l.interrupts_taken()).sum()
+    }
+}
+
+/// A device's view of the IOMMU for its drains (`vcrypt_drivers::virtio_crypto::queue::DmaGuard`).
+struct IommuGuard {
+    iommu: &'static crate::mm::iommu::Iommu,
+    /// The device's requester id.
+    source: u16,
+}
+
+impl vcrypt_drivers::virtio_crypto::queue::DmaGuard for IommuGuard {
+    fn popping(&self) {
+        self.iommu.defer_invalidations();
+    }
+
+    fn popped(&self, popped: bool) -> Option<vcrypt_drivers::error::Error> {
+        self.iommu.finish_deferred();
+        if !popped {
+            return None;
+        }
+        self.iommu
+            .take_fault(self.source)
+            .map(|f| vcrypt_drivers::error::Error::DmaFault {
+                address: f.address,
+                write: f.write,
+                reason: f.reason,
+            })
     }
 }
 
@@ -401,6 +437,14 @@ fn init_device(
     .map_err(|e| format!("{e}"))?;
     let device: &'static Device = Box::leak(Box::new(device));
     device.set_routing(routing);
+    if probed.features & probe::FEATURE_ACCESS_PLATFORM != 0
+        && let Some(iommu) = crate::mm::iommu::get()
+    {
+        device.set_dma_fault_check(Arc::new(IommuGuard {
+            iommu,
+            source: probed.pci.address.source_id(),
+        }));
+    }
 
     // Handlers, now that they have a device to look at; then let the interrupts flow.
     let mut mode = mode;

@@ -4,9 +4,12 @@
 //! Features taken: VIRTIO_F_VERSION_1 (modern interface; required) and VIRTIO_RING_F_EVENT_IDX
 //! unless `event_idx=off` (doorbells and interrupts suppressed by ring indices; the driver makes
 //! the need-event check itself, mod 2^16, because virtio-drivers 0.13's is not wrap-safe: see
-//! `vcrypt_drivers::virtio_crypto::ring::need_event`). Declined:
+//! `vcrypt_drivers::virtio_crypto::ring::need_event`), and VIRTIO_F_ACCESS_PLATFORM when the
+//! device offers it (virtio 1.2, 6.1: every address the driver gives the device is then an I/O
+//! virtual address of the platform's IOMMU; the kernel's DMA interface, `mm::dma::KernelHal`,
+//! hands out only addresses it mapped in the VT-d domain, see `mm::iommu`). Declined:
 //! - INDIRECT_DESC: needs virtio-drivers' `alloc` feature (an allocation per request); a request
-//!   here is at most 5 descriptors, and the rings have 1024.
+//!   here is at most 4 descriptors, and the rings have 1024.
 //! - RING_RESET: the driver never resets a single queue.
 //! - REVISION_1 (crypto): neither QEMU nor Linux use it; requests keep the 72-byte layout.
 
@@ -31,10 +34,15 @@ pub const FEATURE_VERSION_1: u64 = 1 << 32;
 /// VIRTIO_RING_F_EVENT_IDX.
 pub const FEATURE_EVENT_IDX: u64 = 1 << 29;
 
+/// VIRTIO_F_ACCESS_PLATFORM: the device's accesses go through the platform's IOMMU.
+pub const FEATURE_ACCESS_PLATFORM: u64 = 1 << 33;
+
 /// The features the driver accepts (see the module documentation): with or without EVENT_IDX
-/// (the `event_idx` switch).
+/// (the `event_idx` switch). ACCESS_PLATFORM is always accepted when offered: the addresses
+/// the kernel's DMA interface hands out are I/O virtual addresses (with translation on, mapped
+/// for the device; with it off, equal to the physical ones).
 pub fn driver_features(event_idx: bool) -> u64 {
-    FEATURE_VERSION_1 | if event_idx { FEATURE_EVENT_IDX } else { 0 }
+    FEATURE_VERSION_1 | FEATURE_ACCESS_PLATFORM | if event_idx { FEATURE_EVENT_IDX } else { 0 }
 }
 
 /// A virtio-crypto device after probing: features negotiated (FEATURES_OK), queues not yet set up.
@@ -137,6 +145,13 @@ pub fn print_inventory(device: &ProbedDevice) {
             "flags (no EVENT_IDX)"
         },
     );
+    if device.features & FEATURE_ACCESS_PLATFORM != 0 {
+        println!(
+            "virtio-crypto {}: VIRTIO_F_ACCESS_PLATFORM: DMA through the IOMMU ({})",
+            device.pci.address,
+            crate::mm::iommu::describe()
+        );
+    }
 }
 
 static PROBED: spin::Once<Vec<SpinLock<ProbedDevice>>> = spin::Once::new();
