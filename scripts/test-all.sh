@@ -230,7 +230,7 @@ MUST_PRINT="iommu fault: request failed with a DMA fault"
 for config in "1 1" "2 2"; do
     read -r smp devs <<<"$config"
     step "IOMMU on: crypto, RSA, iommu and reset suites, $smp CPU(s), $devs device(s)" pass \
-        VCRYPT_IOMMU=on VCRYPT_SMP=$smp VCRYPT_DEVICES=$devs -- cargo run --quiet -- test crypto:: \
+        VCRYPT_IOMMU=on VCRYPT_SMP=$smp VCRYPT_DEVICES=$devs -- cargo run --quiet -- test crypto:: stream:: \
         rsa:: iommu:: reset::twenty_cycles_with_fault_injection
 done
 MUST_PRINT=7649abac8119b246cee98e9b12e9197d

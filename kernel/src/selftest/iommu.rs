@@ -160,9 +160,7 @@ pub fn sharing_maps_only_the_buffer_with_its_direction() -> TestResult {
     let back = device
         .start_cipher_owned(
             queue,
-            session.id(),
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &session.as_cipher_session(),
             &[0; 16],
             OwnedBuffers { src, dst },
         )
@@ -226,9 +224,7 @@ pub fn unmapped_page_faults_and_the_device_recovers() -> TestResult {
     let result = device
         .start_cipher_owned(
             queue,
-            session.id(),
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &session.as_cipher_session(),
             &iv,
             OwnedBuffers {
                 src: vec![0x33; PAGE_SIZE],
@@ -292,9 +288,7 @@ pub fn unmapped_page_faults_and_the_device_recovers() -> TestResult {
             device
                 .start_cipher_owned(
                     device.data_queue_for(crate::arch::percpu::cpu_index()),
-                    session.id(),
-                    Cipher::AesCbc,
-                    Direction::Encrypt,
+                    &session.as_cipher_session(),
                     &iv,
                     OwnedBuffers {
                         src: plain.clone(),
@@ -349,9 +343,7 @@ pub fn page_unmapped_after_a_request_is_out_of_reach() -> TestResult {
     let first = device
         .start_cipher_owned(
             queue,
-            session.id(),
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &session.as_cipher_session(),
             &iv,
             OwnedBuffers {
                 src: vec![0x66; len],
@@ -384,9 +376,7 @@ pub fn page_unmapped_after_a_request_is_out_of_reach() -> TestResult {
     let result = device
         .start_cipher_owned(
             queue,
-            session.id(),
-            Cipher::AesCbc,
-            Direction::Encrypt,
+            &session.as_cipher_session(),
             &iv,
             OwnedBuffers {
                 src: vec![0x77; PAGE_SIZE],
