@@ -13,7 +13,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use vcrypt_drivers::sync::WaitQueue;
+use vcrypt_drivers::sync::{SpinLock, WaitQueue};
 use vcrypt_drivers::virtio_crypto::device::Recover;
 
 use vcrypt_drivers::service::{CryptoService, QueueMode};
@@ -40,8 +40,15 @@ impl Notify for Doorbell {
     }
 }
 
-static DEVICES: spin::Once<Vec<&'static Device>> = spin::Once::new();
-static FUNCTIONS: spin::Once<Vec<&'static CryptoFunction>> = spin::Once::new();
+/// Every device that came up: set once by `init_all`, the one place devices are found.
+static REGISTRY: spin::Once<Registry> = spin::Once::new();
+
+struct Registry {
+    /// Each device with its PCI function, interrupt lines and recovery task.
+    functions: Vec<&'static CryptoFunction>,
+    /// The same devices, for callers that need only the driver's side.
+    devices: Vec<&'static Device>,
+}
 static SERVICE: spin::Once<Service> = spin::Once::new();
 /// Data queues numbered across devices so far (the routing's global queue numbers).
 static NEXT_GLOBAL_QUEUE: AtomicUsize = AtomicUsize::new(0);
@@ -69,8 +76,8 @@ pub struct CryptoFunction {
     pub pci: crate::pci::PciDevice,
     lines: Vec<Arc<IrqLine>>,
     vectors: Vectors,
-    /// Index of the device in `probe::probed()` (its transport, for recovery).
-    probed_index: usize,
+    /// What the probe found: the transport (for recovery) and the negotiated features.
+    probed: &'static SpinLock<probe::ProbedDevice>,
     pub recovery: Recovery,
 }
 
@@ -84,9 +91,7 @@ impl CryptoFunction {
     /// and translation on.
     pub fn dma_confined(&self) -> bool {
         crate::mm::iommu::enabled()
-            && probe::probed()
-                .get(self.probed_index)
-                .is_some_and(|p| p.lock().features & probe::FEATURE_ACCESS_PLATFORM != 0)
+            && self.probed.lock().features & probe::FEATURE_ACCESS_PLATFORM != 0
     }
 
     /// Interrupts taken on the device's lines (on a shared INTx line, also other devices').
@@ -124,12 +129,12 @@ impl vcrypt_drivers::virtio_crypto::queue::DmaGuard for IommuGuard {
 
 /// Every device that came up.
 pub fn devices() -> &'static [&'static Device] {
-    DEVICES.get().map_or(&[], |d| d.as_slice())
+    REGISTRY.get().map_or(&[], |r| r.devices.as_slice())
 }
 
 /// Every device that came up, with its interrupt set-up.
 pub fn functions() -> &'static [&'static CryptoFunction] {
-    FUNCTIONS.get().map_or(&[], |d| d.as_slice())
+    REGISTRY.get().map_or(&[], |r| r.functions.as_slice())
 }
 
 /// The configuration interrupt: one status read (not one per request); if the device flags
@@ -241,7 +246,7 @@ fn start_recovery_task(function: &'static CryptoFunction) -> Result<(), String> 
             recovery
                 .wake
                 .wait_until(|| recovery.pending.swap(false, Ordering::AcqRel).then_some(()));
-            let mut probed = probe::probed()[function.probed_index].lock();
+            let mut probed = function.probed.lock();
             match device.recover(&mut probed.transport, &mut &function.vectors) {
                 Ok(generation) => {
                     recovery.done.fetch_add(1, Ordering::Release);
@@ -288,28 +293,31 @@ fn drain_all_queues(device: &Device) {
 /// Brings up every probed device: queues, interrupt lines, DRIVER_OK. Returns how many are up.
 pub fn init_all() -> usize {
     let mut up = Vec::new();
-    for (index, probed) in probe::probed().iter().enumerate() {
-        let mut probed = probed.lock();
-        let name = format!("{}", probed.pci.address);
-        match init_device(&mut probed, index) {
+    for probed in probe::probed() {
+        let mut locked = probed.lock();
+        let name = format!("{}", locked.pci.address);
+        match init_device(probed, &mut locked) {
             Ok(function) => {
-                drop(probed);
+                drop(locked);
                 if let Err(e) = start_recovery_task(function) {
                     crate::println!("virtio-crypto {name}: {e}; the device cannot be recovered");
                 }
                 up.push(function)
             }
             Err(e) => {
-                probed.transport.set_status(DeviceStatus::FAILED);
+                locked.transport.set_status(DeviceStatus::FAILED);
                 crate::println!("virtio-crypto {name}: set-up failed: {e}");
             }
         }
     }
-    let devices = DEVICES.call_once(|| up.iter().map(|f| f.device).collect());
-    if let Ok(service) = CryptoService::new(devices.clone()) {
+    let registry = REGISTRY.call_once(|| Registry {
+        devices: up.iter().map(|f| f.device).collect(),
+        functions: up,
+    });
+    if let Ok(service) = CryptoService::new(registry.devices.clone()) {
         SERVICE.call_once(|| service);
     }
-    FUNCTIONS.call_once(|| up).len()
+    registry.functions.len()
 }
 
 /// The crypto service over every device that came up (`None` without devices).
@@ -323,12 +331,14 @@ fn alloc_line() -> Result<Arc<IrqLine>, String> {
         .map_err(|e| format!("interrupt line: {e}"))
 }
 
+/// Brings one probed device up, as Linux's `virtcrypto_probe` does in steps: choose how its
+/// interrupts reach the CPUs, build its queues with their MSI-X entries, assemble the device,
+/// then wire the handlers and let the interrupts flow.
 fn init_device(
-    probed: &mut probe::ProbedDevice,
-    probed_index: usize,
+    probed: &'static SpinLock<probe::ProbedDevice>,
+    locked: &mut probe::ProbedDevice,
 ) -> Result<&'static CryptoFunction, String> {
-    let cpus = percpu::cpu_count();
-    let queues = probed.queue_sizes.len();
+    let queues = locked.queue_sizes.len();
     if queues < 2 {
         return Err(format!(
             "the device has {queues} virtqueue(s); it needs at least a data and a control queue"
@@ -336,8 +346,57 @@ fn init_device(
     }
     // The control queue is number max_dataqueues; a device with fewer queues than it claims
     // gets the ones it has.
-    let data_queues = (probed.config.max_dataqueues as usize).clamp(1, queues - 1);
-    let control_index = data_queues as u16;
+    let data_queues = (locked.config.max_dataqueues as usize).clamp(1, queues - 1);
+    let (mode, routing) = choose_interrupts(locked, data_queues);
+    let mut built = build_queues(locked, mode, &routing, data_queues)?;
+    let control = built
+        .queues
+        .pop()
+        .expect("the control queue was built last");
+    let status = locked.transport.status_reader();
+    let device = CryptoDevice::new(
+        format!("{}", locked.pci.address),
+        locked.config,
+        control,
+        core::mem::take(&mut built.queues),
+        Box::new(move || status.needs_reset()),
+    )
+    .map_err(|e| format!("{e}"))?;
+    let device: &'static Device = Box::leak(Box::new(device));
+    device.set_routing(routing);
+    if locked.features & probe::FEATURE_ACCESS_PLATFORM != 0
+        && let Some(iommu) = crate::mm::iommu::get()
+    {
+        device.set_dma_fault_check(Arc::new(IommuGuard {
+            iommu,
+            source: locked.pci.address.source_id(),
+        }));
+    }
+    let (mode, lines) = wire_handlers(device, locked, mode, built.lines, built.queue_lines);
+    log::info!(
+        "{}: interrupts {:?}, vectors {:x?}",
+        device.name,
+        mode,
+        lines.iter().map(|l| l.vector()).collect::<Vec<_>>()
+    );
+    Ok(Box::leak(Box::new(CryptoFunction {
+        device,
+        mode,
+        pci: locked.pci.clone(),
+        lines,
+        vectors: built.vectors,
+        probed,
+        recovery: Recovery::default(),
+    })))
+}
+
+/// How the device's interrupts reach the CPUs, best first (per-queue MSI-X vectors, one shared
+/// vector, INTx), and which CPU each queue's interrupt goes to.
+fn choose_interrupts(
+    probed: &probe::ProbedDevice,
+    data_queues: usize,
+) -> (InterruptMode, QueueRouting) {
+    let cpus = percpu::cpu_count();
     let table_size = probed.msix.as_ref().map_or(0, |m| m.table_size() as usize);
     let mode = if table_size >= data_queues + 2 {
         InterruptMode::PerQueueVectors
@@ -356,12 +415,33 @@ fn init_device(
         // The pin may be shared with devices routed before: it goes to the boot CPU.
         InterruptMode::Intx | InterruptMode::Polled => QueueRouting::all_on(0, data_queues, cpus),
     };
+    (mode, routing)
+}
 
-    // MSI-X entries: 0 = configuration; per queue: 1 + queue index (control = 1 + data_queues);
-    // shared: 1 for every queue.
+/// A device's queues, built, and the interrupt lines allocated for them.
+struct BuiltQueues {
+    /// Data queues, then the control queue.
+    queues: Vec<Queue>,
+    /// Configuration line first (MSI-X), then the shared queue line or each queue's.
+    lines: Vec<Arc<IrqLine>>,
+    /// Each queue's own line (per-queue vectors only), in the order of `queues`.
+    queue_lines: Vec<Option<Arc<IrqLine>>>,
+    vectors: Vectors,
+}
+
+/// Sets up every queue on the transport (between FEATURES_OK and DRIVER_OK) with its MSI-X entry
+/// and doorbell. MSI-X entries: 0 = configuration; per queue: 1 + queue index (control = 1 +
+/// data_queues); shared: 1 for every queue.
+fn build_queues(
+    probed: &mut probe::ProbedDevice,
+    mode: InterruptMode,
+    routing: &QueueRouting,
+    data_queues: usize,
+) -> Result<BuiltQueues, String> {
+    let control_index = data_queues as u16;
     let mut lines = Vec::new();
     let transport = &mut probed.transport;
-    let mut built: Vec<Queue> = Vec::new();
+    let mut queues: Vec<Queue> = Vec::new();
     let mut queue_lines: Vec<Option<Arc<IrqLine>>> = Vec::new();
     if mode != InterruptMode::Intx {
         lines.push(alloc_line()?);
@@ -404,7 +484,7 @@ fn init_device(
         }
         queue_lines.push(line);
         let doorbell = transport.doorbell(q);
-        built.push(
+        queues.push(
             CryptoQueue::with_event_idx(
                 transport,
                 q,
@@ -424,30 +504,25 @@ fn init_device(
         )
         .map_err(|e| format!("MSI-X entry 0: {e}"))?;
     }
-    let control = built.pop().expect("the control queue was built last");
-    let status = transport.status_reader();
-    let isr = transport.isr_reader();
-    let device = CryptoDevice::new(
-        format!("{}", probed.pci.address),
-        probed.config,
-        control,
-        built,
-        Box::new(move || status.needs_reset()),
-    )
-    .map_err(|e| format!("{e}"))?;
-    let device: &'static Device = Box::leak(Box::new(device));
-    device.set_routing(routing);
-    if probed.features & probe::FEATURE_ACCESS_PLATFORM != 0
-        && let Some(iommu) = crate::mm::iommu::get()
-    {
-        device.set_dma_fault_check(Arc::new(IommuGuard {
-            iommu,
-            source: probed.pci.address.source_id(),
-        }));
-    }
+    Ok(BuiltQueues {
+        queues,
+        lines,
+        queue_lines,
+        vectors,
+    })
+}
 
-    // Handlers, now that they have a device to look at; then let the interrupts flow.
-    let mut mode = mode;
+/// Registers each line's handler, now that they have a device to look at (INTx: routes the pin;
+/// without it the queues are drained from the timer tick), enables MSI-X or INTx and sets
+/// DRIVER_OK. Returns the mode in effect and every line of the device.
+fn wire_handlers(
+    device: &'static Device,
+    probed: &mut probe::ProbedDevice,
+    mut mode: InterruptMode,
+    mut lines: Vec<Arc<IrqLine>>,
+    mut queue_lines: Vec<Option<Arc<IrqLine>>>,
+) -> (InterruptMode, Vec<Arc<IrqLine>>) {
+    let isr = probed.transport.isr_reader();
     match mode {
         InterruptMode::PerQueueVectors => {
             lines[0].on_active(move || report_needs_reset(device));
@@ -496,7 +571,7 @@ fn init_device(
             }
         }
     }
-    match (mode, msix) {
+    match (mode, probed.msix.as_ref()) {
         (InterruptMode::PerQueueVectors | InterruptMode::SharedVector, Some(msix)) => {
             msix.enable(&probed.pci);
             probed.pci.set_intx_enabled(false);
@@ -505,21 +580,7 @@ fn init_device(
         _ => {}
     }
     probed.transport.finish_init();
-    log::info!(
-        "{}: interrupts {:?}, vectors {:x?}",
-        device.name,
-        mode,
-        lines.iter().map(|l| l.vector()).collect::<Vec<_>>()
-    );
-    Ok(Box::leak(Box::new(CryptoFunction {
-        device,
-        mode,
-        pci: probed.pci.clone(),
-        lines,
-        vectors,
-        probed_index,
-        recovery: Recovery::default(),
-    })))
+    (mode, lines)
 }
 
 /// The (possibly shared) INTx line of a device without usable MSI-X.
