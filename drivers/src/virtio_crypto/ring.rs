@@ -32,12 +32,13 @@ pub struct Region {
 }
 
 /// One request's descriptors: its readable bytes, the caller's own source and destination if
-/// it handed them over (zero copy), its writable bytes; and the least used length a correct
-/// answer has.
+/// it handed them over (zero copy; empty otherwise), its writable bytes; and the least used
+/// length a correct answer has. Kept small: the in-flight table holds one per ring entry.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Regions {
     pub(crate) readable: Region,
-    pub(crate) external: Option<(Region, Region)>,
+    pub(crate) src: Region,
+    pub(crate) dst: Region,
     pub(crate) writable: Region,
     pub(crate) min_used: u32,
 }
@@ -45,8 +46,7 @@ pub(crate) struct Regions {
 impl Regions {
     /// Descriptors they take in the ring (one per non-empty region).
     pub(crate) fn descriptors(&self) -> usize {
-        let (src, dst) = self.external.unwrap_or_default();
-        [self.readable, src, dst, self.writable]
+        [self.readable, self.src, self.dst, self.writable]
             .iter()
             .filter(|r| r.len > 0)
             .count()
@@ -54,7 +54,7 @@ impl Regions {
 
     /// Bytes the device may write: the caller's destination, then the writable bytes.
     pub(crate) fn writable_len(&self) -> usize {
-        self.external.map_or(0, |(_, dst)| dst.len) + self.writable.len
+        self.dst.len + self.writable.len
     }
 }
 
@@ -305,7 +305,7 @@ struct Slices<'a> {
 /// meanwhile (a slot's memory and the caller's buffers it holds, owned by the device between
 /// `add` and `pop_used`); the readable and writable regions must not overlap.
 unsafe fn as_slices<'a>(regions: &Regions) -> Slices<'a> {
-    let (src, dst) = regions.external.unwrap_or_default();
+    let (src, dst) = (regions.src, regions.dst);
     let mut slices = Slices {
         readable: [&[], &[]],
         writable: [&mut [], &mut []],

@@ -120,23 +120,38 @@ struct Posted<H: Hal> {
     handler: Option<Arc<dyn OnComplete<H>>>,
 }
 
-/// The state behind the queue lock: the rings, the in-flight table (by token), and whether a
-/// doorbell is being rung.
+/// No request is posted under this token.
+const NO_SLOT: u16 = u16::MAX;
+
+/// The state behind the queue lock: the rings, the in-flight table, and whether a doorbell is
+/// being rung. The table is two parts, so that it costs a slot's worth per request slot rather
+/// than per ring entry: the slot posted under each token (a ring entry), and what was posted
+/// from each slot.
 struct Locked<H: Hal> {
     ring: Ring<H>,
-    in_flight: Vec<Option<Posted<H>>>,
+    /// By token (the head descriptor's index): the slot posted under it, or `NO_SLOT`.
+    slot_of: Vec<u16>,
+    /// By slot: its request's regions and handler while it is in flight (one entry per request
+    /// slot, sized when the queue's memory is provisioned).
+    posted: Vec<Option<Posted<H>>>,
     /// A submitter is ringing the doorbell (unlocked kick mode). Others only add: the ringer
     /// looks at the ring again after its doorbell and rings once more for what they added.
     doorbell_pending: bool,
 }
 
 impl<H: Hal> Locked<H> {
-    fn new(ring: Ring<H>) -> Self {
+    fn new(ring: Ring<H>, slots: usize) -> Self {
         Locked {
             ring,
-            in_flight: (0..QUEUE_SIZE).map(|_| None).collect(),
+            slot_of: alloc::vec![NO_SLOT; QUEUE_SIZE],
+            posted: (0..slots).map(|_| None).collect(),
             doorbell_pending: false,
         }
+    }
+
+    /// Requests in flight.
+    fn in_flight(&self) -> usize {
+        self.posted.iter().filter(|p| p.is_some()).count()
     }
 }
 
@@ -239,24 +254,38 @@ impl<H: Hal> QueueGuard<'_, H> {
         // `Abandoned`, until `pop` hands them back after the device used them, or the device
         // is reset (module invariants of `slots`).
         let token = unsafe { self.locked.ring.add(&regions) }?;
-        self.locked.in_flight[token as usize] = posted.take();
+        let locked = &mut *self.locked;
+        if let Some(entry) = posted.take() {
+            let slot = entry.slot;
+            locked.slot_of[token as usize] = slot;
+            locked.posted[slot as usize] = Some(entry);
+        }
         Ok(token)
     }
 
     /// Pops the next used entry, if any, with its request (see [`Ring::pop`]).
     fn pop(&mut self) -> Option<Popped<Posted<H>>> {
         let Locked {
-            ring, in_flight, ..
+            ring,
+            slot_of,
+            posted: by_slot,
+            ..
         } = &mut *self.locked;
         ring.pop(
-            |token| in_flight.get_mut(token as usize).and_then(Option::take),
+            |token| {
+                let slot = core::mem::replace(slot_of.get_mut(token as usize)?, NO_SLOT);
+                by_slot.get_mut(slot as usize).and_then(Option::take)
+            },
             |posted| &posted.regions,
         )
     }
 
     /// Detaches one request still in flight, if any (the queue is broken).
     fn take_any(&mut self) -> Option<Posted<H>> {
-        self.locked.in_flight.iter_mut().find_map(Option::take)
+        let locked = &mut *self.locked;
+        let token = locked.slot_of.iter().position(|&s| s != NO_SLOT)?;
+        let slot = core::mem::replace(&mut locked.slot_of[token], NO_SLOT);
+        locked.posted.get_mut(slot as usize).and_then(Option::take)
     }
 }
 
@@ -292,7 +321,8 @@ impl<H: Hal> CryptoQueue<H> {
         Ok(CryptoQueue {
             core: Arc::new(QueueCore {
                 index,
-                locked: IrqSpinLock::new("virtqueue", Locked::new(ring)),
+                // The in-flight table is sized when the request memory is provisioned.
+                locked: IrqSpinLock::new("virtqueue", Locked::new(ring, 0)),
                 doorbell,
                 space: WaitQueue::new(),
                 storage: Once::new(),
@@ -325,7 +355,9 @@ impl<H: Hal> CryptoQueue<H> {
     pub fn provision(&self, config: StorageConfig) -> Result<(), Error> {
         if self.core.storage.get().is_none() {
             let storage = Storage::new(config)?;
+            let slots = storage.capacity();
             self.core.storage.call_once(|| storage);
+            self.core.size_in_flight_table(slots);
         }
         Ok(())
     }
@@ -361,9 +393,23 @@ impl<H: Hal> QueueCore<H> {
     }
 
     pub(crate) fn storage(&self) -> &Storage<H> {
-        self.storage.call_once(|| {
+        if let Some(storage) = self.storage.get() {
+            return storage;
+        }
+        let storage = self.storage.call_once(|| {
             Storage::new(StorageConfig::DATA).expect("memory for a queue's request slots")
-        })
+        });
+        self.size_in_flight_table(storage.capacity());
+        storage
+    }
+
+    /// Gives the in-flight table an entry per request slot (task context, once the request
+    /// memory exists and before anything is posted).
+    fn size_in_flight_table(&self, slots: usize) {
+        let mut locked = self.locked.lock();
+        if locked.posted.len() < slots {
+            locked.posted.resize_with(slots, || None);
+        }
     }
 
     pub fn set_kick_mode(&self, mode: KickMode) {
@@ -450,12 +496,7 @@ impl<H: Hal> QueueCore<H> {
 
     /// Requests currently in flight (posted and not yet returned).
     pub fn in_flight(&self) -> usize {
-        self.locked
-            .lock()
-            .in_flight
-            .iter()
-            .filter(|e| e.is_some())
-            .count()
+        self.locked.lock().in_flight()
     }
 
     /// Request slots not free (being built, in flight, finished but not dropped, or kept for

@@ -20,7 +20,7 @@ use crate::virtio_crypto::ring::{Regions, Ring};
 /// Gives back the mappings of a request the ring no longer holds but `pop_used` never saw (failed
 /// by a reset): the same regions and directions `VirtQueue::add` shared.
 fn unshare_regions<H: Hal>(regions: &Regions) {
-    let (src, dst) = regions.external.unwrap_or_default();
+    let (src, dst) = (regions.src, regions.dst);
     for (region, direction) in [
         (regions.readable, BufferDirection::DriverToDevice),
         (src, BufferDirection::DriverToDevice),
@@ -96,10 +96,11 @@ impl<H: Hal> QueueCore<H> {
     /// [`reopen`](Self::reopen).
     pub fn rebuild<T: Transport>(&self, transport: &mut T) -> Result<(), Error> {
         let event_idx = self.locked.lock().ring.event_idx();
-        let fresh = Locked::new(Ring::<H>::new(transport, self.index, event_idx)?);
+        let slots = self.locked.lock().posted.len();
+        let fresh = Locked::new(Ring::<H>::new(transport, self.index, event_idx)?, slots);
         let old = {
             let mut locked = self.locked.lock();
-            if locked.in_flight.iter().any(Option::is_some) {
+            if locked.in_flight() > 0 {
                 return Err(Error::NotSupported {
                     what: "rebuilding a queue with requests in flight",
                 });

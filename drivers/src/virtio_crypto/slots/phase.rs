@@ -56,11 +56,11 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         let regions = Regions {
             readable: region(base, st.readable),
             writable: region(base + st.readable, st.writable),
-            external: st.external.as_ref().map(|b| {
-                (
-                    region(b.src.as_ptr() as usize, b.src.len()),
-                    region(b.dst.as_ptr() as usize, b.dst.len()),
-                )
+            src: st.external.as_ref().map_or(Region::default(), |b| {
+                region(b.src.as_ptr() as usize, b.src.len())
+            }),
+            dst: st.external.as_ref().map_or(Region::default(), |b| {
+                region(b.dst.as_ptr() as usize, b.dst.len())
             }),
             min_used,
         };
