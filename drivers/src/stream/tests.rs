@@ -467,13 +467,7 @@ fn serial_and_pipelined_streams_end_to_end() {
     dev.set_timeout_ns(5_000_000_000);
     let dev = Arc::new(dev);
     let irq_dev = dev.clone();
-    let _fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
-        if q == 0 {
-            irq_dev.control.handle_interrupt();
-        } else {
-            irq_dev.data[q as usize - 1].handle_interrupt();
-        }
-    });
+    let _fake = FakeCryptoDevice::spawn(rings, rx, drain_on_interrupt(irq_dev));
     let data: Vec<u8> = (0..16 * 200).map(|i| (i * 7) as u8).collect();
     for direction in [Direction::Encrypt, Direction::Decrypt] {
         let session = Session::new(&*dev, Cipher::AesCbc, direction, &[4; 16]).unwrap();

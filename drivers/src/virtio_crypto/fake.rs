@@ -536,6 +536,18 @@ pub fn crypto_device(
     (device, rings)
 }
 
+/// The interrupt of `dev`'s ring `q` (0: control, 1..: data queues) as the fake device thread
+/// raises it: drains that queue.
+pub fn drain_on_interrupt(dev: Arc<CryptoDevice<FakeHal>>) -> impl Fn(u16) + Send + 'static {
+    move |q| {
+        if q == 0 {
+            dev.control.handle_interrupt();
+        } else {
+            dev.data[q as usize - 1].handle_interrupt();
+        }
+    }
+}
+
 /// Test side of a device's DEVICE_NEEDS_RESET bit and of its recovery steps.
 #[derive(Clone, Default)]
 pub struct FakeStatus {

@@ -1053,13 +1053,7 @@ fn answered_device(timeout_ns: u64) -> (Arc<CryptoDevice<FakeHal>>, FakeCryptoDe
     dev.set_timeout_ns(timeout_ns);
     let dev = Arc::new(dev);
     let irq = dev.clone();
-    let fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
-        if q == 0 {
-            irq.control.handle_interrupt();
-        } else {
-            irq.data[0].handle_interrupt();
-        }
-    });
+    let fake = FakeCryptoDevice::spawn(rings, rx, drain_on_interrupt(irq));
     (dev, fake)
 }
 

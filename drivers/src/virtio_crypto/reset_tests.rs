@@ -398,13 +398,7 @@ fn recovery_resets_before_failing_and_old_sessions_are_lost() {
     dev.set_timeout_ns(5_000_000_000);
     let dev = Arc::new(dev);
     let irq = dev.clone();
-    let fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
-        if q == 0 {
-            irq.control.handle_interrupt();
-        } else {
-            irq.data[0].handle_interrupt();
-        }
-    });
+    let fake = FakeCryptoDevice::spawn(rings, rx, drain_on_interrupt(irq));
     let old = Session::new(&*dev, Cipher::AesCbc, Direction::Encrypt, &[4; 16]).unwrap();
     let mut out = [0u8; 16];
     old.encrypt(&[0; 16], &[1; 16], &mut out).unwrap();
@@ -475,13 +469,7 @@ fn recovery_resets_before_failing_and_old_sessions_are_lost() {
     let _ = tx; // the old bell's channel is gone: the new thread polls every millisecond
     let irq = dev.clone();
     let rings = (0..2).map(|q| transport.ring(q)).collect();
-    let _fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
-        if q == 0 {
-            irq.control.handle_interrupt();
-        } else {
-            irq.data[0].handle_interrupt();
-        }
-    });
+    let _fake = FakeCryptoDevice::spawn(rings, rx, drain_on_interrupt(irq));
     assert_eq!(
         old.encrypt(&[0; 16], &[1; 16], &mut out),
         Err(Error::SessionLost)

@@ -194,16 +194,7 @@ impl<H: Hal> CryptoDevice<H> {
                 Ok((input.len(), k))
             }
             RsaOp::Decrypt => {
-                if input.len() != k {
-                    return Err(Error::InvalidInputLength {
-                        what: "ciphertext",
-                        got: input.len(),
-                        expected: k,
-                    });
-                }
-                if !key.below_modulus(input) {
-                    return Err(Error::InputOutOfRange { what: "ciphertext" });
-                }
+                modulus_sized(key, "ciphertext", input)?;
                 Ok((k, k))
             }
             RsaOp::Sign => {
@@ -222,16 +213,7 @@ impl<H: Hal> CryptoDevice<H> {
                         expected: digest_len,
                     });
                 }
-                if signature.len() != k {
-                    return Err(Error::InvalidInputLength {
-                        what: "signature",
-                        got: signature.len(),
-                        expected: k,
-                    });
-                }
-                if !key.below_modulus(signature) {
-                    return Err(Error::InputOutOfRange { what: "signature" });
-                }
+                modulus_sized(key, "signature", signature)?;
                 Ok((k, digest_len))
             }
         }
@@ -295,6 +277,21 @@ impl<H: Hal> CryptoDevice<H> {
         self.start_rsa_request(queue, session_id, params, op, input, signature)?
             .wait()
     }
+}
+
+/// A ciphertext or signature (`what`) must be exactly the modulus length and below the modulus.
+fn modulus_sized(key: &RsaKeyInfo, what: &'static str, value: &[u8]) -> Result<(), Error> {
+    if value.len() != key.modulus_len() {
+        return Err(Error::InvalidInputLength {
+            what,
+            got: value.len(),
+            expected: key.modulus_len(),
+        });
+    }
+    if !key.below_modulus(value) {
+        return Err(Error::InputOutOfRange { what });
+    }
+    Ok(())
 }
 
 /// An RSA request in flight, owned (no borrow of the device or the queue).
