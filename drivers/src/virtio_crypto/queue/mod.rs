@@ -120,6 +120,25 @@ struct Posted<H: Hal> {
     handler: Option<Arc<dyn OnComplete<H>>>,
 }
 
+/// A request a drain popped, until it is completed after the queue lock.
+struct Drained<H: Hal> {
+    slot: u16,
+    handler: Option<Arc<dyn OnComplete<H>>>,
+    result: Result<u32, Error>,
+    device_may_own: bool,
+}
+
+impl<H: Hal> Drained<H> {
+    fn new(posted: Posted<H>, result: Result<u32, Error>, device_may_own: bool) -> Self {
+        Drained {
+            slot: posted.slot,
+            handler: posted.handler,
+            result,
+            device_may_own,
+        }
+    }
+}
+
 /// No request is posted under this token.
 const NO_SLOT: u16 = u16::MAX;
 
@@ -514,7 +533,16 @@ impl<H: Hal> QueueCore<H> {
         result: Result<u32, Error>,
         device_may_own: bool,
     ) {
-        let Posted { slot, handler, .. } = posted;
+        self.complete_slot(posted.slot, posted.handler, result, device_may_own)
+    }
+
+    fn complete_slot(
+        self: &Arc<Self>,
+        slot: u16,
+        handler: Option<Arc<dyn OnComplete<H>>>,
+        result: Result<u32, Error>,
+        device_may_own: bool,
+    ) {
         let resets = self.resets.load(Ordering::Acquire);
         let finish = self
             .storage()
@@ -546,8 +574,9 @@ impl<H: Hal> QueueCore<H> {
         let mut total = 0;
         let mut first = true;
         loop {
-            let mut done: heapless::Vec<(Posted<H>, Result<u32, Error>, bool), BATCH> =
-                heapless::Vec::new();
+            // Small entries, finished in place: a drain runs per interrupt and per poll, and
+            // moving a batch of whole in-flight entries costs a memcpy of kilobytes each time.
+            let mut done: heapless::Vec<Drained<H>, BATCH> = heapless::Vec::new();
             let mut broken = false;
             let mut empty = false;
             if let Some(iommu) = self.dma_faults.get() {
@@ -573,12 +602,12 @@ impl<H: Hal> QueueCore<H> {
                             break;
                         }
                         Some(Popped::Used(entry, len)) => {
-                            let _ = done.push((entry, Ok(len), false));
+                            let _ = done.push(Drained::new(entry, Ok(len), false));
                         }
                         Some(Popped::BadLength(entry, what)) => {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                             let error = Error::MalformedCompletion { what };
-                            let _ = done.push((entry, Err(error), false));
+                            let _ = done.push(Drained::new(entry, Err(error), false));
                         }
                         Some(Popped::NotInFlight) => {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -591,7 +620,7 @@ impl<H: Hal> QueueCore<H> {
                             let error = Error::MalformedCompletion {
                                 what: "used entry could not be popped",
                             };
-                            let _ = done.push((entry, Err(error), true));
+                            let _ = done.push(Drained::new(entry, Err(error), true));
                             broken = true;
                             break;
                         }
@@ -610,13 +639,14 @@ impl<H: Hal> QueueCore<H> {
                 && !done.is_empty()
             {
                 for entry in done.iter_mut() {
-                    entry.1 = Err(fault);
+                    entry.result = Err(fault);
                 }
                 faulted = true;
             }
             let finished = done.len();
-            for (posted, result, device_may_own) in done {
-                self.complete(posted, result, device_may_own);
+            for entry in done.iter_mut() {
+                let handler = entry.handler.take();
+                self.complete_slot(entry.slot, handler, entry.result, entry.device_may_own);
             }
             if faulted {
                 self.counters

@@ -197,24 +197,24 @@ impl<H: Hal> QueueCore<H> {
         let mut unkicked = 0;
         while done < slots.len() {
             let chunk = &slots[done..(done + CHUNK).min(slots.len())];
-            let mut prepared: heapless::Vec<(Posted<H>, Option<u64>), CHUNK> = heapless::Vec::new();
+            // Worked on in place (a request added leaves `None` behind): moving the chunk
+            // would copy every entry again.
+            let mut prepared: heapless::Vec<(Option<Posted<H>>, Option<u64>), CHUNK> =
+                heapless::Vec::new();
             for &(slot, seal) in chunk {
-                let _ = prepared.push(self.prepare(slot, seal, None));
+                let (posted, generation) = self.prepare(slot, seal, None);
+                let _ = prepared.push((Some(posted), generation));
             }
             let mut guard = QueueGuard {
                 locked: self.locked.lock(),
             };
             let mut added = 0;
             let mut error = None;
-            let mut refused = None;
-            let mut rest = prepared.into_iter();
-            for (posted, generation) in rest.by_ref() {
-                let mut posted = Some(posted);
-                match self.admit(&mut guard, &mut posted, generation) {
+            for (posted, generation) in prepared.iter_mut() {
+                match self.admit(&mut guard, posted, *generation) {
                     Ok(_token) => added += 1,
                     Err(e) => {
                         error = Some(e);
-                        refused = posted;
                         break;
                     }
                 }
@@ -227,8 +227,11 @@ impl<H: Hal> QueueCore<H> {
                 // The doorbell waits for the last chunk (the device sees these then).
                 drop(guard);
             }
-            for posted in refused.into_iter().chain(rest.map(|(posted, _)| posted)) {
-                self.unprepare(posted);
+            // The refused request and those after it.
+            for (posted, _) in prepared.iter_mut() {
+                if let Some(posted) = posted.take() {
+                    self.unprepare(posted);
+                }
             }
             done += added;
             match error {
