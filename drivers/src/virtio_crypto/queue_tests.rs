@@ -1043,6 +1043,43 @@ fn sessions_created_and_destroyed_in_batches_ring_once_each() {
     assert_eq!(dev.live_sessions(), 0);
 }
 
+/// The control queue's own rate (`time_polled_session_pairs`): its batches complete by polling
+/// alone (here the control queue's interrupt drains nothing, so a wait that slept would time
+/// out), in rounds when larger than a quarter of the queue, and every session it made is
+/// destroyed; a key of a bad length is its error and leaves nothing behind either.
+#[test]
+fn polled_session_pairs_complete_without_interrupts_and_leave_no_session() {
+    let (tx, rx) = mpsc::channel();
+    let bell = CountingNotify::with_signal(tx);
+    let (dev, rings, _transport, _status) = crypto_device_with(1, &bell, 256);
+    dev.set_timeout_ns(2_000_000_000);
+    let dev = Arc::new(dev);
+    let irq = dev.clone();
+    let _fake = FakeCryptoDevice::spawn(rings, rx, move |q| {
+        if q > 0 {
+            irq.data[q as usize - 1].handle_interrupt();
+        }
+    });
+    let good = [5u8; 16];
+    let mut keys: Vec<&[u8]> = vec![&good; 100];
+    let ns = dev
+        .time_polled_session_pairs(Cipher::AesCbc, Direction::Encrypt, &keys)
+        .unwrap();
+    assert!(ns > 0);
+    assert_eq!(dev.live_sessions(), 0);
+    let bad = [5u8; 15];
+    keys.insert(3, &bad);
+    assert!(matches!(
+        dev.time_polled_session_pairs(Cipher::AesCbc, Direction::Encrypt, &keys),
+        Err(Error::InvalidKeyLength { got: 15, .. })
+    ));
+    assert_eq!(
+        dev.live_sessions(),
+        0,
+        "the 100 made beside the bad key are destroyed"
+    );
+}
+
 // --- batches of any size ----------------------------------------------------------------------
 
 /// A device with the fake device thread answering it; control queue of 256 slots.

@@ -124,6 +124,18 @@ impl<H: Hal> CryptoDevice<H> {
                 .map(|key| self.create_cipher_session(cipher, direction, key))
                 .collect();
         }
+        self.create_cipher_batch(cipher, direction, keys, None)
+    }
+
+    /// [`create_cipher_sessions`](Self::create_cipher_sessions) as one batch whatever the
+    /// control mode; `polled`: see [`control_batch`](Self::control_batch).
+    fn create_cipher_batch(
+        &self,
+        cipher: super::cipher::Cipher,
+        direction: super::cipher::Direction,
+        keys: &[&[u8]],
+        polled: Option<&mut u64>,
+    ) -> Vec<Result<super::cipher::CipherSession, Error>> {
         let generation = self.generation();
         self.control_batch(
             keys,
@@ -151,6 +163,7 @@ impl<H: Hal> CryptoDevice<H> {
                         direction,
                     }),
             },
+            polled,
         )
     }
 
@@ -163,6 +176,16 @@ impl<H: Hal> CryptoDevice<H> {
                 .map(|&id| self.destroy_cipher_session(id))
                 .collect();
         }
+        self.destroy_cipher_batch(ids, None)
+    }
+
+    /// [`destroy_cipher_sessions`](Self::destroy_cipher_sessions) as one batch whatever the
+    /// control mode; `polled`: see [`control_batch`](Self::control_batch).
+    fn destroy_cipher_batch(
+        &self,
+        ids: &[u64],
+        polled: Option<&mut u64>,
+    ) -> Vec<Result<(), Error>> {
         let generation = self.generation();
         self.control_batch(
             ids,
@@ -174,7 +197,39 @@ impl<H: Hal> CryptoDevice<H> {
                 }
                 result
             },
+            polled,
         )
+    }
+
+    /// The control queue's own rate, measured as `bench limit` measures a data queue's: a
+    /// cipher session per key created as one batch (one kick), then all of them destroyed as
+    /// another, with the control queue handed to a poller (no interrupts, no sleeping) and
+    /// polled until each batch's last answer. Returns the nanoseconds from each submission to
+    /// its last answer, summed (over the rounds of a batch larger than a quarter of the control
+    /// queue, too). Every session it created is destroyed, also when another failed; the first
+    /// error is returned. No other control requests should run meanwhile: their waits would see
+    /// no interrupt until it ends.
+    pub fn time_polled_session_pairs(
+        &self,
+        cipher: super::cipher::Cipher,
+        direction: super::cipher::Direction,
+        keys: &[&[u8]],
+    ) -> Result<u64, Error> {
+        let mut ns = 0;
+        self.control.set_polled(true);
+        let created = self.create_cipher_batch(cipher, direction, keys, Some(&mut ns));
+        let ids: Vec<u64> = created.iter().flatten().map(|s| s.id).collect();
+        let destroyed = self.destroy_cipher_batch(&ids, Some(&mut ns));
+        self.control.set_polled(false);
+        let first_error = created
+            .into_iter()
+            .map(|c| c.map(|_| ()))
+            .chain(destroyed)
+            .find_map(Result::err);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(ns),
+        }
     }
 
     /// Builds one control request per item (`build`, from a group of slots taken together),
@@ -184,11 +239,17 @@ impl<H: Hal> CryptoDevice<H> {
     /// a quarter of the control queue's slots, each round's results finished (and its slots
     /// freed) before the next takes slots, so a batch never waits for slots it holds itself,
     /// and up to four batchers run side by side.
+    ///
+    /// `polled`: the control queue is handed to a poller (the caller did
+    /// [`set_polled`](super::queue::CryptoQueue::set_polled)): each round is polled until its
+    /// last answer instead of slept on, and the nanoseconds from its submission to that answer
+    /// are added here.
     fn control_batch<I, T>(
         &self,
         items: &[I],
         mut build: impl FnMut(&I, &mut SlotGroup<H>) -> Result<RequestBuilder<H>, Error>,
         mut finish: impl FnMut(bool, Result<Request<H>, Error>) -> Result<T, Error>,
+        mut polled: Option<&mut u64>,
     ) -> Vec<Result<T, Error>> {
         let round = (self.control.slot_capacity() / 4).max(1);
         let mut results: Vec<Option<Result<T, Error>>> = Vec::with_capacity(items.len());
@@ -216,7 +277,7 @@ impl<H: Hal> CryptoDevice<H> {
                 }
             }
             drop(group); // slots not used go back before the wait
-            let posted = self.post_control_batch(&mut batch, batched.len());
+            let posted = self.post_control_batch(&mut batch, batched.len(), polled.as_deref_mut());
             for (i, (sent, outcome)) in batched.into_iter().zip(posted) {
                 results[i] = Some(finish(sent, outcome));
             }
@@ -234,10 +295,18 @@ impl<H: Hal> CryptoDevice<H> {
         &self,
         batch: &mut RequestBatch<H>,
         count: usize,
+        polled: Option<&mut u64>,
     ) -> Vec<(bool, Result<Request<H>, Error>)> {
+        let platform = crate::sync::platform::get();
         let mut posted = Vec::with_capacity(count);
+        let start = platform.now_ns();
         let error = batch.submit(&mut posted).err();
         let deadline = self.health().deadline();
+        if let Some(ns) = polled {
+            // A timeout shows below, as each request's wait ends at the passed deadline.
+            let _ = Request::poll_all(&posted, deadline);
+            *ns += platform.now_ns().saturating_sub(start);
+        }
         let mut outcomes: Vec<(bool, Result<Request<H>, Error>)> = posted
             .into_iter()
             .map(|request| {

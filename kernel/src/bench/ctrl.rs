@@ -3,8 +3,10 @@
 //! replaced) vs sleeping on a completion with many in
 //! flight (`ctrl=sleep`), with 1 worker, one per CPU and 8 per CPU; then `batch`: each worker
 //! creates 16 sessions with one kick and destroys them with another (the control path's batch
-//! API). Per row: ops/s, busy % per CPU and their sum, trips, and the destroy-session latency
-//! as a log2 histogram in microseconds (for `batch`, of a whole batch of destroys).
+//! API). Per row: ops/s and its share of the control queue's own rate measured first in the
+//! same boot (`bench limit`'s control probe: batches of 64, polled), busy % per CPU and their
+//! sum, trips, and the destroy-session latency as a log2 histogram in microseconds (for
+//! `batch`, of a whole batch of destroys).
 
 use alloc::format;
 use alloc::string::String;
@@ -15,8 +17,8 @@ use vcrypt_drivers::crypto::{Cipher, Direction};
 use vcrypt_drivers::stats::Log2Histogram;
 use vcrypt_drivers::virtio_crypto::device::CtrlMode;
 
-use super::BenchConfig;
 use super::report::{Row, busy_text, per_second, progress, run_workers, trips_text};
+use super::{BenchConfig, limit};
 use crate::arch::{percpu, trips, tsc};
 use crate::println;
 
@@ -36,6 +38,17 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
         (CtrlMode::Sleep, "batch", BATCH),
     ];
     let total = worker_counts.len() * modes.len();
+    progress(
+        "ctrl",
+        0,
+        total,
+        &format!(
+            "the control queue's own rate (batches of {}, polled)",
+            limit::CONTROL_RATE_BATCH
+        ),
+    );
+    let (device_rate, _) =
+        limit::control_rate(config, limit::CONTROL_RATE_BATCH, config.point_ns / 2)?;
     let original = device.ctrl_mode();
     let mut rows = Vec::new();
     let mut table = Vec::new();
@@ -94,8 +107,9 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             let (pairs, busy, elapsed) = result?;
             let trips = trips::all_cpus().since(&trips_before);
             let ops = per_second(pairs, elapsed);
+            let pct_of_device = ops * 100 / device_rate.max(1);
             table.push(format!(
-                "{name:<6} {workers:>7} {per_kick:>8} {ops:>10} {:>8}   {}",
+                "{name:<6} {workers:>7} {per_kick:>8} {ops:>10} {pct_of_device:>4}% {:>8}   {}",
                 trips_text(&trips, pairs),
                 busy_text(&busy)
             ));
@@ -107,6 +121,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     .num("sessions_per_kick", per_kick)
                     .num("pairs", pairs)
                     .num("ops_per_s", ops)
+                    .num("device_ops_per_s", device_rate)
+                    .num("pct_of_device", pct_of_device)
                     .busy(&busy)
                     .trips(&trips, pairs)
                     .nums("destroy_latency_log2_us", &histogram.counts())
@@ -124,6 +140,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                         ("sessions_per_kick", "sessions"),
                         ("pairs", "pairs"),
                         ("ops_per_s", "pairs/s"),
+                        ("device_ops_per_s", "pairs/s"),
+                        ("pct_of_device", "%"),
                         ("busy_pct", "%"),
                         ("busy_sum_pct", "%"),
                         ("destroy_latency_log2_us", "us"),
@@ -135,8 +153,10 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             );
         }
     }
-    println!("bench ctrl: session create+destroy pairs per second");
-    println!("mode   workers per kick      ops/s trips/1k   busy per CPU (sum)");
+    println!(
+        "bench ctrl: session create+destroy pairs per second; %dev = share of the control queue's own rate ({device_rate} pairs/s)"
+    );
+    println!("mode   workers per kick      ops/s  %dev trips/1k   busy per CPU (sum)");
     for line in table {
         println!("{line}");
     }

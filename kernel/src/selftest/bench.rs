@@ -8,14 +8,20 @@ use crate::bench::{BENCHES, BenchConfig};
 use crate::ensure;
 use crate::virtio::crypto::devices;
 
-fn required_fields(bench: &str) -> &'static [&'static str] {
+/// The fields a row of `bench` promises (`bench limit` has data-queue and control-queue rows).
+fn required_fields(bench: &str, row: &serde_json::Value) -> &'static [&'static str] {
     match bench {
+        "limit" if row["queue"] == "control" => {
+            &["queue", "batch", "ops_per_s", "pairs", "trips_per_1k"]
+        }
         "ctrl" => &[
             "mode",
             "workers",
             "sessions_per_kick",
             "trips_per_1k",
             "ops_per_s",
+            "device_ops_per_s",
+            "pct_of_device",
             "busy_pct",
             "busy_sum_pct",
             "destroy_latency_log2_us",
@@ -49,6 +55,9 @@ fn required_fields(bench: &str) -> &'static [&'static str] {
             "batch",
             "ops_per_s",
             "ns_per_op",
+            "build_ns_per_op",
+            "submit_ns_per_op",
+            "collect_ns_per_op",
             "requests",
             "trips_per_1k",
         ],
@@ -164,7 +173,7 @@ fn run_and_check(
             bench.name,
             value["bench"]
         );
-        for field in required_fields(bench.name) {
+        for field in required_fields(bench.name, &value) {
             ensure!(
                 value.get(*field).is_some(),
                 "bench {}: no \"{field}\" in {text}",

@@ -33,11 +33,11 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use crate::error::Error;
-use crate::sync::{IrqSpinLock, WaitQueue, Wake};
+use crate::sync::{IrqSpinLock, IrqsOff, SpinGuard, WaitQueue, Wake};
 
 mod phase;
 
-pub(crate) use phase::Finish;
+pub(crate) use phase::{CpuView, Finish};
 
 /// Most slots a queue can have (one per descriptor of the ring).
 pub const MAX_SLOTS: usize = 1024;
@@ -477,33 +477,42 @@ impl<H: virtio_drivers::Hal> Storage<H> {
     /// for the caller to free (in task context); otherwise nothing is freed, and this is
     /// callable from interrupt context.
     pub(crate) fn release(&self, slot: u16, take_heap: bool) -> Leftovers {
-        let (large, leftovers) = {
-            let mut st = self.slots[slot as usize].state.lock();
-            if st.wipe_readable {
-                let (base, len) = self.region(slot, &st);
-                let n = st.readable.min(len);
-                // SAFETY: the slot is not in flight (the caller releases it after the device
-                // returned it or before it was posted), so nothing else touches its memory.
-                let bytes = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, n) };
-                zeroize::Zeroize::zeroize(bytes);
-                st.wipe_readable = false;
+        let st = self.slots[slot as usize].state.lock();
+        self.release_locked(slot, st, take_heap)
+    }
+
+    /// [`release`](Self::release) with the slot's lock already held (dropped before the free
+    /// list's is taken).
+    fn release_locked(
+        &self,
+        slot: u16,
+        mut st: SpinGuard<'_, SlotState, IrqsOff>,
+        take_heap: bool,
+    ) -> Leftovers {
+        if st.wipe_readable {
+            let (base, len) = self.region(slot, &st);
+            let n = st.readable.min(len);
+            // SAFETY: the slot is not in flight (the caller releases it after the device
+            // returned it or before it was posted), so nothing else touches its memory.
+            let bytes = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, n) };
+            zeroize::Zeroize::zeroize(bytes);
+            st.wipe_readable = false;
+        }
+        st.phase = Phase::Free;
+        st.outcome = None;
+        let leftovers = if take_heap {
+            Leftovers {
+                _spill: st.spill.take(),
+                _external: st.external.take(),
             }
-            st.phase = Phase::Free;
-            st.outcome = None;
-            let heap = if take_heap {
-                Leftovers {
-                    _spill: st.spill.take(),
-                    _external: st.external.take(),
-                }
-            } else {
-                Leftovers::default()
-            };
-            let large = match st.memory {
-                Memory::Large(i) => Some(i),
-                _ => None,
-            };
-            (large, heap)
+        } else {
+            Leftovers::default()
         };
+        let large = match st.memory {
+            Memory::Large(i) => Some(i),
+            _ => None,
+        };
+        drop(st);
         self.release_now(slot, large);
         leftovers
     }

@@ -22,6 +22,7 @@ pub(crate) enum Finish {
 }
 
 /// What a request owner may see of its slot's memory: the region while the CPU owns it.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct CpuView {
     pub(crate) base: usize,
     pub(crate) readable: usize,
@@ -157,33 +158,25 @@ impl<H: virtio_drivers::Hal> Storage<H> {
     /// the memory: Quarantined), InFlight -> Abandoned (freed when the device gives it back).
     /// `take_heap`: task context, the slot's heap memory is handed back to be freed.
     pub(crate) fn abandon(&self, slot: u16, take_heap: bool) -> Leftovers {
-        let release = {
-            let mut st = self.slots[slot as usize].state.lock();
-            match st.phase {
-                Phase::InFlight => {
-                    st.phase = Phase::Abandoned;
-                    false
-                }
-                Phase::Done if st.device_may_own => {
-                    st.phase = Phase::Quarantined;
-                    false
-                }
-                Phase::Building | Phase::Done => true,
-                Phase::Free | Phase::Abandoned | Phase::Quarantined => false,
-            }
-        };
-        if release {
-            self.release(slot, take_heap)
-        } else {
-            Leftovers::default()
+        let mut st = self.slots[slot as usize].state.lock();
+        match st.phase {
+            Phase::InFlight => st.phase = Phase::Abandoned,
+            Phase::Done if st.device_may_own => st.phase = Phase::Quarantined,
+            Phase::Building | Phase::Done => return self.release_locked(slot, st, take_heap),
+            Phase::Free | Phase::Abandoned | Phase::Quarantined => {}
         }
+        Leftovers::default()
     }
 
     /// The slot's region while the CPU owns it (Building, or Done and not the device's).
     pub(crate) fn cpu_view(&self, slot: u16) -> Option<CpuView> {
         let st = self.slots[slot as usize].state.lock();
+        self.view_of(slot, &st)
+    }
+
+    fn view_of(&self, slot: u16, st: &super::SlotState) -> Option<CpuView> {
         let owned = matches!(st.phase, Phase::Building | Phase::Done) && !st.device_may_own;
-        let (base, len) = self.region(slot, &st);
+        let (base, len) = self.region(slot, st);
         owned.then(|| CpuView {
             base,
             readable: st.readable.min(len),
@@ -201,22 +194,24 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         self.slots[slot as usize].state.lock().outcome
     }
 
-    /// For a waiting task: the outcome once Done (its registration removed), else registers
-    /// `waiter` (if given) to be woken by `finish`.
+    /// For a waiting task: the outcome once Done (its registration removed), with the region
+    /// if the CPU owns it; else registers `waiter` (if given) to be woken by `finish`.
     pub(crate) fn poll_wait(
         &self,
         slot: u16,
         waiter: Option<Arc<dyn Wake>>,
-    ) -> Option<Result<u32, Error>> {
+    ) -> Option<(Result<u32, Error>, Option<CpuView>)> {
         let mut st = self.slots[slot as usize].state.lock();
         if st.phase == Phase::Done {
             let registered = st.waiter.take();
             let outcome = st.outcome;
+            let view = self.view_of(slot, &st);
             drop(st);
             drop(registered);
-            return Some(outcome.unwrap_or(Err(Error::MalformedCompletion {
+            let outcome = outcome.unwrap_or(Err(Error::MalformedCompletion {
                 what: "a finished request without a result",
-            })));
+            }));
+            return Some((outcome, view));
         }
         if let Some(waiter) = waiter {
             st.waiter = Some(waiter);
