@@ -45,10 +45,10 @@ declare -A rank=(
     [ring]=1 [slots]=1 [queue]=2 [request]=3
     [lifecycle]=4 [device]=4
     [session]=5 [cipher]=5 [akcipher]=5
-    [crypto]=6 [stream]=6 [service]=7 [cmdline]=7
+    [crypto]=6 [stream]=6 [service]=7 [cmdline]=7 [switches]=7
 )
 cd ../../drivers/src
-for file in virtio_crypto/*.rs virtio_crypto/*/*.rs crypto.rs stream.rs service.rs cmdline.rs; do
+for file in virtio_crypto/*.rs virtio_crypto/*/*.rs crypto.rs stream.rs service.rs cmdline.rs switches.rs; do
     name=$(basename "$file" .rs)
     # A file in a folder (virtio_crypto/akcipher/keys.rs) is in its folder's layer.
     case $file in virtio_crypto/*/*) name=$(basename "$(dirname "$file")") ;; esac

@@ -44,10 +44,15 @@ pub const SWITCHES: &[(&str, &str)] = &[
     ("kick", "unlocked|locked"),
     ("unadvertised", "refuse|try"),
     ("dur", "milliseconds per benchmark point"),
+    (
+        "sweep",
+        "size|in_flight|zero_copy (bench data: one sweep only)",
+    ),
     ("queues", "percpu|shared"),
     ("chain", "pipelined|serial"),
     ("profile", "off|on"),
     ("event_idx", "on|off"),
+    ("reap", "on|off"),
 ];
 
 /// Why a command line, or a command's arguments, were refused. Each prints as one line.
@@ -69,6 +74,12 @@ pub enum CmdlineError {
     },
     RepeatedSwitch {
         key: String,
+    },
+    /// A switch with a value it does not take.
+    BadValue {
+        key: &'static str,
+        value: String,
+        choices: Vec<&'static str>,
     },
     /// kcapi: an option that is not one of kcapi's.
     UnknownOption {
@@ -117,6 +128,16 @@ pub enum CmdlineError {
     Missing {
         what: &'static str,
     },
+}
+
+/// Like [`shown`] without the quotes when `s` is plain (letters, digits, `_`, `-`, `.`): a
+/// switch's value reads as it was typed.
+fn shown_bare(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if plain { String::from(s) } else { shown(s) }
 }
 
 /// Shows `s` quoted for a message: escaped (no raw control characters) and cut after 64
@@ -208,6 +229,19 @@ impl fmt::Display for CmdlineError {
                 "-k: the two halves of the xts(aes) key are equal; XTS needs two different keys (a weak key, refused as Linux's xts_verify_key and OpenSSL do)",
             ),
             CmdlineError::Missing { what } => write!(f, "{what}"),
+            CmdlineError::BadValue {
+                key,
+                value,
+                choices,
+            } => {
+                let expected: Vec<String> = choices.iter().map(|c| format!("{key}={c}")).collect();
+                let (last, rest) = expected.split_last().map_or(("", &[][..]), |(l, r)| (l.as_str(), r));
+                if rest.is_empty() {
+                    write!(f, "{key}={}: expected {last}", shown_bare(value))
+                } else {
+                    write!(f, "{key}={}: expected {} or {last}", shown_bare(value), rest.join(", "))
+                }
+            }
         }
     }
 }

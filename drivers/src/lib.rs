@@ -13,5 +13,6 @@ pub mod error;
 pub mod service;
 pub mod stats;
 pub mod stream;
+pub mod switches;
 pub mod sync;
 pub mod virtio_crypto;

@@ -22,6 +22,7 @@ mod virtio;
 
 use arch::qemu::{self, ExitCode};
 use cmdline::Cmdline;
+use vcrypt_drivers::switches::Switches;
 
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
@@ -54,6 +55,14 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         Ok(cmdline) => cmdline,
         Err(e) => {
             println!("error: command line: {e}");
+            qemu::exit(ExitCode::Failure);
+        }
+    };
+    // The driver's switches, read once (a bad value stops the boot before any device is up).
+    let switches = match Switches::from_cmdline(&cmdline) {
+        Ok(switches) => switches,
+        Err(e) => {
+            println!("error: {e}");
             qemu::exit(ExitCode::Failure);
         }
     };
@@ -126,24 +135,15 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
             Err(e) => println!("iommu: {e}; devices reach all memory"),
         }
     }
-    let event_idx = match cmdline.switch("event_idx") {
-        None | Some("on") => true,
-        Some("off") => false,
-        Some(other) => {
-            println!("error: event_idx={other}: expected event_idx=on or event_idx=off");
-            qemu::exit(ExitCode::Failure);
-        }
-    };
-    let crypto =
-        virtio::crypto::probe_all(&devices, virtio::crypto::probe::driver_features(event_idx));
+    let crypto = virtio::crypto::probe_all(
+        &devices,
+        virtio::crypto::probe::driver_features(switches.event_idx),
+    );
     if crypto > 0 && virtio::crypto::init_all() == 0 {
         println!("error: no virtio-crypto device could be brought up");
         qemu::exit(ExitCode::Failure);
     }
-    if let Err(e) = virtio::crypto::apply_switches(&cmdline) {
-        println!("error: {e}");
-        qemu::exit(ExitCode::Failure);
-    }
+    virtio::crypto::apply_switches(&switches);
     match cmdline.switch("profile") {
         None | Some("off") => {}
         Some("on") => profile::start(),

@@ -114,6 +114,36 @@ pub enum CtrlMode {
     Poll = 1,
 }
 
+/// A device's run-time switches: the experiments kept as switches (docs/DESIGN.md), one value
+/// set on a device at once ([`CryptoDevice::apply_switches`]) and read back to be restored
+/// ([`CryptoDevice::switches`]). The default is the design.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSwitches {
+    /// `ctrl=sleep|poll`.
+    pub ctrl: CtrlMode,
+    /// `kick=unlocked|locked`.
+    pub kick: KickMode,
+    /// `chain=pipelined|serial`.
+    pub chain: ChainMode,
+    /// `unadvertised=refuse|try`: AES modes QEMU's builtin backend implements but does not
+    /// advertise are tried instead of refused.
+    pub unadvertised: bool,
+    /// `reap=on|off`: a task about to sleep on a request drains its queue first.
+    pub reap: bool,
+}
+
+impl Default for DeviceSwitches {
+    fn default() -> Self {
+        DeviceSwitches {
+            ctrl: CtrlMode::Sleep,
+            kick: KickMode::Unlocked,
+            chain: ChainMode::Pipelined,
+            unadvertised: false,
+            reap: true,
+        }
+    }
+}
+
 /// What every request of a device needs after it was posted, shared by `Arc` so owned requests
 /// need no borrow of the device: the device's lifecycle, the DEVICE_NEEDS_RESET reader (an MMIO
 /// read: used on configuration interrupts and timeouts only, never per request), the queues to
@@ -287,6 +317,29 @@ impl<H: Hal> CryptoDevice<H> {
         self.control.set_kick_mode(mode);
         for q in &self.data {
             q.set_kick_mode(mode);
+        }
+    }
+
+    /// Sets every switch of the device at once.
+    pub fn apply_switches(&self, switches: DeviceSwitches) {
+        self.set_ctrl_mode(switches.ctrl);
+        self.set_kick_mode(switches.kick);
+        self.set_chain_mode(switches.chain);
+        self.set_allow_unadvertised(switches.unadvertised);
+        self.control.set_reap(switches.reap);
+        for q in &self.data {
+            q.set_reap(switches.reap);
+        }
+    }
+
+    /// The device's switches now.
+    pub fn switches(&self) -> DeviceSwitches {
+        DeviceSwitches {
+            ctrl: self.ctrl_mode(),
+            kick: self.control.kick_mode(),
+            chain: self.chain_mode(),
+            unadvertised: self.allows_unadvertised(),
+            reap: self.control.reaps(),
         }
     }
 

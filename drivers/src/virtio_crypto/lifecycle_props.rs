@@ -690,6 +690,11 @@ impl Harness {
             return;
         }
         let id = held[pick.index(held.len())];
+        // A waiter reaps (`reap=on`): a request not finished yet has the queue drained before
+        // the wait sleeps, which the model does as an interrupt.
+        if self.reqs[id].result.is_none() && self.queue().reaps() {
+            self.interrupt();
+        }
         let Handle::Held(request) = &self.reqs[id].handle else {
             unreachable!()
         };

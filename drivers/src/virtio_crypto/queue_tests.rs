@@ -1178,3 +1178,28 @@ fn polling_a_batch_ends_at_the_deadline_when_the_device_is_silent() {
     assert_eq!(Request::poll_all(&posted, u64::MAX), Ok(()));
     assert!(posted.iter().all(Request::is_done));
 }
+
+/// `reap=on`: a task about to sleep on a request the device already answered, whose interrupt
+/// has not come (here it never does), drains the queue itself and returns without sleeping.
+/// With `reap=off` the same wait sleeps until its timeout: only an interrupt would end it.
+#[test]
+fn a_waiter_reaps_an_answer_whose_interrupt_has_not_come() {
+    for reap in [true, false] {
+        let mut rig = rig();
+        rig.queue.set_reap(reap);
+        let request = submit(&rig.queue, bufs(&[&[1; 8]], &[8])).unwrap();
+        let chains = rig.ring.pending();
+        assert_eq!(chains.len(), 1);
+        chains[0].write(&[2; 8]);
+        rig.ring.complete(chains[0].id as u32, 8);
+        let started = Instant::now();
+        let result = request.wait(300_000_000);
+        if reap {
+            assert_eq!(result, Ok(8), "reaped");
+            assert_eq!(request.writable(), [2; 8]);
+        } else {
+            assert_eq!(result, Err(Error::Timeout), "no interrupt, no reap");
+            assert!(started.elapsed() >= Duration::from_millis(300));
+        }
+    }
+}

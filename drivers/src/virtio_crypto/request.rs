@@ -598,6 +598,14 @@ impl<H: Hal> Request<H> {
             // collected without looking up the current task.
             if !registered {
                 registered = true;
+                // Reap: collect what the device answered before its interrupt came; if this
+                // request is among it, no sleep, interrupt or wake-up is needed for it.
+                if self.core.reaps()
+                    && self.core.drain() > 0
+                    && let Some(finished) = storage.poll_wait(self.slot, None)
+                {
+                    return seen(finished);
+                }
                 if let Some(finished) = storage.poll_wait(self.slot, Some(platform.current_task()))
                 {
                     return seen(finished);

@@ -87,14 +87,12 @@ pub fn id() -> u32 {
 
 /// Signals end of interrupt. Only the interrupt dispatcher sends it (`irq::dispatch`).
 pub(super) fn eoi() {
-    super::trips::count(super::trips::Trip::Eoi);
-    write(REG_EOI, 0);
+    super::trips::timed(super::trips::Trip::Eoi, || write(REG_EOI, 0));
 }
 
 /// Sends a fixed interrupt `vector` to the CPU with APIC id `apic_id`.
 pub fn send_ipi(apic_id: u32, vector: u8) {
-    super::trips::count(super::trips::Trip::Ipi);
-    send_icr(apic_id, vector as u32);
+    super::trips::timed(super::trips::Trip::Ipi, || send_icr(apic_id, vector as u32));
 }
 
 /// Writes the interrupt command register and waits until it was accepted. Interrupts are off

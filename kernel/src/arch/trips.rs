@@ -25,15 +25,30 @@ pub enum Trip {
 
 const KINDS: usize = 5;
 
+/// A CPU's trips by kind, and the nanoseconds it spent in the writes and reads it timed.
 #[repr(align(64))]
-struct CpuTrips([AtomicU64; KINDS]);
+struct CpuTrips([AtomicU64; KINDS], AtomicU64);
 
 static TRIPS: [CpuTrips; MAX_CPUS] =
-    [const { CpuTrips([const { AtomicU64::new(0) }; KINDS]) }; MAX_CPUS];
+    [const { CpuTrips([const { AtomicU64::new(0) }; KINDS], AtomicU64::new(0)) }; MAX_CPUS];
 
 /// Counts one trip of `kind` on the current CPU.
 pub fn count(kind: Trip) {
     TRIPS[percpu::cpu_index()].0[kind as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts one trip of `kind` and adds the time `access` (the write or read that is the trip)
+/// takes: the vCPU waits there for QEMU's global lock, and that wait is guest CPU time lost.
+pub fn timed<R>(kind: Trip, access: impl FnOnce() -> R) -> R {
+    let start = super::tsc::now_ns();
+    let result = access();
+    let cpu = &TRIPS[percpu::cpu_index()];
+    cpu.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    cpu.1.fetch_add(
+        super::tsc::now_ns().saturating_sub(start),
+        Ordering::Relaxed,
+    );
+    result
 }
 
 /// Trips of every kind, as counted so far.
@@ -44,6 +59,8 @@ pub struct TripCounts {
     pub interrupts: u64,
     pub eois: u64,
     pub ipis: u64,
+    /// Nanoseconds spent in the doorbell, MMIO, EOI and IPI accesses (`timed`).
+    pub in_trips_ns: u64,
 }
 
 impl TripCounts {
@@ -60,6 +77,7 @@ impl TripCounts {
             interrupts: self.interrupts - earlier.interrupts,
             eois: self.eois - earlier.eois,
             ipis: self.ipis - earlier.ipis,
+            in_trips_ns: self.in_trips_ns - earlier.in_trips_ns,
         }
     }
 }
@@ -74,6 +92,7 @@ pub fn of_cpu(cpu: usize) -> TripCounts {
         interrupts: get(Trip::Interrupt),
         eois: get(Trip::Eoi),
         ipis: get(Trip::Ipi),
+        in_trips_ns: TRIPS[cpu].1.load(Ordering::Relaxed),
     }
 }
 
@@ -87,6 +106,7 @@ pub fn all_cpus() -> TripCounts {
             interrupts: sum.interrupts + c.interrupts,
             eois: sum.eois + c.eois,
             ipis: sum.ipis + c.ipis,
+            in_trips_ns: sum.in_trips_ns + c.in_trips_ns,
         }
     })
 }

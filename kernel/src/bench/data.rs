@@ -1,6 +1,7 @@
 //! `bench data`: AES-CBC throughput and latency (p50/p99) against request size (16 B .. 64 KiB,
-//! 16 in flight) and against requests in flight (1, 2, 4 .. 256, 4 KiB), so the point where the
-//! device saturates shows. Submitters keep a window of requests in flight and refill it as one
+//! 16 in flight) and against requests in flight (1, 2, 4 .. 256, at 16 B and at 4 KiB), so the
+//! point where the device saturates, and the best depth for small requests, show. `sweep=size`,
+//! `sweep=in_flight` or `sweep=zero_copy` runs one sweep only. Submitters keep a window of requests in flight and refill it as one
 //! batch (one kick) with every request that has finished. Each row is also a share of the
 //! device's own rate for its size ([`super::limit`]), measured first in the same boot.
 
@@ -163,6 +164,9 @@ fn limited_by(pct_of_device: u64, busy: &[u32], trips: &trips::TripCounts, ops: 
     }
 }
 
+/// The sweeps of `bench data`, the values `sweep=` takes.
+pub const SWEEPS: [&str; 3] = ["size", "in_flight", "zero_copy"];
+
 pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let sizes = [16usize, 64, 256, 1024, 4096, 16384, 65536];
     let depths = [1usize, 2, 4, 8, 16, 32, 64, 128, 256];
@@ -170,11 +174,20 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
     let points: Vec<(usize, usize, &str)> = sizes
         .iter()
         .map(|&s| (s, 16, "size"))
-        .chain(depths.iter().map(|&d| (4096, d, "in_flight")))
+        .chain(
+            [16, 4096]
+                .iter()
+                .flat_map(|&s| depths.iter().map(move |&d| (s, d, "in_flight"))),
+        )
         .chain([4096, 16384, 65536].map(|s| (s, 16, "zero_copy")))
+        .filter(|(_, _, sweep)| config.sweep.is_none_or(|only| only == *sweep))
         .collect();
     // The device's own rate per size, the 100% of the `%dev` column.
     let mut device_rates = Vec::new();
+    let sizes: Vec<usize> = sizes
+        .into_iter()
+        .filter(|&s| points.iter().any(|&(size, _, _)| size == s))
+        .collect();
     for (i, &size) in sizes.iter().enumerate() {
         let batch = limit::largest_batch(size);
         progress(
@@ -216,9 +229,15 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
             .map_or(0, |(_, r)| *r);
         let pct_of_device = ops_s * 100 / device_rate.max(1);
         let limit = limited_by(pct_of_device, &busy, &trips, ops);
+        // Guest CPU time (busy, every CPU) per request, and requests per guest CPU-second.
+        let cpu_ns = busy.iter().map(|&b| b as u64).sum::<u64>() * elapsed / 1000;
+        let cpu_ns_per_op = cpu_ns / ops.max(1);
+        let ops_per_cpu_s = ops * 1_000_000_000 / cpu_ns.max(1);
         table.push(format!(
-            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {pct_of_device:>5}% {mb_s:>7} {p50:>8} {p99:>8} {:>8}   {:<28} {limit}",
+            "{sweep:<9} {size:>6} {in_flight:>9} {ops_s:>9} {pct_of_device:>5}% {mb_s:>7} {p50:>8} {p99:>8} {:>8} {:>7.1} {:>7.1}   {:<28} {limit}",
             trips_text(&trips, ops),
+            trips.in_trips_ns as f64 / ops.max(1) as f64 / 1000.0,
+            cpu_ns_per_op as f64 / 1000.0,
             busy_text(&busy)
         ));
         rows.push(
@@ -233,6 +252,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .num("mb_per_s", mb_s)
                 .num("p50_us", p50)
                 .num("p99_us", p99)
+                .num("cpu_ns_per_op", cpu_ns_per_op)
+                .num("ops_per_cpu_s", ops_per_cpu_s)
                 .busy(&busy)
                 .trips(&trips, ops)
                 .num("duration_ms", elapsed / 1_000_000)
@@ -243,7 +264,11 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                         "size"
                     },
                     &["ops_per_s", "mb_per_s", "p50_us", "p99_us"],
-                    &["sweep"],
+                    if sweep == "in_flight" {
+                        &["sweep", "size"]
+                    } else {
+                        &["sweep"]
+                    },
                     &[],
                 )
                 .units(&[
@@ -255,6 +280,8 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                     ("mb_per_s", "MB/s"),
                     ("p50_us", "us"),
                     ("p99_us", "us"),
+                    ("cpu_ns_per_op", "ns"),
+                    ("ops_per_cpu_s", "ops/s"),
                     ("busy_pct", "%"),
                     ("busy_sum_pct", "%"),
                     ("duration_ms", "ms"),
@@ -262,12 +289,14 @@ pub fn run(config: &BenchConfig) -> Result<Vec<Row>, String> {
                 .emit(),
         );
     }
-    println!("bench data: AES-CBC throughput and latency; %dev = share of the device's own rate");
+    println!(
+        "bench data: AES-CBC throughput and latency; %dev = share of the device's own rate; per request: trip us = guest time spent in doorbell, EOI and IPI writes (waiting for QEMU), cpu us = guest CPU busy time"
+    );
     for (size, rate) in &device_rates {
         println!("  device rate at {size} B: {rate} ops/s");
     }
     println!(
-        "sweep       size in_flight     ops/s   %dev    MB/s  p50(us)  p99(us) trips/1k   busy per CPU (sum)           limited by"
+        "sweep       size in_flight     ops/s   %dev    MB/s  p50(us)  p99(us) trips/1k trip us  cpu us   busy per CPU (sum)           limited by"
     );
     for line in table {
         println!("{line}");

@@ -6,7 +6,7 @@
 //! requests in flight, each row as a share of the device's rate), `bench scale` (shared vs per-CPU queues over every device),
 //! `bench chain` (chained-IV streams, serial vs pipelined), `bench rsa` (RSA
 //! sign/verify/encrypt/decrypt ops/s). `bench` runs them all. Options: `dur=<ms>` per point
-//! (default 1000).
+//! (default 1000), `sweep=<name>` (`bench data`: one sweep only).
 //!
 //! Each prints a human table shaped like its source's and one JSON line per row (`{"bench":...}`).
 //! Ratios are meaningful inside one boot only; tests never assert timing.
@@ -33,6 +33,8 @@ pub use report::Row;
 pub struct BenchConfig {
     pub device: &'static Device,
     pub point_ns: u64,
+    /// `sweep=`: `bench data` runs only this sweep.
+    pub sweep: Option<&'static str>,
 }
 
 /// One benchmark: its name and the function producing its rows.
@@ -85,10 +87,27 @@ pub fn point_ns(cmdline: &crate::cmdline::Cmdline) -> Result<u64, String> {
     }
 }
 
-/// `cargo run -- bench [ctrl|kick|data ...] [dur=ms]`: runs the benches and exits QEMU.
+/// Parses `sweep=<name>` (one of `bench data`'s sweeps).
+pub fn sweep(cmdline: &crate::cmdline::Cmdline) -> Result<Option<&'static str>, String> {
+    match cmdline.switch("sweep") {
+        None => Ok(None),
+        Some(name) => data::SWEEPS
+            .iter()
+            .find(|s| **s == name)
+            .map(|s| Some(*s))
+            .ok_or(alloc::format!(
+                "sweep={}: expected one of {}",
+                crate::cmdline::shown(name),
+                data::SWEEPS.join(", ")
+            )),
+    }
+}
+
+/// `cargo run -- bench [ctrl|kick|data ...] [dur=ms] [sweep=name]`: runs the benches and exits
+/// QEMU.
 pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
-    let point_ns = match point_ns(cmdline) {
-        Ok(ns) => ns,
+    let (point_ns, sweep) = match point_ns(cmdline).and_then(|ns| Ok((ns, sweep(cmdline)?))) {
+        Ok(parsed) => parsed,
         Err(e) => {
             println!("error: bench: {e}");
             qemu::exit(ExitCode::Failure)
@@ -120,7 +139,11 @@ pub fn main(args: &[&str], cmdline: &crate::cmdline::Cmdline) -> ! {
         println!("error: bench: no device");
         qemu::exit(ExitCode::Failure)
     };
-    let config = BenchConfig { device, point_ns };
+    let config = BenchConfig {
+        device,
+        point_ns,
+        sweep,
+    };
     println!(
         "bench: device {}, {} CPUs, {} ms per point, TSC {} MHz",
         device.name,

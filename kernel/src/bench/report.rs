@@ -115,7 +115,7 @@ impl Row {
                 per_1k(trips.total())
             ),
         ));
-        self
+        self.num("in_trips_ns_per_op", trips.in_trips_ns / ops.max(1))
     }
 }
 

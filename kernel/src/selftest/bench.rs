@@ -207,6 +207,7 @@ pub fn every_bench_runs_and_emits_parsable_json() -> TestResult {
             let config = BenchConfig {
                 device,
                 point_ns: point_ms * 1_000_000,
+                sweep: None,
             };
             if run_and_check(bench, &config)? {
                 did_work = true;

@@ -73,9 +73,10 @@ impl Region {
         unsafe { self.base.as_ptr().add(offset).cast() }
     }
     fn read<T: Copy>(&self, offset: usize) -> T {
-        trips::count(Trip::MmioRead);
         // SAFETY: `ptr` checked bounds; the region is device MMIO mapped for the kernel's life.
-        unsafe { core::ptr::read_volatile(self.ptr(offset)) }
+        trips::timed(Trip::MmioRead, || unsafe {
+            core::ptr::read_volatile(self.ptr(offset))
+        })
     }
     fn write<T: Copy>(&self, offset: usize, value: T) {
         // SAFETY: as in `read`.
@@ -99,9 +100,10 @@ unsafe impl Sync for Doorbell {}
 impl Doorbell {
     /// Tells the device that `queue` has new available buffers (a VM exit).
     pub fn ring(&self) {
-        trips::count(Trip::Doorbell);
         // SAFETY: `register` is this queue's notify address inside the mapped notify region.
-        unsafe { core::ptr::write_volatile(self.register.as_ptr(), self.queue) }
+        trips::timed(Trip::Doorbell, || unsafe {
+            core::ptr::write_volatile(self.register.as_ptr(), self.queue)
+        })
     }
 }
 

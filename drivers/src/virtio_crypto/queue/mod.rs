@@ -237,6 +237,8 @@ pub struct QueueCore<H: Hal> {
     space: WaitQueue,
     storage: Once<Storage<H>>,
     kick_mode: AtomicU8,
+    /// A task about to sleep on one of this queue's requests drains the queue first (`reap=`).
+    reap: AtomicBool,
     /// Closed to new requests: the device broke the protocol or is being reset.
     broken: AtomicBool,
     /// How long a submitter may wait for ring space or a slot.
@@ -346,6 +348,7 @@ impl<H: Hal> CryptoQueue<H> {
                 space: WaitQueue::new(),
                 storage: Once::new(),
                 kick_mode: AtomicU8::new(KickMode::Unlocked as u8),
+                reap: AtomicBool::new(true),
                 broken: AtomicBool::new(false),
                 timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT_NS),
                 resets: AtomicU64::new(0),
@@ -441,6 +444,17 @@ impl<H: Hal> QueueCore<H> {
         } else {
             KickMode::Unlocked
         }
+    }
+
+    /// `reap=on|off`: whether a task about to sleep on one of this queue's requests first
+    /// drains the queue itself (it collects answers whose interrupt has not come yet, and
+    /// sleeps only if its own is not among them).
+    pub fn set_reap(&self, on: bool) {
+        self.reap.store(on, Ordering::Relaxed);
+    }
+
+    pub fn reaps(&self) -> bool {
+        self.reap.load(Ordering::Relaxed)
     }
 
     /// Whether the queue lock is free right now (tests: a doorbell checks it is rung unlocked).

@@ -16,7 +16,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use vcrypt_drivers::sync::{SpinLock, WaitQueue};
 use vcrypt_drivers::virtio_crypto::device::Recover;
 
-use vcrypt_drivers::service::{CryptoService, QueueMode};
+use vcrypt_drivers::service::CryptoService;
+use vcrypt_drivers::switches::Switches;
 use vcrypt_drivers::virtio_crypto::device::CryptoDevice;
 use vcrypt_drivers::virtio_crypto::queue::{CryptoQueue, Notify};
 use vcrypt_drivers::virtio_crypto::routing::QueueRouting;
@@ -599,82 +600,17 @@ fn route_intx(device: &Device, pci: &crate::pci::PciDevice) -> Result<Arc<IrqLin
     Ok(line)
 }
 
-/// Applies the command-line switches to every device: `ctrl=poll|sleep`, `kick=locked|unlocked`,
-/// `unadvertised=try|refuse`, `chain=serial|pipelined`.
-pub fn apply_switches(cmdline: &crate::cmdline::Cmdline) -> Result<(), String> {
-    use vcrypt_drivers::stream::ChainMode;
-    use vcrypt_drivers::virtio_crypto::device::CtrlMode;
-    use vcrypt_drivers::virtio_crypto::queue::KickMode;
-    let ctrl = match cmdline.switch("ctrl") {
-        None | Some("sleep") => CtrlMode::Sleep,
-        Some("poll") => CtrlMode::Poll,
-        Some(other) => return Err(format!("ctrl={other}: expected ctrl=sleep or ctrl=poll")),
-    };
-    let kick = match cmdline.switch("kick") {
-        None | Some("unlocked") => KickMode::Unlocked,
-        Some("locked") => KickMode::Locked,
-        Some(other) => {
-            return Err(format!(
-                "kick={other}: expected kick=unlocked or kick=locked"
-            ));
-        }
-    };
-    let unadvertised = match cmdline.switch("unadvertised") {
-        None | Some("refuse") => false,
-        Some("try") => true,
-        Some(other) => {
-            return Err(format!(
-                "unadvertised={other}: expected unadvertised=try or unadvertised=refuse"
-            ));
-        }
-    };
-    let chain = match cmdline.switch("chain") {
-        None | Some("pipelined") => ChainMode::Pipelined,
-        Some("serial") => ChainMode::Serial,
-        Some(other) => {
-            return Err(format!(
-                "chain={other}: expected chain=pipelined or chain=serial"
-            ));
-        }
-    };
-    let queues = match cmdline.switch("queues") {
-        None | Some("percpu") => QueueMode::PerCpu,
-        Some("shared") => QueueMode::Shared,
-        Some(other) => {
-            return Err(format!(
-                "queues={other}: expected queues=percpu or queues=shared"
-            ));
-        }
-    };
+/// Sets the driver's switches (parsed once from the command line) on every device and on the
+/// service; says which differ from the design's defaults.
+pub fn apply_switches(switches: &Switches) {
     for device in devices() {
-        device.set_chain_mode(chain);
-        device.set_ctrl_mode(ctrl);
-        device.set_kick_mode(kick);
-        device.set_allow_unadvertised(unadvertised);
+        device.apply_switches(switches.device);
     }
     if let Some(service) = service() {
-        service.set_queue_mode(queues);
+        service.set_queue_mode(switches.queues);
     }
-    if ctrl != CtrlMode::Sleep
-        || kick != KickMode::Unlocked
-        || unadvertised
-        || queues != QueueMode::PerCpu
-        || chain != ChainMode::Pipelined
-    {
-        crate::println!(
-            "driver switches: ctrl={} kick={} unadvertised={} queues={} chain={}",
-            match ctrl {
-                CtrlMode::Sleep => "sleep",
-                CtrlMode::Poll => "poll",
-            },
-            match kick {
-                KickMode::Unlocked => "unlocked",
-                KickMode::Locked => "locked",
-            },
-            if unadvertised { "try" } else { "refuse" },
-            queues.name(),
-            chain.name()
-        );
+    let changed = switches.changed();
+    if !changed.is_empty() {
+        crate::println!("driver switches: {}", changed.join(" "));
     }
-    Ok(())
 }
