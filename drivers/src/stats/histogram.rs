@@ -69,21 +69,26 @@ impl Log2Histogram {
 
     /// Upper bound of the bucket holding the `pct`-th percentile (0..=100), or 0 when empty.
     pub fn percentile_upper_bound(&self, pct: u64) -> u64 {
-        let counts = self.counts();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let rank = (total * pct).div_ceil(100).max(1);
-        let mut seen = 0;
-        for (bucket, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return bucket_range(bucket).1;
-            }
-        }
-        bucket_range(BUCKETS - 1).1
+        percentile_upper_bound(&self.counts(), pct)
     }
+}
+
+/// Upper bound of the bucket holding the `pct`-th percentile (0..=100) of a histogram's
+/// `counts`, or 0 when it is empty.
+pub fn percentile_upper_bound(counts: &[u64; BUCKETS], pct: u64) -> u64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = (total * pct).div_ceil(100).max(1);
+    let mut seen = 0;
+    for (bucket, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return bucket_range(bucket).1;
+        }
+    }
+    bucket_range(BUCKETS - 1).1
 }
 
 /// Prints the table from the first non-empty bucket's predecessor to the last non-empty one,

@@ -4,6 +4,29 @@
 
 use core::arch::global_asm;
 
+unsafe extern "C" {
+    static boot_stack_bottom: u8;
+    static boot_stack_top: u8;
+}
+
+/// The boot stack's size, and how many bytes at its bottom were never written since boot (its
+/// .bss was zeroed then; a frame that wrote only zeros there is not seen, so this is an upper
+/// bound). CPU 0 runs the kernel's main flow, the self-tests and the benchmarks on it.
+pub fn boot_stack_headroom() -> (usize, usize) {
+    // Only the addresses of the symbols (defined in .bss.boot below) are taken.
+    let (bottom, top) = (
+        core::ptr::addr_of!(boot_stack_bottom),
+        core::ptr::addr_of!(boot_stack_top),
+    );
+    let size = top as usize - bottom as usize;
+    let untouched = (0..size)
+        // SAFETY: inside the boot stack (below the live frames, which are at its top end);
+        // reading a byte races with nothing, as only CPU 0 uses the stack.
+        .take_while(|&i| unsafe { core::ptr::read_volatile(bottom.add(i)) } == 0)
+        .count();
+    (size, untouched)
+}
+
 /// Bytes of identity mapping set up before Rust runs: everything below 4 GiB (RAM, the PCI hole,
 /// the local APIC). Higher MMIO is mapped on demand by `mm::paging`.
 pub const BOOT_IDENTITY_MAP_END: u64 = 4 << 30;
@@ -26,10 +49,14 @@ global_asm!(
 boot_pml4:  .skip 4096
 boot_pdpt:  .skip 4096
 boot_pd:    .skip 4 * 4096
+    /* The boot stack grows down towards boot_pd: an overflow would rewrite the mapping of the
+       top of the 4th GiB (the local APIC) without a fault. Device bring-up takes about 64 KiB
+       of it (VirtQueue::new alone has a 16 KiB frame); `boot_stack_headroom` says what is left
+       and a self-test keeps a quarter of it free. */
     .balign 16
     .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 64 * 1024
+    .skip 256 * 1024
     .global boot_stack_top
 boot_stack_top:
 

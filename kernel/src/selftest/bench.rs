@@ -40,6 +40,9 @@ fn required_fields(bench: &str, row: &serde_json::Value) -> &'static [&'static s
             "hold_min_ns",
             "hold_max_ns",
             "hold_total_ns",
+            "hold_p50_us",
+            "hold_p99_us",
+            "hold_log2_ns",
             "trips_per_1k",
         ],
         "rsa" => &[

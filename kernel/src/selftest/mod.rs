@@ -70,6 +70,7 @@ pub static TESTS: &[Test] = &[
     test!(mm::dma_alloc_is_zeroed_and_contiguous),
     test!(arch::breakpoint_is_caught_and_resumes),
     test!(arch::timer_ticks_agree_with_tsc),
+    test!(arch::boot_stack_keeps_headroom),
     test!(smp::cpu_count_matches_madt),
     test!(smp::every_cpu_checked_in_with_own_index_and_apic_id),
     test!(smp::every_cpu_takes_timer_ticks),
