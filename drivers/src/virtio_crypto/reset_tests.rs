@@ -556,7 +556,7 @@ fn control_timeouts_keep_sessions_counted_and_keys_are_wiped_after_reset() {
 /// poller sees every one of them: completions are found by token and counted in a 64-bit
 /// counter, and each request's completion reaches its own handler exactly once.
 #[test]
-fn seed4_65536_completions_between_two_polls_are_all_seen() {
+fn exactly_65536_completions_between_two_polls_are_all_seen() {
     use super::request::{Finished, OnComplete};
     struct Tags(Mutex<Vec<u32>>);
     impl OnComplete<FakeHal> for Tags {
