@@ -73,7 +73,7 @@ pub struct LockStatSnapshot {
     pub hold_max: u64,
     pub hold_total: u64,
     /// Hold times as a log2 histogram in nanoseconds (buckets of
-    /// [`Log2Histogram`](crate::stats::Log2Histogram)): the typical hold, which the maximum (set
+    /// [`Log2Histogram`]): the typical hold, which the maximum (set
     /// by the host descheduling a vCPU that holds the lock) hides.
     pub hold_log2_ns: [u64; BUCKETS],
 }

@@ -518,11 +518,12 @@ impl<H: Hal> Request<H> {
                 None => return &[],
             },
         };
-        // SAFETY: `cpu_view` gives the region only in the phases where the CPU owns it
-        // (Building, or Done and not the device's), in which only this request's owner touches
-        // it; the slice lives as long as `&self`, and the phase cannot change while the owner
-        // holds the request (only the owner's drop or a reset reclaim, which needs the device
-        // reset and leaves the memory the CPU's, change it).
+        // SAFETY: `cpu_view` (and `poll_wait`, whose view `seen` keeps) gives the region only in
+        // the phases where the CPU owns it (Building, or Done and not the device's), in which
+        // only this request's owner touches it; the slice lives as long as `&self`, and the
+        // phase cannot change while the owner holds the request (only the owner's drop or a
+        // reset reclaim, which needs the device reset and leaves the memory the CPU's, change
+        // it; a reclaim never moves a slot's memory).
         unsafe {
             core::slice::from_raw_parts(view.base as *const u8, view.readable + view.writable)
         }

@@ -104,16 +104,16 @@ pub enum Verdict {
 
 /// Decides what a finished akcipher request may return. `outcome` is the queue's (used length
 /// or transport error), `readable` the request's readable bytes (header, source, verify digest),
-/// `writable` its writable bytes (output, then the status in the last byte). Pure: the
-/// counters are only bumped.
+/// `writable` its writable bytes (output, then the status in the last byte). Pure but for the
+/// session's counters (`params.counters`), which are only bumped.
 pub fn check_answer(
     params: &RsaParams,
     op: RsaOp,
     outcome: Result<u32, Error>,
     readable: &[u8],
     writable: &[u8],
-    counters: &AkcipherCounters,
 ) -> Verdict {
+    let counters = &*params.counters;
     AkcipherCounters::bump(&counters.answers);
     let verdict = judge(params, op, outcome, readable, writable, counters);
     if matches!(verdict, Verdict::Retry(_)) {

@@ -342,7 +342,6 @@ impl<H: Hal> RsaRequest<H> {
                 outcome,
                 self.request.readable(),
                 self.request.writable(),
-                counters,
             );
             match verdict {
                 Verdict::Accept(out) => return Ok(out),

@@ -89,20 +89,20 @@ fn parses_keys_and_refuses_bad_ones() {
 #[test]
 fn sign_answers_are_verified_repaired_or_retried() {
     let p = params(RsaKeyKind::Private);
-    let c = AkcipherCounters::default();
+    let c = p.counters.clone();
     let digest = RsaHash::Sha1.digest(&unhex(EX1_MSG));
     let sig = unhex(EX1_SIG);
     let r = readable(RsaOp::Sign, &digest);
     let good = writable(&sig, 128, 0);
     assert_eq!(
-        check_answer(&p, RsaOp::Sign, Ok(129), &r, &good, &c),
+        check_answer(&p, RsaOp::Sign, Ok(129), &r, &good),
         Verdict::Accept(sig.clone())
     );
     // One flipped bit: retried.
     let mut bad = good.clone();
     bad[5] ^= 1;
     assert!(matches!(
-        check_answer(&p, RsaOp::Sign, Ok(129), &r, &bad, &c),
+        check_answer(&p, RsaOp::Sign, Ok(129), &r, &bad),
         Verdict::Retry(Error::WrongAnswer { .. })
     ));
     // Status ERR, unknown status, short used length, malformed completion: retried.
@@ -112,17 +112,17 @@ fn sign_answers_are_verified_repaired_or_retried() {
         (good.clone(), 0),
     ] {
         assert!(matches!(
-            check_answer(&p, RsaOp::Sign, Ok(used), &r, &w, &c),
+            check_answer(&p, RsaOp::Sign, Ok(used), &r, &w),
             Verdict::Retry(_)
         ));
     }
     // A used length that cuts the signature: the remainder does not verify.
     assert!(matches!(
-        check_answer(&p, RsaOp::Sign, Ok(100), &r, &good, &c),
+        check_answer(&p, RsaOp::Sign, Ok(100), &r, &good),
         Verdict::Retry(_)
     ));
     assert_eq!(
-        check_answer(&p, RsaOp::Sign, Ok(129), &r, &writable(&sig, 128, 4), &c),
+        check_answer(&p, RsaOp::Sign, Ok(129), &r, &writable(&sig, 128, 4)),
         Verdict::Reject(Error::UnknownSession)
     );
     let s = c.snapshot();
@@ -134,7 +134,7 @@ fn sign_answers_are_verified_repaired_or_retried() {
 fn truncated_signature_is_repaired_when_provable() {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     let p = params(RsaKeyKind::Private);
-    let c = AkcipherCounters::default();
+    let c = p.counters.clone();
     let private = rsa::RsaPrivateKey::from_pkcs1_der(&unhex(EX1_DER)).unwrap();
     // A digest whose signature starts with a zero byte (about one in 256).
     let (digest, sig) = (0u32..)
@@ -149,13 +149,13 @@ fn truncated_signature_is_repaired_when_provable() {
     // QEMU 7.2's answer: the first 127 bytes (leading zero kept, last byte lost).
     let w = writable(&sig[..127], 128, 0);
     assert_eq!(
-        check_answer(&p, RsaOp::Sign, Ok(128), &r, &w, &c),
+        check_answer(&p, RsaOp::Sign, Ok(128), &r, &w),
         Verdict::Accept(sig.clone())
     );
     // A device that leaves out the leading zero.
     let w = writable(&sig[1..], 128, 0);
     assert_eq!(
-        check_answer(&p, RsaOp::Sign, Ok(128), &r, &w, &c),
+        check_answer(&p, RsaOp::Sign, Ok(128), &r, &w),
         Verdict::Accept(sig.clone())
     );
     assert_eq!(c.snapshot().repaired, 2);
@@ -166,7 +166,7 @@ fn truncated_signature_is_repaired_when_provable() {
     let r = readable(RsaOp::Sign, &digest);
     let w = writable(&sig[..127], 128, 0);
     assert!(matches!(
-        check_answer(&p, RsaOp::Sign, Ok(128), &r, &w, &c),
+        check_answer(&p, RsaOp::Sign, Ok(128), &r, &w),
         Verdict::Retry(_)
     ));
     assert_eq!(c.snapshot().repaired, 2);
@@ -175,7 +175,7 @@ fn truncated_signature_is_repaired_when_provable() {
 #[test]
 fn verify_verdicts_come_from_software() {
     let p = params(RsaKeyKind::Public);
-    let c = AkcipherCounters::default();
+    let c = p.counters.clone();
     let digest = RsaHash::Sha1.digest(&unhex(EX1_MSG));
     let sig = unhex(EX1_SIG);
     let mut src = sig.clone();
@@ -186,25 +186,25 @@ fn verify_verdicts_come_from_software() {
     bad_src.extend_from_slice(&digest);
     let rb = readable(RsaOp::Verify, &bad_src);
     assert_eq!(
-        check_answer(&p, RsaOp::Verify, Ok(1), &r, &[0], &c),
+        check_answer(&p, RsaOp::Verify, Ok(1), &r, &[0]),
         Verdict::Accept(Vec::new())
     );
     assert_eq!(
-        check_answer(&p, RsaOp::Verify, Ok(1), &rb, &[6], &c),
+        check_answer(&p, RsaOp::Verify, Ok(1), &rb, &[6]),
         Verdict::Reject(Error::BadSignature)
     );
     assert_eq!(c.snapshot().overruled, 0);
     // The device says OK to a bad signature, KEY_REJECTED to a good one, ERR: overruled.
     assert_eq!(
-        check_answer(&p, RsaOp::Verify, Ok(1), &rb, &[0], &c),
+        check_answer(&p, RsaOp::Verify, Ok(1), &rb, &[0]),
         Verdict::Reject(Error::BadSignature)
     );
     assert_eq!(
-        check_answer(&p, RsaOp::Verify, Ok(1), &r, &[6], &c),
+        check_answer(&p, RsaOp::Verify, Ok(1), &r, &[6]),
         Verdict::Accept(Vec::new())
     );
     assert_eq!(
-        check_answer(&p, RsaOp::Verify, Ok(1), &r, &[1], &c),
+        check_answer(&p, RsaOp::Verify, Ok(1), &r, &[1]),
         Verdict::Accept(Vec::new())
     );
     assert_eq!(c.snapshot().overruled, 3);
@@ -213,25 +213,17 @@ fn verify_verdicts_come_from_software() {
 #[test]
 fn encrypt_and_decrypt_lengths_and_range() {
     let p = params(RsaKeyKind::Public);
-    let c = AkcipherCounters::default();
     let r = readable(RsaOp::Encrypt, b"hello");
     let n = p.key.public_key().n().to_bytes_be();
     let mut ok = n.clone();
     ok[127] -= 1; // n - 1: the largest valid value
     assert_eq!(
-        check_answer(&p, RsaOp::Encrypt, Ok(129), &r, &writable(&ok, 128, 0), &c),
+        check_answer(&p, RsaOp::Encrypt, Ok(129), &r, &writable(&ok, 128, 0)),
         Verdict::Accept(ok.clone())
     );
     for (out, used) in [(n.clone(), 129), (ok.clone(), 128), (ok.clone(), 130)] {
         assert!(matches!(
-            check_answer(
-                &p,
-                RsaOp::Encrypt,
-                Ok(used),
-                &r,
-                &writable(&out, 128, 0),
-                &c
-            ),
+            check_answer(&p, RsaOp::Encrypt, Ok(used), &r, &writable(&out, 128, 0)),
             Verdict::Retry(_)
         ));
     }
@@ -239,15 +231,15 @@ fn encrypt_and_decrypt_lengths_and_range() {
     let r = readable(RsaOp::Decrypt, &ok);
     let w = writable(&[7u8; 117], 128, 0);
     assert_eq!(
-        check_answer(&pd, RsaOp::Decrypt, Ok(118), &r, &w, &c),
+        check_answer(&pd, RsaOp::Decrypt, Ok(118), &r, &w),
         Verdict::Accept(vec![7u8; 117])
     );
     assert!(matches!(
-        check_answer(&pd, RsaOp::Decrypt, Ok(119), &r, &w, &c),
+        check_answer(&pd, RsaOp::Decrypt, Ok(119), &r, &w),
         Verdict::Retry(Error::WrongAnswer { .. })
     ));
     assert_eq!(
-        check_answer(&pd, RsaOp::Decrypt, Ok(129), &r, &writable(&[], 128, 1), &c),
+        check_answer(&pd, RsaOp::Decrypt, Ok(129), &r, &writable(&[], 128, 1)),
         Verdict::Reject(Error::DecryptionFailed)
     );
 }

@@ -146,8 +146,7 @@ impl<H: virtio_drivers::Hal> Storage<H> {
                 Finish::Settled
             }
             Phase::Abandoned => {
-                drop(st);
-                let _none = self.release(slot, false);
+                let _none = self.release_locked(slot, st, false);
                 Finish::Settled
             }
             _ => Finish::NotPosted,
