@@ -562,9 +562,20 @@ impl<H: Hal> Request<H> {
         self.core.storage().take_buffers(self.slot)
     }
 
-    /// Whether the device returned the request (or it failed).
+    /// Whether the device returned the request (or it failed). Once it says yes, the outcome
+    /// and the region are kept (`seen`): a wait or a read after it takes no slot lock.
     pub fn is_done(&self) -> bool {
-        self.seen.is_completed() || self.core.storage().is_done(self.slot)
+        if self.seen.is_completed() {
+            return true;
+        }
+        match self.core.storage().poll_wait(self.slot, None) {
+            Some((outcome, Some(view))) => {
+                self.seen.call_once(|| (outcome, view));
+                true
+            }
+            Some((_, None)) => true,
+            None => false,
+        }
     }
 
     /// The used length, or why the request failed; `None` while in flight.

@@ -183,11 +183,6 @@ impl<H: virtio_drivers::Hal> Storage<H> {
         })
     }
 
-    /// Whether the request finished (Done).
-    pub(crate) fn is_done(&self, slot: u16) -> bool {
-        self.slots[slot as usize].state.lock().phase == Phase::Done
-    }
-
     /// The used length, or why the request failed; `None` while it is in flight.
     pub(crate) fn outcome(&self, slot: u16) -> Option<Result<u32, Error>> {
         self.slots[slot as usize].state.lock().outcome
