@@ -37,7 +37,8 @@ check "every figure drawn ($figures figures, $svgs SVGs)" test "$figures" -ge 6 
 # Every ops/s of the run appears in the figures' numbers as a (field, value) table cell pair.
 values=$(grep -o '"ops_per_s":[0-9]*' "$out/run/rows.jsonl" | cut -d: -f2)
 count=$(echo "$values" | grep -c .)
-check "19 data rows (got $count)" test "$count" -eq 19
+# 7 sizes, 9 depths at 16 B and at 4 KiB, 3 zero-copy sizes.
+check "28 data rows (got $count)" test "$count" -eq 28
 for ops in $values; do
     check "ops_per_s $ops in index.html" grep -q "<td>ops_per_s</td><td>$ops</td>" "$html"
 done
