@@ -371,7 +371,7 @@ EXPECT_LINE="error: dur=abc: expected milliseconds per point, 1..60000"
 step "dur=abc is refused outside bench too" fail -- cargo run --quiet -- test pci::finds dur=abc
 EXPECT_LINE="error: bench: ctrl is given more than once"
 step "bench ctrl ctrl is refused" fail -- cargo run --quiet -- bench ctrl ctrl
-MUST_PRINT="driver switches: ctrl=poll kick=locked unadvertised=refuse queues=percpu chain=pipelined"
+MUST_PRINT="driver switches: ctrl=poll kick=locked chain=pipelined unadvertised=refuse reap=on queues=percpu event_idx=on"
 step "the driver switches line spells switches as the parser takes them" prints -- cargo run --quiet -- \
     kcapi -e -c 'cbc(aes)' -k $key -i 000102030405060708090a0b0c0d0e0f -p 6bc1bee22e409f96e93d7e117393172a \
     ctrl=poll kick=locked

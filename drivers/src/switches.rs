@@ -64,40 +64,26 @@ impl Switches {
         })
     }
 
-    /// The switches not at their default, as `key=value` (for the boot log).
-    pub fn changed(&self) -> Vec<String> {
-        let default = Switches::default();
+    /// Every switch as `key=value`, spelled as the command line takes it.
+    pub fn words(&self) -> Vec<String> {
         let d = &self.device;
-        let words = [
-            ("ctrl", name(CTRL, d.ctrl), d.ctrl != default.device.ctrl),
-            ("kick", name(KICK, d.kick), d.kick != default.device.kick),
-            (
-                "chain",
-                name(CHAIN, d.chain),
-                d.chain != default.device.chain,
-            ),
-            (
-                "unadvertised",
-                name(UNADVERTISED, d.unadvertised),
-                d.unadvertised != default.device.unadvertised,
-            ),
-            ("reap", name(ON_OFF, d.reap), d.reap != default.device.reap),
-            (
-                "queues",
-                name(QUEUES, self.queues),
-                self.queues != default.queues,
-            ),
-            (
-                "event_idx",
-                name(ON_OFF, self.event_idx),
-                self.event_idx != default.event_idx,
-            ),
-        ];
-        words
-            .into_iter()
-            .filter(|(_, _, changed)| *changed)
-            .map(|(key, value, _)| format!("{key}={value}"))
-            .collect()
+        [
+            ("ctrl", name(CTRL, d.ctrl)),
+            ("kick", name(KICK, d.kick)),
+            ("chain", name(CHAIN, d.chain)),
+            ("unadvertised", name(UNADVERTISED, d.unadvertised)),
+            ("reap", name(ON_OFF, d.reap)),
+            ("queues", name(QUEUES, self.queues)),
+            ("event_idx", name(ON_OFF, self.event_idx)),
+        ]
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect()
+    }
+
+    /// Whether any switch differs from its default (the design).
+    pub fn changed(&self) -> bool {
+        *self != Switches::default()
     }
 }
 
@@ -142,7 +128,7 @@ mod tests {
     fn no_switch_is_the_default_and_nothing_changed() {
         let switches = parse("bench data").unwrap();
         assert_eq!(switches, Switches::default());
-        assert!(switches.changed().is_empty());
+        assert!(!switches.changed());
         assert_eq!(switches.device.ctrl, CtrlMode::Sleep);
         assert!(switches.device.reap && switches.event_idx);
     }
@@ -167,8 +153,9 @@ mod tests {
                 event_idx: false,
             }
         );
+        assert!(switches.changed());
         assert_eq!(
-            switches.changed(),
+            switches.words(),
             vec![
                 "ctrl=poll",
                 "kick=locked",
@@ -179,6 +166,8 @@ mod tests {
                 "event_idx=off"
             ]
         );
+        // Each word parses back to the same value.
+        assert_eq!(parse(&switches.words().join(" ")).unwrap(), switches);
     }
 
     #[test]

@@ -11,7 +11,6 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use alloc::boxed::Box;
-use spin::Once;
 
 use super::platform;
 use crate::stats::Log2Histogram;
@@ -125,9 +124,9 @@ struct LockStats {
     hold_min: AtomicU64,
     hold_max: AtomicU64,
     hold_total: AtomicU64,
-    /// Hold times, for the locks that asked for it (`keep_hold_histogram`): 256 bytes every
-    /// request slot's lock need not carry.
-    holds: Once<Box<Log2Histogram>>,
+    /// Hold times, for the locks made with one (`SpinLock::with_hold_histogram`): 256 bytes
+    /// every request slot's lock need not carry (the pointer costs 8).
+    holds: Option<Box<Log2Histogram>>,
 }
 
 impl LockStats {
@@ -141,7 +140,7 @@ impl LockStats {
             hold_min: AtomicU64::new(u64::MAX),
             hold_max: AtomicU64::new(0),
             hold_total: AtomicU64::new(0),
-            holds: Once::new(),
+            holds: None,
         }
     }
 
@@ -157,7 +156,7 @@ impl LockStats {
         self.hold_total.fetch_add(ns, Ordering::Relaxed);
         self.hold_min.fetch_min(ns, Ordering::Relaxed);
         self.hold_max.fetch_max(ns, Ordering::Relaxed);
-        if let Some(holds) = self.holds.get() {
+        if let Some(holds) = &self.holds {
             holds.record(ns);
         }
     }
@@ -176,7 +175,7 @@ impl LockStats {
             hold_min: min(&self.hold_min),
             hold_max: self.hold_max.load(Ordering::Relaxed),
             hold_total: self.hold_total.load(Ordering::Relaxed),
-            hold_log2_ns: self.holds.get().map_or([0; BUCKETS], |h| h.counts()),
+            hold_log2_ns: self.holds.as_ref().map_or([0; BUCKETS], |h| h.counts()),
         }
     }
 
@@ -194,7 +193,7 @@ impl LockStats {
         }
         self.wait_min.store(u64::MAX, Ordering::Relaxed);
         self.hold_min.store(u64::MAX, Ordering::Relaxed);
-        if let Some(holds) = self.holds.get() {
+        if let Some(holds) = &self.holds {
             holds.reset();
         }
     }
@@ -227,6 +226,14 @@ impl<T, M: LockMode> SpinLock<T, M> {
             _mode: PhantomData,
             data: UnsafeCell::new(value),
         }
+    }
+
+    /// Like [`new`](Self::new), and while statistics are on it also keeps its hold times as a
+    /// log2 histogram (in [`LockStatSnapshot::hold_log2_ns`]). Allocates.
+    pub fn with_hold_histogram(name: &'static str, value: T) -> Self {
+        let mut lock = Self::new(name, value);
+        lock.stats.holds = Some(Box::new(Log2Histogram::new()));
+        lock
     }
 }
 
@@ -273,14 +280,6 @@ impl<T: ?Sized, M: LockMode> SpinLock<T, M> {
     /// This lock's statistics since the last reset.
     pub fn stats(&self) -> LockStatSnapshot {
         self.stats.snapshot()
-    }
-
-    /// Keeps a log2 histogram of hold times too (in [`LockStatSnapshot::hold_log2_ns`]) while
-    /// statistics are on. Allocates; the first call has an effect.
-    pub fn keep_hold_histogram(&self) {
-        self.stats
-            .holds
-            .call_once(|| Box::new(Log2Histogram::new()));
     }
 
     /// Clears this lock's statistics.
@@ -362,8 +361,8 @@ mod tests {
             [0; BUCKETS],
             "none asked for"
         );
-        stats.reset();
-        stats.holds.call_once(|| Box::new(Log2Histogram::new()));
+        let mut stats = LockStats::new();
+        stats.holds = Some(Box::new(Log2Histogram::new()));
         for _ in 0..98 {
             stats.record_hold(3_000); // bucket [2048, 4095]
         }

@@ -56,7 +56,7 @@ boot_pd:    .skip 4 * 4096
     .balign 16
     .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 256 * 1024
+    .skip 128 * 1024
     .global boot_stack_top
 boot_stack_top:
 

@@ -339,9 +339,8 @@ impl<H: Hal> CryptoQueue<H> {
         event_idx: bool,
     ) -> Result<Self, Error> {
         let ring = Ring::new(transport, index, event_idx)?;
-        let locked = IrqSpinLock::new("virtqueue", Locked::new(ring, 0));
         // `bench kick` shows the hold times' distribution, not only their maximum.
-        locked.keep_hold_histogram();
+        let locked = IrqSpinLock::with_hold_histogram("virtqueue", Locked::new(ring, 0));
         Ok(CryptoQueue {
             core: Arc::new(QueueCore {
                 index,

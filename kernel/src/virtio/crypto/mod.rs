@@ -601,7 +601,8 @@ fn route_intx(device: &Device, pci: &crate::pci::PciDevice) -> Result<Arc<IrqLin
 }
 
 /// Sets the driver's switches (parsed once from the command line) on every device and on the
-/// service; says which differ from the design's defaults.
+/// service; when any differs from the design's default, prints them all as the command line
+/// spells them.
 pub fn apply_switches(switches: &Switches) {
     for device in devices() {
         device.apply_switches(switches.device);
@@ -609,8 +610,7 @@ pub fn apply_switches(switches: &Switches) {
     if let Some(service) = service() {
         service.set_queue_mode(switches.queues);
     }
-    let changed = switches.changed();
-    if !changed.is_empty() {
-        crate::println!("driver switches: {}", changed.join(" "));
+    if switches.changed() {
+        crate::println!("driver switches: {}", switches.words().join(" "));
     }
 }
