@@ -40,11 +40,12 @@ pub fn count(kind: Trip) {
 /// Counts one trip of `kind` and adds the time `access` (the write or read that is the trip)
 /// takes: the vCPU waits there for QEMU's global lock, and that wait is guest CPU time lost.
 pub fn timed<R>(kind: Trip, access: impl FnOnce() -> R) -> R {
+    // Counted before the access, as `count` does: the count never lags behind the access (an
+    // EOI write can wait tens of microseconds for QEMU's global lock).
+    count(kind);
     let start = super::tsc::now_ns();
     let result = access();
-    let cpu = &TRIPS[percpu::cpu_index()];
-    cpu.0[kind as usize].fetch_add(1, Ordering::Relaxed);
-    cpu.1.fetch_add(
+    TRIPS[percpu::cpu_index()].1.fetch_add(
         super::tsc::now_ns().saturating_sub(start),
         Ordering::Relaxed,
     );
