@@ -13,6 +13,23 @@ use crate::virtio_crypto::fake::*;
 
 // --- IV derivation ----------------------------------------------------------------------------
 
+/// A pipelined stream (window 4) on `dev`'s first data queue, for session 7 of `cipher` in
+/// `direction`.
+fn open_pipelined<'d>(
+    dev: &'d CryptoDevice<FakeHal>,
+    cipher: Cipher,
+    direction: Direction,
+    iv: &[u8],
+) -> Result<Stream<'d, FakeHal>, Error> {
+    let session = CipherSession {
+        id: 7,
+        generation: dev.generation(),
+        cipher,
+        direction,
+    };
+    Stream::open(dev, &dev.data[0], &session, iv, ChainMode::Pipelined, 4)
+}
+
 #[test]
 fn ctr_counter_carries_across_64_and_128_bit_boundaries() {
     let mut low_full = [0u8; 16];
@@ -228,20 +245,7 @@ fn pipelined_outputs_come_back_in_order_when_the_device_completes_in_reverse() {
         let (dev, mut rings) = crypto_device(1, &bell);
         dev.set_allow_unadvertised(true);
         let iv = [0xfe; 16];
-        let mut stream = Stream::open(
-            &dev,
-            &dev.data[0],
-            &CipherSession {
-                id: 7,
-                generation: dev.generation(),
-                cipher,
-                direction,
-            },
-            &iv,
-            ChainMode::Pipelined,
-            4,
-        )
-        .unwrap();
+        let mut stream = open_pipelined(&dev, cipher, direction, &iv).unwrap();
         let chunks: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 32 + 16 * i as usize]).collect();
         let mut chain = IvChain::new(Chaining::of(cipher, direction).unwrap(), &iv).unwrap();
         let mut taken = 0;
@@ -297,20 +301,7 @@ fn cbc_encrypt_posts_the_next_chunk_from_the_completion_handler() {
     let bell = CountingNotify::new();
     let (dev, mut rings) = crypto_device(1, &bell);
     let iv = [3u8; 16];
-    let mut stream = Stream::open(
-        &dev,
-        &dev.data[0],
-        &CipherSession {
-            id: 7,
-            generation: dev.generation(),
-            cipher: Cipher::AesCbc,
-            direction: Direction::Encrypt,
-        },
-        &iv,
-        ChainMode::Pipelined,
-        4,
-    )
-    .unwrap();
+    let mut stream = open_pipelined(&dev, Cipher::AesCbc, Direction::Encrypt, &iv).unwrap();
     let chunks: Vec<Vec<u8>> = (0..4u8)
         .map(|i| vec![i + 1; 16 * (i as usize + 1)])
         .collect();
@@ -352,20 +343,7 @@ fn cbc_encrypt_posts_the_next_chunk_from_the_completion_handler() {
 fn a_failed_chunk_breaks_the_stream_and_the_next_stream_works() {
     let bell = CountingNotify::new();
     let (dev, mut rings) = crypto_device(1, &bell);
-    let mut stream = Stream::open(
-        &dev,
-        &dev.data[0],
-        &CipherSession {
-            id: 7,
-            generation: dev.generation(),
-            cipher: Cipher::AesCbc,
-            direction: Direction::Encrypt,
-        },
-        &[0; 16],
-        ChainMode::Pipelined,
-        4,
-    )
-    .unwrap();
+    let mut stream = open_pipelined(&dev, Cipher::AesCbc, Direction::Encrypt, &[0; 16]).unwrap();
     for _ in 0..3 {
         stream.feed(&[5; 32]).unwrap();
     }
@@ -390,20 +368,7 @@ fn a_failed_chunk_breaks_the_stream_and_the_next_stream_works() {
     assert_eq!(dev.data[0].slots_in_use(), 0, "built-ahead chunks released");
 
     // A bad length fails its stream at feed time.
-    let mut stream = Stream::open(
-        &dev,
-        &dev.data[0],
-        &CipherSession {
-            id: 7,
-            generation: dev.generation(),
-            cipher: Cipher::AesCbc,
-            direction: Direction::Decrypt,
-        },
-        &[0; 16],
-        ChainMode::Pipelined,
-        4,
-    )
-    .unwrap();
+    let mut stream = open_pipelined(&dev, Cipher::AesCbc, Direction::Decrypt, &[0; 16]).unwrap();
     stream.feed(&[1; 16]).unwrap();
     assert_eq!(
         stream.feed(&[1; 17]),
@@ -416,40 +381,14 @@ fn a_failed_chunk_breaks_the_stream_and_the_next_stream_works() {
     assert!(stream.next_output().unwrap().is_ok(), "chunk 0 was fine");
     drop(stream);
 
-    let mut stream = Stream::open(
-        &dev,
-        &dev.data[0],
-        &CipherSession {
-            id: 7,
-            generation: dev.generation(),
-            cipher: Cipher::AesCbc,
-            direction: Direction::Encrypt,
-        },
-        &[0; 16],
-        ChainMode::Pipelined,
-        4,
-    )
-    .unwrap();
+    let mut stream = open_pipelined(&dev, Cipher::AesCbc, Direction::Encrypt, &[0; 16]).unwrap();
     stream.feed(&[2; 16]).unwrap();
     let p = rings[1].pending().pop().unwrap();
     answer(&mut rings[1], &p, 2);
     dev.data[0].handle_interrupt();
     assert_eq!(stream.next_output().unwrap().unwrap()[..], [0; 16]);
     assert!(matches!(
-        Stream::open(
-            &dev,
-            &dev.data[0],
-            &CipherSession {
-                id: 7,
-                generation: dev.generation(),
-                cipher: Cipher::AesXts,
-                direction: Direction::Encrypt,
-            },
-            &[0; 16],
-            ChainMode::Pipelined,
-            4,
-        )
-        .err(),
+        open_pipelined(&dev, Cipher::AesXts, Direction::Encrypt, &[0; 16]).err(),
         Some(Error::StreamNotSupported { .. })
     ));
 }
@@ -494,20 +433,7 @@ fn a_ctr_stream_takes_a_partial_last_chunk() {
     let (dev, mut rings) = crypto_device(1, &bell);
     dev.set_allow_unadvertised(true);
     let iv = [0x10; 16];
-    let mut stream = Stream::open(
-        &dev,
-        &dev.data[0],
-        &CipherSession {
-            id: 7,
-            generation: dev.generation(),
-            cipher: Cipher::AesCtr,
-            direction: Direction::Encrypt,
-        },
-        &iv,
-        ChainMode::Pipelined,
-        4,
-    )
-    .unwrap();
+    let mut stream = open_pipelined(&dev, Cipher::AesCtr, Direction::Encrypt, &iv).unwrap();
     stream.feed(&[5; 16]).unwrap();
     stream.feed(&[6; 17]).unwrap();
     let posted = rings[1].pending();

@@ -180,6 +180,16 @@ impl<H: Hal> CryptoDevice<H> {
         }
         let k = key.modulus_len();
         let digest_len = params.hash.digest_len();
+        let digest_sized = || {
+            if input.len() == digest_len {
+                Ok(())
+            } else {
+                Err(Error::InvalidDigestLength {
+                    got: input.len(),
+                    expected: digest_len,
+                })
+            }
+        };
         match op {
             RsaOp::Encrypt => {
                 if input.is_empty() {
@@ -198,21 +208,11 @@ impl<H: Hal> CryptoDevice<H> {
                 Ok((k, k))
             }
             RsaOp::Sign => {
-                if input.len() != digest_len {
-                    return Err(Error::InvalidDigestLength {
-                        got: input.len(),
-                        expected: digest_len,
-                    });
-                }
+                digest_sized()?;
                 Ok((digest_len, k))
             }
             RsaOp::Verify => {
-                if input.len() != digest_len {
-                    return Err(Error::InvalidDigestLength {
-                        got: input.len(),
-                        expected: digest_len,
-                    });
-                }
+                digest_sized()?;
                 modulus_sized(key, "signature", signature)?;
                 Ok((k, digest_len))
             }

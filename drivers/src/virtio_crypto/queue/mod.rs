@@ -545,15 +545,6 @@ impl<H: Hal> QueueCore<H> {
     /// without the device having returned it.
     fn complete(
         self: &Arc<Self>,
-        posted: Posted<H>,
-        result: Result<u32, Error>,
-        device_may_own: bool,
-    ) {
-        self.complete_slot(posted.slot, posted.handler, result, device_may_own)
-    }
-
-    fn complete_slot(
-        self: &Arc<Self>,
         slot: u16,
         handler: Option<Arc<dyn OnComplete<H>>>,
         result: Result<u32, Error>,
@@ -662,7 +653,7 @@ impl<H: Hal> QueueCore<H> {
             let finished = done.len();
             for entry in done.iter_mut() {
                 let handler = entry.handler.take();
-                self.complete_slot(entry.slot, handler, entry.result, entry.device_may_own);
+                self.complete(entry.slot, handler, entry.result, entry.device_may_own);
             }
             if faulted {
                 self.counters

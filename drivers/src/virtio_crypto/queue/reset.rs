@@ -73,7 +73,7 @@ impl<H: Hal> QueueCore<H> {
             if iommu {
                 unshare_regions::<H>(&entry.regions);
             }
-            self.complete(entry, Err(error), false);
+            self.complete(entry.slot, entry.handler, Err(error), false);
             failed += 1;
         }
         let parked = core::mem::take(&mut *self.unshare_after_reset.lock());
@@ -137,7 +137,7 @@ impl<H: Hal> QueueCore<H> {
                     list.push(entry.regions);
                 }
             }
-            self.complete(entry, Err(error), true);
+            self.complete(entry.slot, entry.handler, Err(error), true);
         }
         self.space.wake_all();
         if let Some(storage) = self.storage.get() {
